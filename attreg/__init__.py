@@ -1,0 +1,44 @@
+"""attreg: differentiable attribution priors for any PyTorch model.
+
+Add ``w_A * L_A`` to a task loss, where ``L_A`` compares the (differentiable)
+attributions of a model, or of one of its submodules, with a binary ground truth
+over the input features.
+
+Examples
+--------
+>>> import torch, attreg
+>>> model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+>>> gt = torch.tensor([1., 1., 1., 0., 0., 0.])
+>>> prior = attreg.AttributionPrior(model, gt, method="eg", weight=1.0)
+>>> x = torch.randn(64, 6)
+>>> loss = model(x).pow(2).mean() + prior(x)
+>>> loss.backward()
+"""
+
+from attreg import functional, losses, reducers, reparameterizers
+from attreg._validation import validate_ground_truth
+from attreg.attr import (
+    Attribution,
+    ExpectedGradients,
+    InputGradient,
+    InputXGradient,
+    IntegratedGradients,
+)
+from attreg.prior import AttributionPrior, PriorSet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attribution",
+    "AttributionPrior",
+    "ExpectedGradients",
+    "InputGradient",
+    "InputXGradient",
+    "IntegratedGradients",
+    "PriorSet",
+    "functional",
+    "losses",
+    "reducers",
+    "reparameterizers",
+    "validate_ground_truth",
+]

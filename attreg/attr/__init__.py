@@ -1,0 +1,18 @@
+"""Attribution methods, one module each, with captum's call shape
+``Method(forward_func, ...).attribute(inputs, ...)``."""
+
+from attreg.attr._base import Attribution
+from attreg.attr.expected_gradients import ExpectedGradients
+from attreg.attr.input_gradient import InputGradient, InputXGradient
+from attreg.attr.integrated_gradients import IntegratedGradients
+from attreg.attr.quadrature import QUADRATURE_RULES, quadrature
+
+__all__ = [
+    "Attribution",
+    "ExpectedGradients",
+    "IntegratedGradients",
+    "InputGradient",
+    "InputXGradient",
+    "QUADRATURE_RULES",
+    "quadrature",
+]

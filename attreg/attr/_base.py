@@ -1,0 +1,110 @@
+"""Base class of the attribution methods (captum's call shape)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from attreg._validation import check_finite, check_no_batchnorm_in_train_mode, coupling_modules
+from attreg.reducers import Reducer, TargetReducer, resolve_reducer
+
+__all__ = ["Attribution"]
+
+
+class Attribution:
+    """Common machinery: forward function, reducer, differentiability, checks.
+
+    Parameters
+    ----------
+    forward_func
+        Any callable ``(inputs, *additional_forward_args) -> output``; usually an
+        ``nn.Module`` (the whole model or one submodule such as an encoder).
+    reducer
+        ``F``: output -> one scalar per sample. A name (``"sum"``, ``"mean"``, ``"l2"``),
+        a :class:`attreg.reducers.Reducer` or any callable. Default ``"sum"``.
+    differentiable
+        Build the graph of the attributions (``create_graph=True``) so that a loss on
+        them trains the parameters of ``forward_func``. ``False`` (default for post-hoc
+        use) returns detached attributions and costs less.
+    check_batchnorm
+        Raise if ``forward_func`` contains BatchNorm in train mode (it couples samples).
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        reducer: str | Callable | None = None,
+        *,
+        differentiable: bool = False,
+        check_batchnorm: bool = True,
+    ) -> None:
+        if not callable(forward_func):
+            raise TypeError(
+                f"forward_func must be callable (an nn.Module or function), got "
+                f"{type(forward_func).__name__}."
+            )
+        self.forward_func = forward_func
+        self.reducer = resolve_reducer(reducer)
+        self.differentiable = differentiable
+        self.check_batchnorm = check_batchnorm
+        self._coupling = coupling_modules(forward_func) if check_batchnorm else []
+
+    # -- helpers used by subclasses -------------------------------------------------
+    def _prepare(self, inputs: torch.Tensor, target: Any) -> tuple[torch.Tensor, Callable]:
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(
+                f"inputs must be a torch.Tensor of shape (n_samples, ...), got "
+                f"{type(inputs).__name__}."
+            )
+        if inputs.ndim < 1 or inputs.shape[0] == 0:
+            raise ValueError(
+                f"inputs must have a non-empty batch dimension, got shape {tuple(inputs.shape)}."
+            )
+        if not inputs.is_floating_point():
+            raise TypeError(
+                f"inputs must be floating point to take gradients, got {inputs.dtype}; "
+                "convert with inputs.float()."
+            )
+        check_finite(inputs, "inputs")
+        check_no_batchnorm_in_train_mode(self._coupling)
+        reducer = self.reducer
+        if target is not None:
+            output = reducer.output if isinstance(reducer, Reducer) else None
+            reducer = _RepeatedTarget(target, output, inputs.shape[0])
+        if not self.differentiable:
+            inputs = inputs.detach()
+        return inputs, reducer
+
+    def attribute(self, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def __call__(self, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.attribute(inputs, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        name = getattr(self.forward_func, "__class__", type(self.forward_func)).__name__
+        return (
+            f"{type(self).__name__}(forward_func={name}, reducer={self.reducer!r}, "
+            f"differentiable={self.differentiable})"
+        )
+
+
+class _RepeatedTarget(TargetReducer):
+    """A per-sample target that follows the repeat-major stacking of the points."""
+
+    def __init__(self, target: Any, output: Any, n: int) -> None:
+        super().__init__(target, output)
+        self.n = n
+
+    def reduce(self, out: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.target, int):
+            return super().reduce(out)
+        target = torch.as_tensor(self.target).reshape(-1)
+        if target.numel() != self.n:
+            raise ValueError(
+                f"target has {target.numel()} entries for {self.n} samples; give one per sample."
+            )
+        reps = out.shape[0] // self.n
+        return TargetReducer(target.repeat(reps), None).reduce(out)

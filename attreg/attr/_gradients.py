@@ -1,0 +1,105 @@
+"""The one primitive every attribution method uses: gradients of ``F`` at many points.
+
+Samples must be independent (no BatchNorm in train mode): then the gradient of
+``sum_i F(x_i)`` with respect to the stacked points equals the per-sample gradients
+``dF(x_i)/dx_i`` (what ``torch.func.vmap(torch.func.grad(F))`` computes), at the cost
+of one forward and one backward pass for the whole stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from attreg.reducers import apply_reducer
+
+__all__ = ["gradients_at", "expand_additional_args", "forward_reduced"]
+
+
+def expand_additional_args(args: Any, n: int, repeats: int) -> tuple:
+    """Repeat every tensor argument whose first dimension is ``n`` ``repeats`` times.
+
+    The stacked points are laid out repeat-major (``[x_0 ... x_{n-1}] * repeats``), so
+    tensors are repeated with ``Tensor.repeat``; other arguments pass unchanged.
+    """
+    if args is None:
+        return ()
+    if not isinstance(args, tuple):
+        args = (args,)
+    if repeats == 1:
+        return args
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.ndim >= 1 and a.shape[0] == n:
+            out.append(a.repeat(repeats, *([1] * (a.ndim - 1))))
+        else:
+            out.append(a)
+    return tuple(out)
+
+
+def forward_reduced(
+    forward_func: Callable, points: torch.Tensor, reducer: Callable, args: Sequence = ()
+) -> torch.Tensor:
+    """``F(points)``: the forward function followed by the reducer, shape ``(len(points),)``."""
+    return apply_reducer(reducer, forward_func(points, *args), points.shape[0])
+
+
+def gradients_at(
+    forward_func: Callable,
+    points: torch.Tensor,
+    reducer: Callable,
+    *,
+    n: int,
+    additional_forward_args: Any = None,
+    create_graph: bool = False,
+    internal_batch_size: int | None = None,
+) -> torch.Tensor:
+    """Gradients ``dF/dx`` at ``points``, a repeat-major stack of ``repeats`` x ``n`` rows.
+
+    Parameters
+    ----------
+    forward_func
+        Callable ``(points, *additional_forward_args) -> output``.
+    points
+        Tensor ``(repeats * n, ...)``.
+    reducer
+        Output -> one scalar per row.
+    n
+        Number of original samples (rows of one repeat).
+    additional_forward_args
+        Extra arguments; tensors with first dimension ``n`` are repeated to match.
+    create_graph
+        Keep the graph of the gradient so that a loss on it can be differentiated
+        with respect to the model parameters (``True`` while training a prior).
+    internal_batch_size
+        At most this many rows per forward/backward pass (rounded to whole repeats of
+        ``n``, at least one repeat); ``None`` processes all rows at once.
+    """
+    total = points.shape[0]
+    if total % n:
+        raise ValueError(f"points has {total} rows, not a multiple of n={n}.")
+    repeats = total // n
+    per_chunk = repeats
+    if internal_batch_size is not None:
+        if internal_batch_size < 1:
+            raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}.")
+        per_chunk = max(1, internal_batch_size // n)
+    grads = []
+    with torch.enable_grad():
+        for start in range(0, repeats, per_chunk):
+            stop = min(repeats, start + per_chunk)
+            chunk = points[start * n : stop * n]
+            if not create_graph:
+                chunk = chunk.detach()
+            if not chunk.requires_grad:
+                chunk = chunk.detach().requires_grad_()
+            args = expand_additional_args(additional_forward_args, n, stop - start)
+            value = forward_reduced(forward_func, chunk, reducer, args)
+            (grad,) = torch.autograd.grad(
+                value.sum(), chunk, create_graph=create_graph, allow_unused=True
+            )
+            grads.append(torch.zeros_like(chunk) if grad is None else grad)
+    grad = grads[0] if len(grads) == 1 else torch.cat(grads, dim=0)
+    return grad if create_graph else grad.detach()

@@ -1,0 +1,60 @@
+"""Cheap attributions: the plain input gradient and gradient x input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from attreg.attr._base import Attribution
+from attreg.attr._gradients import gradients_at
+
+__all__ = ["InputGradient", "InputXGradient"]
+
+
+class InputGradient(Attribution):
+    """``dF/dx`` at the input (captum's ``Saliency`` without the absolute value).
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Linear(3, 1, bias=False)
+    >>> g = InputGradient(model).attribute(torch.randn(2, 3))
+    >>> torch.allclose(g, model.weight.expand(2, 3))
+    True
+    """
+
+    multiply_by_inputs = False
+
+    def attribute(
+        self,
+        inputs: torch.Tensor,
+        target: int | torch.Tensor | None = None,
+        additional_forward_args: Any = None,
+    ) -> torch.Tensor:
+        """Attributions shaped like ``inputs``."""
+        inputs, reducer = self._prepare(inputs, target)
+        grad = gradients_at(
+            self.forward_func,
+            inputs,
+            reducer,
+            n=inputs.shape[0],
+            additional_forward_args=additional_forward_args,
+            create_graph=self.differentiable,
+        )
+        return inputs * grad if self.multiply_by_inputs else grad
+
+
+class InputXGradient(InputGradient):
+    """``x * dF/dx`` (captum's ``InputXGradient``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Linear(3, 1, bias=False)
+    >>> x = torch.randn(2, 3)
+    >>> torch.allclose(InputXGradient(model).attribute(x), x * model.weight)
+    True
+    """
+
+    multiply_by_inputs = True

@@ -1,0 +1,302 @@
+"""Functional API: every piece of an attribution prior as a plain function.
+
+The module forms (:mod:`attreg.reparameterizers`, :mod:`attreg.losses`,
+:class:`attreg.AttributionPrior`) call these.
+
+Examples
+--------
+>>> import torch
+>>> import attreg.functional as AF
+>>> model = torch.nn.Linear(4, 1)
+>>> x = torch.randn(8, 4)
+>>> gt = torch.tensor([1., 1., 0., 0.])
+>>> attr = AF.expected_gradients(model, x, create_graph=True,
+...                              generator=torch.Generator().manual_seed(0))
+>>> loss = AF.attribution_prior_loss(attr, gt, reparameterizer="abs_minmax", loss="mse")
+>>> loss.backward()          # gradients reach the model's parameters
+>>> model.weight.grad is not None
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from attreg._validation import validate_ground_truth
+from attreg.attr.expected_gradients import ExpectedGradients
+from attreg.attr.input_gradient import InputGradient, InputXGradient
+from attreg.attr.integrated_gradients import IntegratedGradients
+
+__all__ = [
+    "integrated_gradients",
+    "expected_gradients",
+    "input_gradient",
+    "input_x_gradient",
+    "sigmoid",
+    "abs_minmax",
+    "abs_max",
+    "softmax",
+    "identity",
+    "reparameterize",
+    "mse_loss",
+    "mae_loss",
+    "attribution_loss",
+    "attribution_prior_loss",
+    "aggregate",
+]
+
+
+# -- attributions ---------------------------------------------------------------------
+def integrated_gradients(
+    forward_func: Callable,
+    inputs: torch.Tensor,
+    baselines: Any = None,
+    *,
+    reducer: str | Callable | None = None,
+    create_graph: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Functional :class:`attreg.attr.IntegratedGradients` (keyword args of ``attribute``)."""
+    method = IntegratedGradients(forward_func, reducer, differentiable=create_graph)
+    return method.attribute(inputs, baselines, **kwargs)
+
+
+def expected_gradients(
+    forward_func: Callable,
+    inputs: torch.Tensor,
+    references: Any = "batch",
+    *,
+    reducer: str | Callable | None = None,
+    create_graph: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Functional :class:`attreg.attr.ExpectedGradients` (keyword args of ``attribute``)."""
+    method = ExpectedGradients(forward_func, reducer, differentiable=create_graph)
+    return method.attribute(inputs, references, **kwargs)
+
+
+def input_gradient(
+    forward_func: Callable,
+    inputs: torch.Tensor,
+    *,
+    reducer: str | Callable | None = None,
+    create_graph: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Functional :class:`attreg.attr.InputGradient`."""
+    return InputGradient(forward_func, reducer, differentiable=create_graph).attribute(
+        inputs, **kwargs
+    )
+
+
+def input_x_gradient(
+    forward_func: Callable,
+    inputs: torch.Tensor,
+    *,
+    reducer: str | Callable | None = None,
+    create_graph: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Functional :class:`attreg.attr.InputXGradient`."""
+    return InputXGradient(forward_func, reducer, differentiable=create_graph).attribute(
+        inputs, **kwargs
+    )
+
+
+# -- reparameterizations to [0, 1] ----------------------------------------------------
+def _rows(a: torch.Tensor) -> torch.Tensor:
+    return a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
+
+
+def sigmoid(attributions: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``sigmoid(a / temperature)``: 0.5 at zero attribution, monotone in ``a``."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    return torch.sigmoid(attributions / temperature)
+
+
+def _tiny(t: torch.Tensor, eps: float | None) -> float:
+    return torch.finfo(t.dtype).tiny if eps is None else eps
+
+
+def abs_minmax(attributions: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """``|a|`` min-max scaled per sample to ``[0, 1]``; constant rows map to 0.
+
+    Invariant to positive scaling of a sample's attributions and to their signs (as long
+    as the row's range stays above ``eps``, by default the smallest normal float).
+    """
+    eps = _tiny(attributions, eps)
+    a = _rows(attributions.abs())
+    lo = a.min(dim=1, keepdim=True).values
+    span = a.max(dim=1, keepdim=True).values - lo
+    safe = torch.where(span > eps, span, torch.ones_like(span))
+    out = torch.where(span > eps, (a - lo) / safe, torch.zeros_like(a))
+    return out.reshape(attributions.shape)
+
+
+def abs_max(attributions: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """``|a| / max|a|`` per sample; all-zero rows map to 0. Scale-invariant."""
+    eps = _tiny(attributions, eps)
+    a = _rows(attributions.abs())
+    top = a.max(dim=1, keepdim=True).values
+    safe = torch.where(top > eps, top, torch.ones_like(top))
+    out = torch.where(top > eps, a / safe, torch.zeros_like(a))
+    return out.reshape(attributions.shape)
+
+
+def softmax(attributions: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Softmax of ``|a| / temperature`` over the features of each sample (sums to 1)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    a = _rows(attributions.abs()) / temperature
+    return torch.softmax(a, dim=1).reshape(attributions.shape)
+
+
+def identity(attributions: torch.Tensor) -> torch.Tensor:
+    """No reparameterization (the attributions must already be in ``[0, 1]``)."""
+    return attributions
+
+
+_REPARAMETERIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid": sigmoid,
+    "abs_minmax": abs_minmax,
+    "abs_max": abs_max,
+    "softmax": softmax,
+    "identity": identity,
+    "none": identity,
+}
+
+
+def reparameterize(
+    attributions: torch.Tensor, reparameterizer: str | Callable | None = "sigmoid"
+) -> torch.Tensor:
+    """Apply a reparameterizer given by name (see :data:`_REPARAMETERIZERS`) or callable."""
+    if reparameterizer is None:
+        return attributions
+    if isinstance(reparameterizer, str):
+        try:
+            fn = _REPARAMETERIZERS[reparameterizer.lower()]
+        except KeyError:
+            raise ValueError(
+                f"unknown reparameterizer {reparameterizer!r}; use one of "
+                f"{sorted(_REPARAMETERIZERS)} or a callable."
+            ) from None
+        return fn(attributions)
+    return reparameterizer(attributions)
+
+
+# -- losses -----------------------------------------------------------------------------
+def _weighted_mean(err: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return err.mean()
+    weight = torch.as_tensor(weight, dtype=err.dtype, device=err.device)
+    if weight.shape[-1] != err.shape[-1]:
+        raise ValueError(
+            f"feature weights have {weight.shape[-1]} entries for {err.shape[-1]} features."
+        )
+    if bool((weight < 0).any()):
+        raise ValueError("feature weights must be non-negative.")
+    total = torch.broadcast_to(weight, err.shape)
+    return (err * total).sum() / total.sum().clamp_min(torch.finfo(err.dtype).tiny)
+
+
+def mse_loss(
+    scores: torch.Tensor, ground_truth: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error between reparameterized attributions and the ground truth.
+
+    ``ground_truth`` is a vector (broadcast to every sample) or one row per sample;
+    ``weight`` optional per-feature weights (a weighted mean).
+    """
+    ground_truth = ground_truth.to(scores.dtype)
+    if weight is None:
+        return F.mse_loss(scores, torch.broadcast_to(ground_truth, scores.shape))
+    return _weighted_mean((scores - ground_truth) ** 2, weight)
+
+
+def mae_loss(
+    scores: torch.Tensor, ground_truth: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean absolute error between reparameterized attributions and the ground truth."""
+    ground_truth = ground_truth.to(scores.dtype)
+    if weight is None:
+        return F.l1_loss(scores, torch.broadcast_to(ground_truth, scores.shape))
+    return _weighted_mean((scores - ground_truth).abs(), weight)
+
+
+_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "mse": mse_loss,
+    "mae": mae_loss,
+    "l1": mae_loss,
+    "l2": mse_loss,
+}
+
+
+def attribution_loss(
+    scores: torch.Tensor,
+    ground_truth: torch.Tensor,
+    loss: str | Callable = "mse",
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Loss by name (``"mse"``, ``"mae"``) or a callable ``(scores, gt) -> scalar``."""
+    if isinstance(loss, str):
+        try:
+            fn = _LOSSES[loss.lower()]
+        except KeyError:
+            raise ValueError(
+                f"unknown loss {loss!r}; use one of {sorted(_LOSSES)} or a callable."
+            ) from None
+        return fn(scores, ground_truth, weight)
+    if weight is not None:
+        return loss(scores, ground_truth, weight)
+    return loss(scores, ground_truth)
+
+
+def attribution_prior_loss(
+    attributions: torch.Tensor,
+    ground_truth: torch.Tensor,
+    *,
+    reparameterizer: str | Callable | None = "sigmoid",
+    loss: str | Callable = "mse",
+    feature_weight: torch.Tensor | None = None,
+    allow_all_ones: bool = False,
+) -> torch.Tensor:
+    """Validate ``ground_truth``, reparameterize ``attributions`` and compare them.
+
+    Parameters
+    ----------
+    attributions
+        ``(n, n_features)`` attributions (differentiable when they were built with
+        ``create_graph=True``).
+    ground_truth
+        Vector ``(n_features,)`` or matrix ``(n, n_features)`` in ``[0, 1]``.
+    """
+    n = attributions.shape[0]
+    flat = attributions.reshape(n, -1)
+    gt = validate_ground_truth(
+        ground_truth.to(attributions.device),
+        flat.shape[1],
+        n,
+        allow_all_ones=allow_all_ones,
+    )
+    return attribution_loss(reparameterize(flat, reparameterizer), gt, loss, feature_weight)
+
+
+def aggregate(losses: list[torch.Tensor], mode: str = "sum") -> torch.Tensor:
+    """Combine several (already weighted) prior losses.
+
+    ``"sum"``: :math:`\\sum_i L_i`; ``"squared_sum"``: :math:`\\sum_i L_i^2`, which
+    lets a badly violated prior dominate the others.
+    """
+    if not losses:
+        raise ValueError("no prior losses to aggregate.")
+    stacked = torch.stack([torch.as_tensor(v).reshape(()) for v in losses])
+    if mode == "sum":
+        return stacked.sum()
+    if mode == "squared_sum":
+        return (stacked**2).sum()
+    raise ValueError(f"unknown aggregation {mode!r}; use 'sum' or 'squared_sum'.")

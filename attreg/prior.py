@@ -1,0 +1,332 @@
+"""Attribution priors as loss modules: ``AttributionPrior`` and ``PriorSet``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from attreg import functional as AF
+from attreg._validation import validate_ground_truth
+from attreg.attr._base import Attribution
+from attreg.attr.expected_gradients import ExpectedGradients
+from attreg.attr.input_gradient import InputGradient, InputXGradient
+from attreg.attr.integrated_gradients import IntegratedGradients
+from attreg.losses import resolve_loss
+from attreg.reparameterizers import resolve_reparameterizer
+
+__all__ = ["AttributionPrior", "PriorSet", "make_method"]
+
+_METHODS: dict[str, type[Attribution]] = {
+    "eg": ExpectedGradients,
+    "expected_gradients": ExpectedGradients,
+    "ig": IntegratedGradients,
+    "integrated_gradients": IntegratedGradients,
+    "input_gradient": InputGradient,
+    "input_x_gradient": InputXGradient,
+}
+
+
+def _as_tensor(gt: Any) -> torch.Tensor:
+    """Accept tensors, numpy arrays and nested lists of numbers as ground truth."""
+    if isinstance(gt, torch.Tensor):
+        return gt
+    try:
+        return torch.as_tensor(gt)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"ground truth must be a tensor, array or list of 0/1 values, got {type(gt).__name__}."
+        ) from err
+
+
+def make_method(
+    target: Callable,
+    method: str | Attribution = "eg",
+    reducer: str | Callable | None = "sum",
+    *,
+    check_batchnorm: bool = True,
+) -> Attribution:
+    """A differentiable attribution method on ``target`` (a name or an instance)."""
+    if isinstance(method, Attribution):
+        if not method.differentiable:
+            raise ValueError(
+                f"{type(method).__name__} was built with differentiable=False: its "
+                "attributions carry no graph to the parameters, so the prior could not "
+                "train the model. Build it with differentiable=True."
+            )
+        return method
+    if not isinstance(method, str) or method.lower() not in _METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; use one of {sorted(_METHODS)}.")
+    return _METHODS[method.lower()](
+        target, reducer, differentiable=True, check_batchnorm=check_batchnorm
+    )
+
+
+class AttributionPrior(nn.Module):
+    r"""A differentiable penalty that pulls a model's attributions toward a ground truth.
+
+    ``prior(x)`` computes the attributions of :math:`F(\mathrm{target}(x))` with respect
+    to ``x`` (with ``create_graph=True``), reparameterizes them to ``[0, 1]``, compares
+    them with the ground truth and returns ``weight * loss``, a scalar to add to the task
+    loss. Gradients flow to the parameters of ``target`` only.
+
+    Parameters
+    ----------
+    target
+        The module (or callable) whose sensitivity is constrained: the whole model or a
+        submodule such as an encoder. Not registered as a submodule (it belongs to your
+        model; its parameters are not duplicated in ``state_dict``).
+    ground_truth
+        Vector ``(n_features,)`` shared by all samples, or matrix ``(n_samples,
+        n_features)`` whose rows are picked with ``index=`` at call time. May be
+        ``None`` if every call passes ``gt=``.
+    method
+        ``"eg"`` (Expected Gradients, default), ``"ig"``, ``"input_gradient"``,
+        ``"input_x_gradient"``, or a differentiable :class:`~attreg.attr.Attribution`
+        (share one instance between priors to compute the attributions once).
+    reducer
+        ``F``: ``"sum"`` (default), ``"mean"``, ``"l2"``, a
+        :class:`~attreg.reducers.Reducer` (e.g. ``Sum(output=0)`` for ``(mu, logvar)``)
+        or a callable.
+    reparameterizer
+        ``"sigmoid"`` (default), ``"abs_minmax"``, ``"abs_max"``, ``"softmax"``,
+        ``"identity"`` or a callable.
+    loss
+        ``"mse"`` (default), ``"mae"`` or a callable ``(scores, gt) -> scalar``.
+    weight
+        Multiplier of the loss (``w_A``).
+    n_samples, references, generator
+        Expected Gradients settings (draws per input, reference source, RNG).
+    n_steps, integration, baselines
+        Integrated Gradients settings.
+    feature_weight
+        Optional per-feature weights of the loss.
+    allow_all_ones
+        Accept an all-ones ground truth.
+    internal_batch_size
+        Rows per forward pass of the attribution method.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 1))
+    >>> prior = AttributionPrior(model, torch.tensor([1., 1., 0., 0., 0.]), weight=0.5,
+    ...                          generator=torch.Generator().manual_seed(0))
+    >>> x = torch.randn(32, 5)
+    >>> loss = nn.functional.mse_loss(model(x).squeeze(1), x[:, 0]) + prior(x)
+    >>> loss.backward()
+    >>> all(p.grad is not None for p in model.parameters())
+    True
+    """
+
+    def __init__(
+        self,
+        target: Callable,
+        ground_truth: torch.Tensor | None = None,
+        *,
+        method: str | Attribution = "eg",
+        reducer: str | Callable | None = "sum",
+        reparameterizer: str | Callable | None = "sigmoid",
+        loss: str | Callable = "mse",
+        weight: float = 1.0,
+        n_samples: int = 1,
+        references: str | torch.Tensor | Callable = "batch",
+        generator: torch.Generator | None = None,
+        n_steps: int = 20,
+        integration: str = "gausslegendre",
+        baselines: Any = None,
+        feature_weight: torch.Tensor | None = None,
+        allow_all_ones: bool = False,
+        check_batchnorm: bool = True,
+        internal_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"weight must be non-negative, got {weight}.")
+        self.method = make_method(target, method, reducer, check_batchnorm=check_batchnorm)
+        self.reparameterizer = resolve_reparameterizer(reparameterizer)
+        self.loss_fn = resolve_loss(loss, feature_weight)
+        self.weight = float(weight)
+        self.allow_all_ones = allow_all_ones
+        self.n_samples = n_samples
+        self.references = references
+        self.generator = generator
+        self.n_steps = n_steps
+        self.integration = integration
+        self.baselines = baselines
+        self.internal_batch_size = internal_batch_size
+        if ground_truth is not None:
+            ground_truth = validate_ground_truth(
+                _as_tensor(ground_truth), allow_all_ones=allow_all_ones
+            ).clone()
+        self.register_buffer("ground_truth", ground_truth)
+
+    # -- attributions ----------------------------------------------------------------
+    def attributions(self, x: torch.Tensor, additional_forward_args: Any = None) -> torch.Tensor:
+        """Differentiable attributions of the target at ``x`` (shape of ``x``)."""
+        m = self.method
+        kwargs: dict[str, Any] = {"additional_forward_args": additional_forward_args}
+        if isinstance(m, ExpectedGradients):
+            kwargs.update(
+                references=self.references,
+                n_samples=self.n_samples,
+                generator=self.generator,
+                internal_batch_size=self.internal_batch_size,
+            )
+        elif isinstance(m, IntegratedGradients):
+            kwargs.update(
+                baselines=self.baselines,
+                n_steps=self.n_steps,
+                method=self.integration,
+                internal_batch_size=self.internal_batch_size,
+            )
+        return m.attribute(x, **kwargs)
+
+    def _ground_truth_rows(
+        self, n: int, gt: torch.Tensor | None, index: torch.Tensor | None
+    ) -> torch.Tensor:
+        if gt is not None:
+            return _as_tensor(gt)
+        if self.ground_truth is None:
+            raise ValueError("this prior has no stored ground truth; pass gt= when calling it.")
+        if self.ground_truth.ndim == 2:
+            if index is None:
+                if self.ground_truth.shape[0] == n:
+                    return self.ground_truth
+                raise ValueError(
+                    f"the ground truth is a matrix with {self.ground_truth.shape[0]} rows; pass "
+                    "index= (the minibatch's row indices) or gt= (its rows)."
+                )
+            return self.ground_truth[torch.as_tensor(index, device=self.ground_truth.device)]
+        return self.ground_truth
+
+    def loss_from_attributions(
+        self,
+        attributions: torch.Tensor,
+        gt: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``weight * loss(reparameterize(attributions), gt)``."""
+        n = attributions.shape[0]
+        flat = attributions.reshape(n, -1)
+        rows = self._ground_truth_rows(n, gt, index)
+        rows = validate_ground_truth(
+            rows.to(flat.device), flat.shape[1], n, allow_all_ones=self.allow_all_ones
+        )
+        scores = self.reparameterizer(flat)
+        return self.weight * self.loss_fn(scores, rows)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        gt: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+        additional_forward_args: Any = None,
+    ) -> torch.Tensor:
+        """Weighted prior loss for the minibatch ``x`` (a scalar)."""
+        return self.loss_from_attributions(self.attributions(x, additional_forward_args), gt, index)
+
+    def extra_repr(self) -> str:
+        gt = None if self.ground_truth is None else tuple(self.ground_truth.shape)
+        return f"method={self.method!r}, weight={self.weight}, ground_truth={gt}"
+
+
+class PriorSet(nn.Module):
+    r"""Several priors (each its own GT, loss and weight) aggregated into one ``L_A``.
+
+    Priors that share one attribution-method instance (as built by
+    :meth:`from_ground_truths`) reuse one attribution computation per call.
+
+    Parameters
+    ----------
+    priors
+        A mapping name -> :class:`AttributionPrior` or a sequence of priors.
+    aggregation
+        ``"sum"`` (:math:`\sum_i w_i L_i`) or ``"squared_sum"``
+        (:math:`\sum_i (w_i L_i)^2`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    >>> gts = {"a": torch.tensor([1., 0, 0, 0]), "b": torch.tensor([0., 0, 1, 1])}
+    >>> priors = PriorSet.from_ground_truths(model, gts, weights={"a": 1.0, "b": 0.5})
+    >>> terms = priors(torch.randn(16, 4), return_terms=True)
+    >>> sorted(terms)
+    ['a', 'b', 'total']
+    """
+
+    def __init__(
+        self,
+        priors: Mapping[str, AttributionPrior] | Sequence[AttributionPrior],
+        aggregation: str = "sum",
+    ) -> None:
+        super().__init__()
+        if aggregation not in ("sum", "squared_sum"):
+            raise ValueError(f"unknown aggregation {aggregation!r}; use 'sum' or 'squared_sum'.")
+        if not isinstance(priors, Mapping):
+            priors = {f"prior{i}": p for i, p in enumerate(priors)}
+        if not priors:
+            raise ValueError("a PriorSet needs at least one prior.")
+        for name, p in priors.items():
+            if not isinstance(p, AttributionPrior):
+                raise TypeError(f"prior {name!r} is a {type(p).__name__}, not an AttributionPrior.")
+        self.priors = nn.ModuleDict(dict(priors))
+        self.aggregation = aggregation
+
+    @classmethod
+    def from_ground_truths(
+        cls,
+        target: Callable,
+        ground_truths: Mapping[str, torch.Tensor],
+        *,
+        weights: Mapping[str, float] | float = 1.0,
+        losses: Mapping[str, str | Callable] | str | Callable = "mse",
+        aggregation: str = "sum",
+        method: str | Attribution = "eg",
+        reducer: str | Callable | None = "sum",
+        **prior_kwargs: Any,
+    ) -> PriorSet:
+        """One prior per ground truth, all sharing one attribution computation."""
+        shared = make_method(
+            target, method, reducer, check_batchnorm=prior_kwargs.pop("check_batchnorm", True)
+        )
+        priors = {}
+        for name, gt in ground_truths.items():
+            w = weights[name] if isinstance(weights, Mapping) else weights
+            lo = losses[name] if isinstance(losses, Mapping) else losses
+            priors[name] = AttributionPrior(
+                target, gt, method=shared, weight=w, loss=lo, **prior_kwargs
+            )
+        return cls(priors, aggregation)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        gts: Mapping[str, torch.Tensor] | None = None,
+        index: torch.Tensor | None = None,
+        additional_forward_args: Any = None,
+        return_terms: bool = False,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Aggregated prior loss (or a dict of the weighted terms and ``"total"``)."""
+        gts = gts or {}
+        unknown = set(gts) - set(self.priors)
+        if unknown:
+            raise KeyError(
+                f"gts has unknown prior names {sorted(unknown)}; known: {list(self.priors)}."
+            )
+        cache: dict[int, torch.Tensor] = {}
+        terms: dict[str, torch.Tensor] = {}
+        for name, prior in self.priors.items():
+            key = id(prior.method)
+            if key not in cache:
+                cache[key] = prior.attributions(x, additional_forward_args)
+            terms[name] = prior.loss_from_attributions(cache[key], gts.get(name), index)
+        total = AF.aggregate(list(terms.values()), self.aggregation)
+        if return_terms:
+            return {**terms, "total": total}
+        return total

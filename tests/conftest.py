@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+from hypothesis import settings
+
+settings.register_profile("ci", deadline=None, max_examples=30, derandomize=True)
+settings.register_profile("dev", deadline=None, max_examples=30)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_mlp(n_in: int, n_hidden: int = 8, n_out: int = 1, seed: int = 0, act=torch.nn.Tanh):
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(n_in, n_hidden), act(), torch.nn.Linear(n_hidden, n_out)
+    ).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.7)
+    return model
+
+
+@pytest.fixture
+def mlp():
+    return make_mlp(5, 8, 2)
