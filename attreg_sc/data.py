@@ -1,0 +1,192 @@
+"""AnnData access for scARE: validation before training and sparse minibatches.
+
+The count matrix is never densified as a whole: minibatches of rows are sliced from
+the (CSR) matrix and densified on the fly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+__all__ = ["CountData", "validate_counts", "get_counts_matrix"]
+
+logger = logging.getLogger(__name__)
+
+
+def get_counts_matrix(adata, layer: str | None):
+    """``adata.X`` or ``adata.layers[layer]``, with a clear error for a missing layer."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is empty; pass layer= naming the layer with raw counts.")
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(
+            f"layer {layer!r} not found in adata.layers (available: {list(adata.layers)}); "
+            "pass layer=None to use adata.X or the name of the raw-count layer."
+        )
+    return adata.layers[layer]
+
+
+def validate_counts(matrix, allow_non_integer: bool = False, chunk: int = 10_000) -> None:
+    """Raise ``ValueError`` for NaN/inf, negative or (unless allowed) non-integer counts.
+
+    Dense matrices are checked in chunks of rows so that no float64 copy is made.
+    """
+    if sp.issparse(matrix):
+        blocks = [np.asarray(matrix.data)]
+    else:
+        blocks = (np.asarray(matrix[s : s + chunk]) for s in range(0, matrix.shape[0], chunk))
+    for block in blocks:
+        if block.dtype.kind not in "biuf":
+            raise TypeError(
+                f"counts have dtype {block.dtype}; give a numeric (integer or float) matrix."
+            )
+        if block.dtype.kind == "f":
+            if not np.isfinite(block).all():
+                raise ValueError(
+                    "counts contain NaN or infinite values; scARE needs raw UMI counts. "
+                    "Remove or fix those cells/genes before training."
+                )
+        if (block < 0).any():
+            raise ValueError(
+                "counts contain negative values: this looks like normalized or scaled data. "
+                "scARE needs raw counts: pass layer= with the raw-count layer."
+            )
+        if not allow_non_integer and block.dtype.kind == "f" and (block != np.round(block)).any():
+            raise ValueError(
+                "counts contain non-integer values (e.g. log-normalized data). scARE models "
+                "raw counts with a negative binomial: pass the raw-count layer, or "
+                "allow_non_integer=True for estimated counts (e.g. ambient-corrected)."
+            )
+
+
+@dataclass
+class CountData:
+    """Validated counts, batch codes and optional ground-truth rows for training.
+
+    Attributes
+    ----------
+    matrix
+        CSR matrix (or dense array) of counts, cells x genes; not copied when it is
+        already CSR or dense.
+    batch_codes
+        Integer batch code per cell.
+    batch_categories
+        The batch categories (their order defines the codes).
+    """
+
+    matrix: object
+    batch_codes: np.ndarray
+    batch_categories: list
+    var_names: list = field(default_factory=list)
+
+    @classmethod
+    def from_anndata(
+        cls,
+        adata,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        batch_categories: list | None = None,
+        allow_non_integer: bool = False,
+        check_zero_cells: bool = True,
+    ) -> CountData:
+        """Validate an AnnData and wrap its counts (nothing in ``adata`` is modified)."""
+        if adata.n_obs == 0 or adata.n_vars == 0:
+            raise ValueError(
+                f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
+                "give at least one cell and one gene."
+            )
+        matrix = get_counts_matrix(adata, layer)
+        if getattr(adata, "isbacked", False) and layer is None:
+            matrix = adata.X[:] if not sp.issparse(adata.X) else adata.X
+        if (
+            sp.issparse(matrix)
+            and not sp.isspmatrix_csr(matrix)
+            and not isinstance(matrix, sp.csr_array)
+        ):
+            logger.info("converting %s counts to CSR for row slicing", type(matrix).__name__)
+            matrix = sp.csr_matrix(matrix)
+        elif not sp.issparse(matrix):
+            matrix = np.asarray(matrix)
+        validate_counts(matrix, allow_non_integer=allow_non_integer)
+        if check_zero_cells:
+            totals = np.asarray(matrix.sum(axis=1)).ravel()
+            n_zero = int((totals == 0).sum())
+            if n_zero:
+                raise ValueError(
+                    f"{n_zero} cell(s) have zero counts over the {adata.n_vars} genes; their "
+                    "library size is undefined. Remove them first, e.g. "
+                    "adata = adata[adata.X.sum(1).A1 > 0].copy() or "
+                    "sc.pp.filter_cells(adata, min_counts=1)."
+                )
+        codes, categories = batch_codes_of(adata, batch_key, batch_categories)
+        return cls(matrix, codes, categories, list(map(str, adata.var_names)))
+
+    @property
+    def n_cells(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def n_genes(self) -> int:
+        return self.matrix.shape[1]
+
+    def rows(self, idx: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Dense float32 counts of the cells ``idx`` (a minibatch)."""
+        block = self.matrix[idx]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
+
+    def library_log_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-batch mean and variance of the log library size (the scVI library prior)."""
+        log_lib = np.log(np.asarray(self.matrix.sum(axis=1)).ravel().clip(min=1.0))
+        k = len(self.batch_categories)
+        means, vars_ = np.zeros(k), np.ones(k)
+        for b in range(k):
+            v = log_lib[self.batch_codes == b]
+            if v.size:
+                means[b] = v.mean()
+                vars_[b] = max(v.var(), 1e-4)
+        return means.astype(np.float32), vars_.astype(np.float32)
+
+
+def batch_codes_of(
+    adata, batch_key: str | None, categories: list | None = None
+) -> tuple[np.ndarray, list]:
+    """Integer batch codes and categories; unknown categories (at inference) raise."""
+    if batch_key is None:
+        return np.zeros(adata.n_obs, dtype=np.int64), ["_single_batch"]
+    if batch_key not in adata.obs:
+        raise KeyError(
+            f"batch_key {batch_key!r} not found in adata.obs (columns: {list(adata.obs)}); "
+            "pass the name of the column holding the batch, or batch_key=None."
+        )
+    col = adata.obs[batch_key]
+    if col.isna().any():
+        raise ValueError(
+            f"adata.obs[{batch_key!r}] has {int(col.isna().sum())} missing value(s); give "
+            "every cell a batch (e.g. fill them with 'unknown')."
+        )
+    values = col.astype(str).to_numpy()
+    if categories is None:
+        cats = (
+            [str(c) for c in col.cat.categories if (values == str(c)).any()]
+            if isinstance(col.dtype, pd.CategoricalDtype)
+            else sorted(set(values))
+        )
+        return pd.Categorical(values, categories=cats).codes.astype(np.int64), cats
+    unknown = sorted(set(values) - set(map(str, categories)))
+    if unknown:
+        raise ValueError(
+            f"adata.obs[{batch_key!r}] has categories unseen in training: {unknown[:10]}; "
+            f"the model knows {list(categories)}. Map those cells to a known batch or "
+            "train a model that includes them."
+        )
+    return pd.Categorical(values, categories=list(categories)).codes.astype(np.int64), list(
+        categories
+    )

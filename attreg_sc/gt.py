@@ -1,0 +1,322 @@
+"""Ground truths over genes: from gene lists, GMT gene sets, groups, cells, and markers.
+
+A ground truth is one of
+
+* a boolean vector ``(n_genes,)`` shared by all cells (:func:`from_genes`,
+  :func:`from_gmt`, :func:`mutual_information_markers` without ``groupby``);
+* a :class:`GroupedGroundTruth`: one gene set per group of cells, e.g. per cell type
+  (:func:`from_groups`, :func:`mutual_information_markers` with ``groupby``);
+* a :class:`CellGroundTruth`: any cells x genes boolean matrix (:func:`from_cell_matrix`).
+
+Matrices are stored compactly (a group table plus one code per cell, or a sparse
+matrix) and densified one minibatch of rows at a time.
+
+Examples
+--------
+>>> import anndata as ad, numpy as np
+>>> adata = ad.AnnData(np.ones((3, 4), dtype=np.float32))
+>>> adata.var_names = ["MAPK1", "NFKB1", "CD3E", "LYZ"]
+>>> from_genes(adata, ["mapk1", "nfkb1", "NOPE"]).astype(int).tolist()
+[1, 1, 0, 0]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+__all__ = [
+    "from_genes",
+    "read_gmt",
+    "from_gmt",
+    "from_groups",
+    "from_cell_matrix",
+    "mutual_information_markers",
+    "GroupedGroundTruth",
+    "CellGroundTruth",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _gene_index(adata, gene_key: str | None) -> pd.Index:
+    if gene_key is None:
+        names = adata.var_names
+    else:
+        if gene_key not in adata.var:
+            raise KeyError(
+                f"gene_key {gene_key!r} not in adata.var (columns: {list(adata.var)}); pass "
+                "the column holding gene symbols, or gene_key=None to use var_names."
+            )
+        names = adata.var[gene_key]
+    return pd.Index([str(g).upper() for g in names])
+
+
+def from_genes(
+    adata,
+    genes: Iterable[str],
+    gene_key: str | None = None,
+    name: str = "gene list",
+    min_found: int = 1,
+) -> np.ndarray:
+    """Boolean vector over ``adata``'s genes: True for the listed genes.
+
+    Matching is case-insensitive against ``var_names`` or ``adata.var[gene_key]``.
+    Genes not found are logged (INFO); fewer than ``min_found`` found is an error.
+    """
+    if isinstance(genes, str):
+        raise TypeError(f"genes must be a list of gene names, not the string {genes!r}.")
+    wanted = list(dict.fromkeys(str(g).upper() for g in genes))
+    if not wanted:
+        raise ValueError(f"{name} is empty; give at least one gene.")
+    index = _gene_index(adata, gene_key)
+    mask = index.isin(wanted)
+    found = set(index[mask])
+    missing = [g for g in wanted if g not in found]
+    if len(found) < min_found:
+        raise ValueError(
+            f"{name}: {len(found)} of {len(wanted)} genes found in the data (need at least "
+            f"{min_found}); first missing: {missing[:5]}. Check the species/ID type, or pass "
+            "gene_key= naming the adata.var column with gene symbols."
+        )
+    if missing:
+        logger.info(
+            "%s: %d of %d genes found; not in the data: %s%s",
+            name,
+            len(found),
+            len(wanted),
+            ", ".join(missing[:20]),
+            " ..." if len(missing) > 20 else "",
+        )
+    return np.asarray(mask, dtype=bool)
+
+
+def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Read a GMT file: one set per line, ``name <TAB> description <TAB> gene ...``."""
+    sets: dict[str, list[str]] = {}
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.rstrip("\n\r").split("\t")
+            if not parts or not parts[0].strip():
+                continue
+            if len(parts) < 3:
+                raise ValueError(
+                    f"{path}:{lineno}: a GMT line needs a name, a description and genes "
+                    "separated by tabs."
+                )
+            sets[parts[0]] = [g for g in parts[2:] if g]
+    if not sets:
+        raise ValueError(f"{path} holds no gene set.")
+    return sets
+
+
+def from_gmt(
+    adata,
+    path: str | os.PathLike,
+    sets: Iterable[str] | None = None,
+    gene_key: str | None = None,
+    min_found: int = 1,
+) -> dict[str, np.ndarray]:
+    """One boolean vector per gene set of a GMT file (all sets, or the named ones)."""
+    table = read_gmt(path)
+    names = list(table) if sets is None else list(sets)
+    unknown = [s for s in names if s not in table]
+    if unknown:
+        raise KeyError(f"gene sets {unknown} not in {path}; it has {list(table)[:10]}.")
+    return {
+        s: from_genes(adata, table[s], gene_key, name=f"gene set {s!r}", min_found=min_found)
+        for s in names
+    }
+
+
+@dataclass
+class GroupedGroundTruth:
+    """One gene set per group of cells: ``table[codes[i]]`` is cell ``i``'s GT row.
+
+    Attributes
+    ----------
+    codes
+        Group code of every cell, ``(n_cells,)``; ``-1`` for cells outside every group
+        (their row is all zeros).
+    table
+        Boolean ``(n_groups, n_genes)``.
+    groups
+        The group names (rows of ``table``).
+    """
+
+    codes: np.ndarray
+    table: np.ndarray
+    groups: list
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.codes), self.table.shape[1])
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        codes = self.codes[idx]
+        out = np.zeros((len(codes), self.table.shape[1]), dtype=np.float32)
+        ok = codes >= 0
+        out[ok] = self.table[codes[ok]]
+        return out
+
+    def subset(self, idx: np.ndarray) -> GroupedGroundTruth:
+        return GroupedGroundTruth(self.codes[idx], self.table, self.groups)
+
+    def to_dense(self) -> np.ndarray:
+        return self.rows(np.arange(len(self.codes))).astype(bool)
+
+
+@dataclass
+class CellGroundTruth:
+    """Any cells x genes boolean matrix, stored as CSR."""
+
+    matrix: sp.csr_matrix
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        return self.matrix[idx].toarray().astype(np.float32)
+
+    def subset(self, idx: np.ndarray) -> CellGroundTruth:
+        return CellGroundTruth(self.matrix[idx])
+
+    def to_dense(self) -> np.ndarray:
+        return self.matrix.toarray().astype(bool)
+
+
+def from_groups(
+    adata,
+    groupby: str,
+    genes_per_group: Mapping[str, Iterable[str]],
+    gene_key: str | None = None,
+) -> GroupedGroundTruth:
+    """A GT matrix with one gene list per group (e.g. per cell type) of ``obs[groupby]``.
+
+    Cells of groups without a gene list get an all-zero row (the prior then asks for
+    small attributions everywhere in those cells; leave such groups out on purpose).
+    """
+    if groupby not in adata.obs:
+        raise KeyError(f"groupby {groupby!r} not in adata.obs (columns: {list(adata.obs)}).")
+    labels = adata.obs[groupby]
+    if labels.isna().any():
+        raise ValueError(f"adata.obs[{groupby!r}] has missing values; label every cell.")
+    labels = labels.astype(str).to_numpy()
+    groups = [str(g) for g in genes_per_group]
+    unknown = sorted(set(groups) - set(labels))
+    if unknown:
+        raise ValueError(
+            f"groups {unknown} have gene lists but no cells in adata.obs[{groupby!r}]."
+        )
+    table = np.stack(
+        [
+            from_genes(adata, genes, gene_key, name=f"genes of group {g!r}")
+            for g, genes in genes_per_group.items()
+        ]
+    )
+    code_of = {g: i for i, g in enumerate(groups)}
+    codes = np.array([code_of.get(v, -1) for v in labels], dtype=np.int64)
+    return GroupedGroundTruth(codes, table, groups)
+
+
+def from_cell_matrix(adata, matrix) -> CellGroundTruth:
+    """A per-cell GT from any ``(n_cells, n_genes)`` boolean/0-1 array or sparse matrix."""
+    m = sp.csr_matrix(matrix)
+    if m.shape != (adata.n_obs, adata.n_vars):
+        raise ValueError(
+            f"GT matrix has shape {m.shape}; expected (n_cells, n_genes) = "
+            f"{(adata.n_obs, adata.n_vars)} in the order of the AnnData."
+        )
+    if m.nnz and not np.isin(m.data, (0, 1)).all():
+        raise ValueError("GT matrix must be binary (0/1 or boolean).")
+    return CellGroundTruth(m.astype(bool))
+
+
+def _log_normalized_columns(matrix, cols: np.ndarray, lib: np.ndarray) -> np.ndarray:
+    block = matrix[:, cols]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return np.log1p(block / lib[:, None] * 1e4).astype(np.float32)
+
+
+def _mi_scores(matrix, labels: np.ndarray, random_state: int, chunk: int) -> np.ndarray:
+    from sklearn.feature_selection import mutual_info_classif
+
+    lib = np.asarray(matrix.sum(axis=1)).ravel().clip(min=1.0)
+    scores = np.zeros(matrix.shape[1])
+    for start in range(0, matrix.shape[1], chunk):
+        cols = np.arange(start, min(start + chunk, matrix.shape[1]))
+        x = _log_normalized_columns(matrix, cols, lib)
+        scores[cols] = mutual_info_classif(
+            x, labels, discrete_features=False, random_state=random_state
+        )
+    return scores
+
+
+def mutual_information_markers(
+    adata,
+    label_key: str,
+    groupby: str | None = None,
+    n_top: int = 40,
+    layer: str | None = None,
+    random_state: int = 0,
+    min_cells: int = 10,
+    chunk: int = 2000,
+) -> np.ndarray | GroupedGroundTruth:
+    """Top-``n_top`` genes by mutual information with a label (e.g. time point).
+
+    MI (scikit-learn's ``mutual_info_classif``) is computed on ``log1p(counts / library
+    * 1e4)`` of each gene, in chunks of genes (the matrix is never densified whole).
+    Without ``groupby``: one global vector. With ``groupby`` (e.g. cell type): MI within
+    each group -> a :class:`GroupedGroundTruth`; groups with fewer than ``min_cells``
+    cells or a single label are skipped (logged) and get all-zero rows.
+    """
+    from attreg_sc.data import get_counts_matrix
+
+    if label_key not in adata.obs:
+        raise KeyError(f"label_key {label_key!r} not in adata.obs (columns: {list(adata.obs)}).")
+    labels = adata.obs[label_key]
+    if labels.isna().any():
+        raise ValueError(
+            f"adata.obs[{label_key!r}] has {int(labels.isna().sum())} missing value(s); "
+            "drop or label those cells first."
+        )
+    if n_top < 1 or n_top > adata.n_vars:
+        raise ValueError(f"n_top must be in [1, {adata.n_vars}], got {n_top}.")
+    labels = labels.astype(str).to_numpy()
+    matrix = get_counts_matrix(adata, layer)
+    if sp.issparse(matrix):
+        matrix = sp.csr_matrix(matrix)
+
+    def top_mask(rows: np.ndarray | slice) -> np.ndarray:
+        scores = _mi_scores(matrix[rows], labels[rows], random_state, chunk)
+        mask = np.zeros(adata.n_vars, dtype=bool)
+        mask[np.argsort(-scores, kind="stable")[:n_top]] = True
+        return mask
+
+    if groupby is None:
+        if len(set(labels)) < 2:
+            raise ValueError(f"adata.obs[{label_key!r}] has one value; MI needs two or more.")
+        return top_mask(slice(None))
+    if groupby not in adata.obs:
+        raise KeyError(f"groupby {groupby!r} not in adata.obs (columns: {list(adata.obs)}).")
+    groups_of_cells = adata.obs[groupby].astype(str).to_numpy()
+    groups, table = [], []
+    for g in pd.unique(groups_of_cells):
+        rows = np.flatnonzero(groups_of_cells == g)
+        if len(rows) < min_cells or len(set(labels[rows])) < 2:
+            logger.info("markers: group %r skipped (%d cells, one label or too few)", g, len(rows))
+            continue
+        groups.append(str(g))
+        table.append(top_mask(rows))
+    if not groups:
+        raise ValueError(f"no group of {groupby!r} has >= {min_cells} cells and two labels.")
+    code_of = {g: i for i, g in enumerate(groups)}
+    codes = np.array([code_of.get(v, -1) for v in groups_of_cells], dtype=np.int64)
+    return GroupedGroundTruth(codes, np.stack(table), groups)

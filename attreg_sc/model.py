@@ -1,0 +1,526 @@
+"""``SCARE``: the user-facing scARE model on AnnData (scvi-tools' conventions)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+import attreg
+from attreg.prior import AttributionPrior, PriorSet, make_method
+from attreg.reducers import resolve_reducer
+from attreg_sc.data import CountData
+from attreg_sc.gt import CellGroundTruth, GroupedGroundTruth, from_cell_matrix, from_genes
+from attreg_sc.module.vae import SCAREModule
+from attreg_sc.train.trainer import TrainingPlan, train_module
+
+__all__ = ["SCARE", "FORMAT_VERSION"]
+
+logger = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+_MODULE_KEYS = (
+    "n_hidden",
+    "n_latent",
+    "n_layers",
+    "dropout",
+    "dispersion",
+    "likelihood",
+    "use_observed_library",
+    "normalize_input",
+)
+_PRIOR_KEYS = (
+    "attribution",
+    "target",
+    "reducer",
+    "reparameterizer",
+    "loss",
+    "aggregation",
+    "n_samples",
+    "n_steps",
+)
+
+
+def _resolve_device(accelerator: str) -> torch.device:
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise RuntimeError("accelerator='gpu' requested but CUDA is not available.")
+    return torch.device("cuda" if accelerator in ("gpu", "cuda") else accelerator)
+
+
+def _normalize_ground_truths(adata, gt, gene_key: str | None) -> dict[str, Any]:
+    """Turn the user's ``gt`` into ``{name: bool vector | Grouped/CellGroundTruth}``."""
+    if gt is None:
+        return {}
+    if not isinstance(gt, Mapping):
+        gt = {"gt": gt}
+    out: dict[str, Any] = {}
+    for name, g in gt.items():
+        if isinstance(g, (GroupedGroundTruth, CellGroundTruth)):
+            if g.shape != (adata.n_obs, adata.n_vars):
+                raise ValueError(
+                    f"GT {name!r} has shape {g.shape}; the AnnData has "
+                    f"{(adata.n_obs, adata.n_vars)} (cells x genes)."
+                )
+            val = g
+        elif isinstance(g, (list, tuple)) and g and isinstance(g[0], str):
+            val = from_genes(adata, g, gene_key, name=f"GT {name!r}")
+        else:
+            arr = g if sp.issparse(g) else np.asarray(g.cpu() if torch.is_tensor(g) else g)
+            if arr.ndim == 1:
+                if arr.shape[0] != adata.n_vars:
+                    raise ValueError(
+                        f"GT {name!r} has {arr.shape[0]} entries; the AnnData has "
+                        f"{adata.n_vars} genes. Build it with attreg_sc.gt.from_genes(adata, ...)."
+                    )
+                if not np.isin(arr, (0, 1)).all():
+                    raise ValueError(f"GT {name!r} must be binary (0/1 or boolean).")
+                val = arr.astype(bool)
+            elif arr.ndim == 2:
+                val = from_cell_matrix(adata, arr)
+            else:
+                raise ValueError(f"GT {name!r} must be a vector or a cells x genes matrix.")
+        dense_any = val.any() if isinstance(val, np.ndarray) else val.to_dense().any()
+        if not dense_any:
+            raise ValueError(f"GT {name!r} selects no gene; check the gene names.")
+        if isinstance(val, np.ndarray) and val.all():
+            raise ValueError(
+                f"GT {name!r} selects every gene, which carries no information; "
+                "give a proper subset of the genes."
+            )
+        out[name] = val
+    return out
+
+
+class SCARE:
+    """scARE: a batch-conditioned NB VAE trained with attribution priors.
+
+    Parameters
+    ----------
+    adata
+        AnnData with raw counts in ``X`` or ``layers[layer]`` (dense, CSR or CSC; never
+        densified whole). Not modified.
+    layer
+        Layer with raw counts (``None``: ``X``).
+    batch_key
+        ``obs`` column with the batch; its one-hot enters encoder and decoder.
+    gt
+        Ground truth(s): a gene list, a boolean vector over genes, a
+        :class:`~attreg_sc.gt.GroupedGroundTruth` / :class:`~attreg_sc.gt.CellGroundTruth`
+        or cells x genes matrix, or a dict ``name -> any of these`` (one prior each).
+    w_attr
+        ``w_A``, the weight of the attribution loss (0: plain cVAE).
+    attribution
+        ``"eg"`` (default, Expected Gradients, ``n_samples`` references from the
+        minibatch) or ``"ig"`` (Integrated Gradients, ``n_steps`` from zeros).
+    target
+        ``"encoder"`` (``F`` over the latent mean, default) or ``"model"`` (``F`` over the
+        log reconstructed mean).
+    reducer, reparameterizer, loss
+        See :class:`attreg.AttributionPrior` (defaults ``"sum"``, ``"abs_minmax"``,
+        ``"mse"``).
+    gt_weights
+        Per-GT weights (dict), default 1 each; ``aggregation`` ``"sum"`` or
+        ``"squared_sum"``.
+    w_reconstruction, w_divergence
+        ``w_R`` and ``w_D``.
+    n_hidden, n_latent, n_layers, dropout, dispersion, likelihood,
+    use_observed_library, normalize_input
+        Architecture, see :class:`attreg_sc.module.SCAREModule`.
+    allow_non_integer
+        Accept non-integer counts.
+    gene_key
+        ``var`` column with gene symbols used to match gene-list GTs.
+    accelerator
+        ``"auto"`` (CUDA if available), ``"cpu"`` or ``"gpu"``.
+    seed
+        Seed of initialisation, minibatches and EG references.
+
+    Examples
+    --------
+    >>> import attreg_sc as asc
+    >>> adata = asc.datasets.synthetic(n_cells=200, n_genes=60, n_gt_genes=10, seed=0)
+    >>> model = asc.SCARE(adata, batch_key="batch", gt=adata.var["is_gt"].to_numpy(),
+    ...                   w_attr=1.0, n_latent=4)
+    >>> model.train(max_epochs=2, progress_bar=False)
+    >>> model.get_latent_representation().shape
+    (200, 4)
+    """
+
+    def __init__(
+        self,
+        adata,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        gt: Any = None,
+        w_attr: float = 100.0,
+        attribution: str = "eg",
+        target: str = "encoder",
+        reducer: str = "sum",
+        reparameterizer: str = "abs_minmax",
+        loss: str = "mse",
+        gt_weights: Mapping[str, float] | None = None,
+        aggregation: str = "sum",
+        n_samples: int = 1,
+        n_steps: int = 20,
+        w_reconstruction: float = 1.0,
+        w_divergence: float = 1.0,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        dropout: float = 0.1,
+        dispersion: str = "gene",
+        likelihood: str = "nb",
+        use_observed_library: bool = False,
+        normalize_input: bool = False,
+        allow_non_integer: bool = False,
+        gene_key: str | None = None,
+        accelerator: str = "auto",
+        seed: int = 0,
+        _batch_categories: list | None = None,
+    ) -> None:
+        if w_attr < 0:
+            raise ValueError(f"w_attr must be >= 0, got {w_attr}.")
+        self.adata = adata
+        self.layer, self.batch_key, self.gene_key = layer, batch_key, gene_key
+        self.allow_non_integer = allow_non_integer
+        self.data = CountData.from_anndata(
+            adata, layer, batch_key, _batch_categories, allow_non_integer
+        )
+        self.ground_truths = _normalize_ground_truths(adata, gt, gene_key)
+        if w_attr > 0 and not self.ground_truths:
+            logger.info("no ground truth given: training a plain cVAE (w_attr has no effect)")
+        self.w_attr, self.w_reconstruction, self.w_divergence = (
+            float(w_attr),
+            float(w_reconstruction),
+            float(w_divergence),
+        )
+        self.prior_params = dict(
+            attribution=attribution,
+            target=target,
+            reducer=reducer,
+            reparameterizer=reparameterizer,
+            loss=loss,
+            aggregation=aggregation,
+            n_samples=n_samples,
+            n_steps=n_steps,
+        )
+        self.gt_weights = dict(gt_weights or {})
+        unknown = set(self.gt_weights) - set(self.ground_truths)
+        if unknown:
+            raise KeyError(f"gt_weights names {sorted(unknown)} are not GT names.")
+        self.module_params = dict(
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            dropout=dropout,
+            dispersion=dispersion,
+            likelihood=likelihood,
+            use_observed_library=use_observed_library,
+            normalize_input=normalize_input,
+        )
+        self.seed = seed
+        self.device = _resolve_device(accelerator)
+        torch.manual_seed(seed)
+        means, vars_ = self.data.library_log_stats()
+        self.module = SCAREModule(
+            n_genes=self.data.n_genes,
+            n_batches=len(self.data.batch_categories),
+            library_log_means=torch.from_numpy(means),
+            library_log_vars=torch.from_numpy(vars_),
+            **self.module_params,
+        ).to(self.device)
+        self.priors = self._build_priors() if self.ground_truths else None
+        self.history: dict[str, list[float]] = {}
+        self.is_trained = False
+
+    # -- priors --------------------------------------------------------------------------
+    def _build_priors(self) -> PriorSet:
+        p = self.prior_params
+        target = self.module.attribution_target(p["target"])
+        method = make_method(target, p["attribution"], resolve_reducer(p["reducer"]))
+        self._generator = torch.Generator().manual_seed(self.seed)
+        priors = {}
+        for name, g in self.ground_truths.items():
+            vector = torch.from_numpy(g.astype(np.float32)) if isinstance(g, np.ndarray) else None
+            priors[name] = AttributionPrior(
+                target,
+                vector,
+                method=method,
+                reparameterizer=p["reparameterizer"],
+                loss=p["loss"],
+                weight=self.gt_weights.get(name, 1.0),
+                n_samples=p["n_samples"],
+                n_steps=p["n_steps"],
+                generator=self._generator,
+            )
+        return PriorSet(priors, p["aggregation"]).to(self.device)
+
+    def _prior_loss(self, x_in: torch.Tensor, batch_index: torch.Tensor, idx: np.ndarray):
+        gts = {
+            name: torch.from_numpy(g.rows(idx)).to(x_in.device)
+            for name, g in self.ground_truths.items()
+            if not isinstance(g, np.ndarray)
+        }
+        return self.priors(x_in, gts=gts, additional_forward_args=(batch_index,))
+
+    # -- training ------------------------------------------------------------------------
+    def train(
+        self,
+        max_epochs: int = 100,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        kl_warmup_epochs: int = 10,
+        prior_warmup_epochs: int = 0,
+        validation_fraction: float = 0.1,
+        early_stopping: bool = True,
+        patience: int = 10,
+        grad_clip: float | None = None,
+        progress_bar: bool = True,
+    ) -> None:
+        """Train the model; per-epoch losses land in :attr:`history`.
+
+        Parameters
+        ----------
+        max_epochs
+            Upper bound on epochs.
+        batch_size
+            Cells per minibatch (EG references come from the same minibatch).
+        lr, weight_decay
+            Adam settings.
+        kl_warmup_epochs
+            Linear warm-up of the KL weight from ``1/n`` to 1 over this many epochs.
+        prior_warmup_epochs
+            Epochs of plain training before the prior is switched on.
+        validation_fraction
+            Held-out cells for the validation ELBO (early stopping).
+        early_stopping, patience
+            Stop after ``patience`` epochs without improvement (after KL warm-up); the
+            best weights are restored.
+        grad_clip
+            Clip the gradient norm to this value.
+        progress_bar
+            Show a tqdm progress bar.
+        """
+        plan = TrainingPlan(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            kl_warmup_epochs=kl_warmup_epochs,
+            w_reconstruction=self.w_reconstruction,
+            w_divergence=self.w_divergence,
+            w_attribution=self.w_attr,
+            prior_warmup_epochs=prior_warmup_epochs,
+            validation_fraction=validation_fraction,
+            early_stopping=early_stopping,
+            patience=patience,
+            grad_clip=grad_clip,
+            seed=self.seed,
+            progress_bar=progress_bar,
+        )
+        prior = self._prior_loss if self.priors is not None else None
+        history = train_module(self.module, self.data, plan, prior, self.device)
+        for k, v in history.items():
+            self.history.setdefault(k, []).extend(v)
+        self.is_trained = True
+
+    # -- inference -----------------------------------------------------------------------
+    def _data_for(self, adata) -> CountData:
+        if adata is None or adata is self.adata:
+            return self.data
+        names = list(map(str, adata.var_names))
+        if names != self.data.var_names:
+            raise ValueError(
+                "the AnnData's genes differ from the training genes (names or order); "
+                "subset/reorder it with adata[:, model.var_names]."
+            )
+        return CountData.from_anndata(
+            adata,
+            self.layer,
+            self.batch_key,
+            self.data.batch_categories,
+            self.allow_non_integer,
+        )
+
+    @property
+    def var_names(self) -> list[str]:
+        return list(self.data.var_names)
+
+    @torch.no_grad()
+    def get_latent_representation(self, adata=None, batch_size: int = 1024) -> np.ndarray:
+        """Latent means ``E[z | x, c]`` of every cell, ``(n_cells, n_latent)``."""
+        data = self._data_for(adata)
+        self.module.eval()
+        out = []
+        codes = torch.from_numpy(data.batch_codes)
+        for start in range(0, data.n_cells, batch_size):
+            idx = np.arange(start, min(start + batch_size, data.n_cells))
+            counts = data.rows(idx, self.device)
+            qz_m, _ = self.module.encoder(
+                self.module.encoder_input(counts),
+                self.module.one_hot(codes[idx].to(self.device)),
+            )
+            out.append(qz_m.cpu().numpy())
+        return np.concatenate(out)
+
+    def get_attributions(
+        self,
+        adata=None,
+        method: str = "eg",
+        target: str | None = None,
+        n_samples: int = 8,
+        n_steps: int = 20,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Post-hoc per-cell gene attributions ``(n_cells, n_genes)`` (not differentiable).
+
+        EG references come from the same batch of ``batch_size`` cells; IG uses zeros.
+        """
+        data = self._data_for(adata)
+        self.module.eval()
+        fn = self.module.attribution_target(target or self.prior_params["target"])
+        reducer = resolve_reducer(self.prior_params["reducer"])
+        cls = {"eg": attreg.ExpectedGradients, "ig": attreg.IntegratedGradients}[method]
+        explainer = cls(fn, reducer)
+        g = torch.Generator().manual_seed(seed)
+        codes = torch.from_numpy(data.batch_codes)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(data.n_cells)
+        out = np.zeros((data.n_cells, data.n_genes), dtype=np.float32)
+        for start in range(0, data.n_cells, batch_size):
+            idx = np.sort(order[start : start + batch_size])
+            x_in = self.module.encoder_input(data.rows(idx, self.device))
+            b = codes[idx].to(self.device)
+            if method == "eg":
+                a = explainer.attribute(
+                    x_in, additional_forward_args=(b,), n_samples=n_samples, generator=g
+                )
+            else:
+                a = explainer.attribute(x_in, additional_forward_args=(b,), n_steps=n_steps)
+            out[idx] = a.cpu().numpy()
+        return out
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write weights, hyperparameters, genes, batch categories, GTs and history to
+        ``path/model.pt`` atomically (temporary file + rename)."""
+        path = Path(path)
+        target = path / "model.pt"
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
+        path.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "attreg_version": attreg.__version__,
+            "init": dict(
+                layer=self.layer,
+                batch_key=self.batch_key,
+                gene_key=self.gene_key,
+                w_attr=self.w_attr,
+                w_reconstruction=self.w_reconstruction,
+                w_divergence=self.w_divergence,
+                gt_weights=self.gt_weights,
+                allow_non_integer=self.allow_non_integer,
+                seed=self.seed,
+                **self.prior_params,
+                **self.module_params,
+            ),
+            "var_names": self.data.var_names,
+            "batch_categories": self.data.batch_categories,
+            "ground_truths": {k: _pack_gt(v) for k, v in self.ground_truths.items()},
+            "state_dict": {k: v.cpu() for k, v in self.module.state_dict().items()},
+            "history": self.history,
+            "is_trained": self.is_trained,
+        }
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.pt.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(payload, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, adata, accelerator: str = "auto") -> SCARE:
+        """Load a model saved with :meth:`save` against ``adata`` (same genes, in order)."""
+        file = Path(path) / "model.pt"
+        if not file.exists():
+            raise FileNotFoundError(f"no saved model at {file}.")
+        try:
+            payload = torch.load(file, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise ValueError(
+                f"{file} is not a readable scARE checkpoint (truncated or corrupt?): {err}"
+            ) from err
+        version = payload.get("format_version") if isinstance(payload, dict) else None
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{file} has format version {version!r}; this attreg_sc reads version "
+                f"{FORMAT_VERSION}. Re-save it with the attreg version that wrote it."
+            )
+        names = list(map(str, adata.var_names))
+        if names != payload["var_names"]:
+            missing = sorted(set(payload["var_names"]) - set(names))[:5]
+            raise ValueError(
+                f"the AnnData's genes differ from the model's ({len(names)} vs "
+                f"{len(payload['var_names'])}; missing e.g. {missing}); subset/reorder "
+                "it with adata[:, genes] where genes are the model's var_names."
+            )
+        init = dict(payload["init"])
+        gts = {k: _unpack_gt(v) for k, v in payload["ground_truths"].items()}
+        gts = {
+            k: v for k, v in gts.items() if isinstance(v, np.ndarray) or v.shape[0] == adata.n_obs
+        }
+        model = cls(
+            adata,
+            gt=gts or None,
+            accelerator=accelerator,
+            _batch_categories=payload["batch_categories"],
+            **init,
+        )
+        model.module.load_state_dict(payload["state_dict"])
+        model.module.eval()
+        model.history = payload["history"]
+        model.is_trained = payload["is_trained"]
+        return model
+
+    def __repr__(self) -> str:
+        return (
+            f"SCARE({self.data.n_cells} cells x {self.data.n_genes} genes, "
+            f"{len(self.data.batch_categories)} batch(es), GTs={list(self.ground_truths)}, "
+            f"w_attr={self.w_attr}, trained={self.is_trained})"
+        )
+
+
+def _pack_gt(g) -> dict:
+    if isinstance(g, np.ndarray):
+        return {"kind": "vector", "mask": g}
+    if isinstance(g, GroupedGroundTruth):
+        return {"kind": "grouped", "codes": g.codes, "table": g.table, "groups": g.groups}
+    m = g.matrix
+    return {"kind": "cell", "indptr": m.indptr, "indices": m.indices, "shape": m.shape}
+
+
+def _unpack_gt(d: dict):
+    if d["kind"] == "vector":
+        return d["mask"]
+    if d["kind"] == "grouped":
+        return GroupedGroundTruth(d["codes"], d["table"], d["groups"])
+    m = sp.csr_matrix(
+        (np.ones(len(d["indices"]), dtype=bool), d["indices"], d["indptr"]), shape=d["shape"]
+    )
+    return CellGroundTruth(m)

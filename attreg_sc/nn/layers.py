@@ -1,0 +1,125 @@
+"""Layers of the scARE model: fully connected blocks with covariates, encoders, decoder.
+
+LayerNorm, not BatchNorm: BatchNorm couples the samples whose attributions are taken.
+The batch one-hot enters every first layer; ``W [x, c] = W_x x + W_c c``, so the
+covariate is added through its own weight matrix instead of concatenating tensors
+(same function, no copy of the gene matrix).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["FCLayers", "Encoder", "LibraryEncoder", "Decoder"]
+
+
+class FCLayers(nn.Module):
+    """``n_layers`` x (Linear -> LayerNorm -> ReLU -> Dropout), covariates at the first layer.
+
+    Parameters
+    ----------
+    n_in
+        Input width.
+    n_out
+        Width of every hidden layer.
+    n_cat
+        Width of the covariate one-hot (0: none).
+    n_layers
+        Number of blocks (>= 1).
+    dropout
+        Dropout rate.
+    """
+
+    def __init__(
+        self, n_in: int, n_out: int, n_cat: int = 0, n_layers: int = 1, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}.")
+        self.first = nn.Linear(n_in, n_out)
+        self.covariate = nn.Linear(n_cat, n_out, bias=False) if n_cat > 0 else None
+        blocks: list[nn.Module] = [nn.LayerNorm(n_out), nn.ReLU(), nn.Dropout(dropout)]
+        for _ in range(n_layers - 1):
+            blocks += [
+                nn.Linear(n_out, n_out),
+                nn.LayerNorm(n_out),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+            ]
+        self.rest = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.first(x)
+        if self.covariate is not None:
+            if cat is None:
+                raise ValueError("this layer was built with covariates; pass the batch one-hot.")
+            h = h + self.covariate(cat)
+        return self.rest(h)
+
+
+class Encoder(nn.Module):
+    """``q(z | x, c)``: returns ``(mean, var)`` of a diagonal Gaussian."""
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_cat: int = 0,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout: float = 0.1,
+        var_eps: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.body = FCLayers(n_in, n_hidden, n_cat, n_layers, dropout)
+        self.mean = nn.Linear(n_hidden, n_out)
+        self.log_var = nn.Linear(n_hidden, n_out)
+        self.var_eps = var_eps
+
+    def forward(
+        self, x: torch.Tensor, cat: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x, cat)
+        return self.mean(h), torch.exp(self.log_var(h)) + self.var_eps
+
+
+class LibraryEncoder(Encoder):
+    """``q(log l | x, c)``: a one-dimensional :class:`Encoder`."""
+
+    def __init__(self, n_in: int, n_cat: int = 0, n_hidden: int = 128, dropout: float = 0.1):
+        super().__init__(n_in, 1, n_cat, n_hidden, 1, dropout)
+
+
+class Decoder(nn.Module):
+    """``p(x | z, c)``: gene proportions (softmax), optional per-cell dispersion and dropout.
+
+    Returns a dict with ``scale`` (proportions), ``log_theta`` (only for per-cell
+    dispersion) and ``zi_logits`` (only for the zero-inflated likelihood).
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_genes: int,
+        n_cat: int = 0,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout: float = 0.1,
+        per_cell_dispersion: bool = False,
+        zero_inflated: bool = False,
+    ) -> None:
+        super().__init__()
+        self.body = FCLayers(n_latent, n_hidden, n_cat, n_layers, dropout)
+        self.scale = nn.Linear(n_hidden, n_genes)
+        self.log_theta = nn.Linear(n_hidden, n_genes) if per_cell_dispersion else None
+        self.zi_logits = nn.Linear(n_hidden, n_genes) if zero_inflated else None
+
+    def forward(self, z: torch.Tensor, cat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        h = self.body(z, cat)
+        out = {"scale": torch.softmax(self.scale(h), dim=-1)}
+        if self.log_theta is not None:
+            out["log_theta"] = self.log_theta(h)
+        if self.zi_logits is not None:
+            out["zi_logits"] = self.zi_logits(h)
+        return out

@@ -1,0 +1,172 @@
+"""The training loop: minibatches of sparse rows, KL warm-up, prior, early stopping.
+
+``L = w_R * L_R + w_D * kl_weight(epoch) * L_D + w_A * L_A`` per minibatch, where
+``L_A`` is an attreg :class:`~attreg.PriorSet` evaluated on the encoder input of the
+minibatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attreg_sc.data import CountData
+
+__all__ = ["TrainingPlan", "train_module", "NonFiniteLossError"]
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term or gradient became NaN/inf during training."""
+
+
+@dataclass
+class TrainingPlan:
+    """Optimisation settings (all documented in :meth:`attreg_sc.SCARE.train`)."""
+
+    max_epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    kl_warmup_epochs: int = 10
+    w_reconstruction: float = 1.0
+    w_divergence: float = 1.0
+    w_attribution: float = 1.0
+    prior_warmup_epochs: int = 0
+    validation_fraction: float = 0.1
+    early_stopping: bool = True
+    patience: int = 10
+    grad_clip: float | None = None
+    seed: int = 0
+    progress_bar: bool = True
+
+    def kl_weight(self, epoch: int) -> float:
+        if self.kl_warmup_epochs <= 0:
+            return 1.0
+        return min(1.0, (epoch + 1) / self.kl_warmup_epochs)
+
+
+def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    perm = rng.permutation(n)
+    n_val = int(round(n * fraction)) if n >= 20 else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _check_finite(values: dict[str, float], epoch: int, step: int) -> None:
+    names = {"reconstruction": "L_R", "kl": "L_D", "attribution": "L_A"}
+    for key, val in values.items():
+        if not math.isfinite(val):
+            raise NonFiniteLossError(
+                f"{names.get(key, key)} ({key}) became {val} at epoch {epoch}, step {step}; "
+                "lower the learning rate, set grad_clip=, or check the data for extreme "
+                "counts. The weights of the last finished epoch are kept."
+            )
+
+
+def train_module(
+    module: torch.nn.Module,
+    data: CountData,
+    plan: TrainingPlan,
+    prior_loss: Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, list[float]]:
+    """Train ``module`` in place on ``data``; return the per-epoch history.
+
+    ``prior_loss(x_in, batch_index, cell_index)`` returns ``L_A`` for a minibatch.
+    """
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(plan.seed)
+    torch.manual_seed(plan.seed)
+    train_idx, val_idx = _split(data.n_cells, plan.validation_fraction, rng)
+    if len(train_idx) == 0:
+        raise ValueError("no cells to train on.")
+    codes = torch.from_numpy(data.batch_codes)
+    module.to(device)
+    opt = torch.optim.Adam(module.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
+    history: dict[str, list[float]] = {
+        k: []
+        for k in ("loss", "reconstruction", "kl", "attribution", "validation_loss", "kl_weight")
+    }
+    best, best_state, waited = math.inf, None, 0
+    bar = tqdm(range(plan.max_epochs), disable=not plan.progress_bar, desc="scARE", unit="epoch")
+    for epoch in bar:
+        module.train()
+        kl_weight = plan.kl_weight(epoch)
+        use_prior = (
+            prior_loss is not None and plan.w_attribution > 0 and epoch >= plan.prior_warmup_epochs
+        )
+        sums = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "attribution": 0.0}
+        order = rng.permutation(train_idx)
+        n_steps = 0
+        for step, start in enumerate(range(0, len(order), plan.batch_size)):
+            idx = np.sort(order[start : start + plan.batch_size])
+            if len(idx) < 2 and len(order) > 1:
+                continue  # a single-cell last batch has no EG reference
+            counts = data.rows(idx, device)
+            b = codes[idx].to(device)
+            terms = module.loss(counts, b, kl_weight, plan.w_reconstruction, plan.w_divergence)
+            loss = terms["loss"]
+            l_a = torch.zeros((), device=loss.device)
+            if use_prior:
+                l_a = prior_loss(terms["x_in"], b, idx)
+                loss = loss + plan.w_attribution * l_a
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            values = {
+                "reconstruction": terms["reconstruction"].item(),
+                "kl": (terms["kl_z"] + terms["kl_l"]).item(),
+                "attribution": l_a.item(),
+            }
+            _check_finite(values, epoch, step)
+            if plan.grad_clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(module.parameters(), plan.grad_clip)
+                if not torch.isfinite(norm):
+                    raise NonFiniteLossError(
+                        f"gradient norm became {float(norm)} at epoch {epoch}, step {step}."
+                    )
+            opt.step()
+            sums["loss"] += loss.item()
+            for k, v in values.items():
+                sums[k] += v
+            n_steps += 1
+        for k, v in sums.items():
+            history[k].append(v / max(n_steps, 1))
+        history["kl_weight"].append(kl_weight)
+        val = _validation_loss(module, data, val_idx, codes, plan, device)
+        history["validation_loss"].append(val)
+        bar.set_postfix(loss=f"{history['loss'][-1]:.1f}", val=f"{val:.1f}")
+        logger.debug("epoch %d: %s", epoch, {k: v[-1] for k, v in history.items()})
+        if plan.early_stopping and len(val_idx) and kl_weight >= 1.0:
+            if val < best - 1e-3 * abs(best):
+                best, waited = val, 0
+                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            else:
+                waited += 1
+                if waited >= plan.patience:
+                    logger.info("early stopping at epoch %d (best validation %.3f)", epoch, best)
+                    break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return history
+
+
+@torch.no_grad()
+def _validation_loss(module, data, idx, codes, plan, device) -> float:
+    if len(idx) == 0:
+        return float("nan")
+    module.eval()
+    total = 0.0
+    for start in range(0, len(idx), 1024):
+        rows = idx[start : start + 1024]
+        terms = module.loss(data.rows(rows, device), codes[rows].to(device), 1.0)
+        total += float(terms["reconstruction"] + terms["kl_z"] + terms["kl_l"]) * len(rows)
+    module.train()
+    return total / len(idx)
