@@ -99,6 +99,10 @@ def _normalize_ground_truths(adata, gt, gene_key: str | None) -> dict[str, Any]:
     return out
 
 
+_UNSET: Any = object()
+SETUP_KEY = "attreg_sc"
+
+
 class SCARE:
     """scARE: a batch-conditioned NB VAE trained with attribution priors.
 
@@ -157,8 +161,8 @@ class SCARE:
     def __init__(
         self,
         adata,
-        layer: str | None = None,
-        batch_key: str | None = None,
+        layer: str | None = _UNSET,
+        batch_key: str | None = _UNSET,
         gt: Any = None,
         w_attr: float = 100.0,
         attribution: str = "eg",
@@ -188,6 +192,9 @@ class SCARE:
     ) -> None:
         if w_attr < 0:
             raise ValueError(f"w_attr must be >= 0, got {w_attr}.")
+        setup = dict(adata.uns.get(SETUP_KEY, {})) if hasattr(adata, "uns") else {}
+        layer = setup.get("layer") if layer is _UNSET else layer
+        batch_key = setup.get("batch_key") if batch_key is _UNSET else batch_key
         self.adata = adata
         self.layer, self.batch_key, self.gene_key = layer, batch_key, gene_key
         self.allow_non_integer = allow_non_integer
@@ -240,6 +247,25 @@ class SCARE:
         self.priors = self._build_priors() if self.ground_truths else None
         self.history: dict[str, list[float]] = {}
         self.is_trained = False
+
+    @classmethod
+    def setup_anndata(cls, adata, layer: str | None = None, batch_key: str | None = None) -> None:
+        """Validate ``adata`` and record ``layer``/``batch_key`` for later models.
+
+        The one documented in-place change: writes ``adata.uns["attreg_sc"]`` (as
+        scvi-tools does); ``SCARE(adata)`` then uses these settings unless given.
+
+        Examples
+        --------
+        >>> import attreg_sc as asc
+        >>> adata = asc.datasets.synthetic(n_cells=50, n_genes=40, n_gt_genes=5)
+        >>> asc.SCARE.setup_anndata(adata, batch_key="batch")
+        >>> asc.SCARE(adata, n_latent=2).batch_key
+        'batch'
+        """
+        CountData.from_anndata(adata, layer, batch_key)
+        settings = {"layer": layer, "batch_key": batch_key}
+        adata.uns[SETUP_KEY] = {k: v for k, v in settings.items() if v is not None}
 
     # -- priors --------------------------------------------------------------------------
     def _build_priors(self) -> PriorSet:

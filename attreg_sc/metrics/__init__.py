@@ -1,0 +1,20 @@
+"""Evaluation of scARE models: FSSF and companions."""
+
+from attreg_sc.metrics.evaluation import (
+    attribution_share,
+    gt_polarization,
+    integration_metrics,
+    label_separation,
+)
+from attreg_sc.metrics.fssf import FSSFResult, fssf, fssf_from_encoder, leiden_subclusters
+
+__all__ = [
+    "FSSFResult",
+    "fssf",
+    "fssf_from_encoder",
+    "leiden_subclusters",
+    "attribution_share",
+    "gt_polarization",
+    "label_separation",
+    "integration_metrics",
+]

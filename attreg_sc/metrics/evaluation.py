@@ -1,0 +1,159 @@
+"""Evaluation beyond FSSF: attribution share, GT polarization, label separation,
+integration quality (a scikit-learn subset of scib's metrics).
+
+Examples
+--------
+>>> import numpy as np
+>>> attr = np.array([[3., 1., 0.], [1., 1., 2.]])
+>>> attribution_share(attr, np.array([True, False, False]))["share"].round(2).tolist()
+[0.75, 0.25]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+from sklearn.metrics import silhouette_samples
+from sklearn.neighbors import NearestNeighbors
+
+__all__ = ["attribution_share", "gt_polarization", "label_separation", "integration_metrics"]
+
+
+def attribution_share(
+    attributions: np.ndarray, gt_genes: np.ndarray, groups: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Share of each cell's absolute attribution mass on the GT genes.
+
+    Returns one row per cell (``share``, and ``group`` when given); use
+    ``.groupby("group").share.mean()`` for a per-cell-type summary.
+    """
+    a = np.abs(np.asarray(attributions, dtype=np.float64))
+    gt_genes = np.asarray(gt_genes, dtype=bool)
+    total = a.sum(1)
+    share = np.divide(a[:, gt_genes].sum(1), total, out=np.zeros_like(total), where=total > 0)
+    out = pd.DataFrame({"share": share})
+    if groups is not None:
+        out["group"] = np.asarray(groups).astype(str)
+    return out
+
+
+def _gt_total(counts, gt_genes: np.ndarray) -> np.ndarray:
+    lib = np.asarray(counts.sum(axis=1)).ravel().clip(min=1.0)
+    gt = np.asarray(counts[:, np.flatnonzero(gt_genes)].sum(axis=1)).ravel()
+    return np.log1p(gt / lib * 1e4)
+
+
+def gt_polarization(
+    latent: np.ndarray, counts, gt_genes: np.ndarray, cell_types: np.ndarray, min_cells: int = 20
+) -> pd.DataFrame:
+    """Per cell type: |Pearson r| between GT-total expression and the first principal
+    axis of that type's latent (the paper's Figure 2: is the type polarized by the GT?).
+
+    GT-total is ``log1p(sum of GT-gene counts / library * 1e4)``.
+    """
+    total = _gt_total(counts, np.asarray(gt_genes, dtype=bool))
+    cell_types = np.asarray(cell_types).astype(str)
+    rows = []
+    for ct in pd.unique(cell_types):
+        idx = np.flatnonzero(cell_types == ct)
+        if len(idx) < min_cells or np.std(total[idx]) == 0:
+            continue
+        z = latent[idx] - latent[idx].mean(0)
+        pc1 = z @ np.linalg.svd(z, full_matrices=False)[2][0]
+        r = np.corrcoef(pc1, total[idx])[0, 1]
+        rows.append({"cell_type": ct, "n_cells": len(idx), "abs_corr_pc1": abs(float(r))})
+    return pd.DataFrame(rows, columns=["cell_type", "n_cells", "abs_corr_pc1"])
+
+
+def _knn(latent: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` nearest points of each point, itself first."""
+    k = min(k, len(latent))
+    return NearestNeighbors(n_neighbors=k).fit(latent).kneighbors(return_distance=False)
+
+
+def label_separation(
+    latent: np.ndarray,
+    labels: np.ndarray,
+    cell_types: np.ndarray,
+    k: int = 15,
+    min_cells: int = 20,
+) -> pd.DataFrame:
+    """Separation of label groups (e.g. time points) within each cell type.
+
+    ``knn_purity``: mean fraction of a cell's ``k`` nearest neighbours (same type) that
+    share its label; ``purity_over_chance``: that minus the purity of a random labelling
+    (``sum_l p_l^2``); ``silhouette``: mean silhouette of the labels (in [-1, 1]).
+    """
+    labels = np.asarray(labels).astype(str)
+    cell_types = np.asarray(cell_types).astype(str)
+    rows = []
+    for ct in pd.unique(cell_types):
+        idx = np.flatnonzero(cell_types == ct)
+        lab = labels[idx]
+        if len(idx) < min_cells or len(set(lab)) < 2:
+            continue
+        nn = _knn(latent[idx], k + 1)[:, 1:]
+        purity = float((lab[nn] == lab[:, None]).mean())
+        p = pd.Series(lab).value_counts(normalize=True).to_numpy()
+        rows.append(
+            {
+                "cell_type": ct,
+                "n_cells": len(idx),
+                "knn_purity": purity,
+                "purity_over_chance": purity - float((p**2).sum()),
+                "silhouette": float(silhouette_samples(latent[idx], lab).mean()),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["cell_type", "n_cells", "knn_purity", "purity_over_chance", "silhouette"]
+    )
+
+
+def integration_metrics(
+    latent: np.ndarray, batches: np.ndarray, labels: np.ndarray, k: int = 15
+) -> dict[str, float]:
+    """Batch removal and bio conservation, a scikit-learn subset of scib's metrics.
+
+    * ``silhouette_label``: ``(mean silhouette of labels + 1) / 2`` (higher: types apart);
+    * ``silhouette_batch``: scib's ``1 - |silhouette of batches within each label|``
+      (higher: batches mixed);
+    * ``knn_batch_mixing``: mean entropy of the batches among each cell's ``k`` neighbours
+      over its maximum (1: perfectly mixed);
+    * ``graph_connectivity``: mean over labels of the share of the label's cells in the
+      largest connected component of the kNN graph restricted to the label.
+    """
+    batches = np.asarray(batches).astype(str)
+    labels = np.asarray(labels).astype(str)
+    out: dict[str, float] = {}
+    out["silhouette_label"] = float((silhouette_samples(latent, labels).mean() + 1) / 2)
+    per_label = []
+    for lab in np.unique(labels):
+        idx = np.flatnonzero(labels == lab)
+        if len(idx) > 2 and len(set(batches[idx])) > 1:
+            per_label.append(np.mean(1 - np.abs(silhouette_samples(latent[idx], batches[idx]))))
+    out["silhouette_batch"] = float(np.mean(per_label)) if per_label else float("nan")
+    nn = _knn(latent, k + 1)[:, 1:]
+    cats = np.unique(batches)
+    if len(cats) > 1:
+        codes = pd.Categorical(batches, categories=cats).codes
+        freq = np.stack([(codes[nn] == c).mean(1) for c in range(len(cats))], 1)
+        ent = -(np.where(freq > 0, freq * np.log(np.where(freq > 0, freq, 1)), 0)).sum(1)
+        out["knn_batch_mixing"] = float(ent.mean() / np.log(len(cats)))
+    else:
+        out["knn_batch_mixing"] = float("nan")
+    conn = []
+    for lab in np.unique(labels):
+        idx = np.flatnonzero(labels == lab)
+        if len(idx) < 3:
+            continue
+        sub = _knn(latent[idx], k + 1)[:, 1:]
+        graph = sp.csr_matrix(
+            (np.ones(sub.size), (np.repeat(np.arange(len(idx)), sub.shape[1]), sub.ravel())),
+            shape=(len(idx), len(idx)),
+        )
+        _, comp = connected_components(graph, directed=False)
+        conn.append(np.bincount(comp).max() / len(idx))
+    out["graph_connectivity"] = float(np.mean(conn)) if conn else float("nan")
+    return out
