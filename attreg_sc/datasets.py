@@ -32,7 +32,9 @@ def pbmc3k():
     """PBMC 3k (10x Genomics): 2,700 real cells with raw UMI counts, shipped compactly.
 
     2,265 genes: the 2,000 most variable, every gene of the shipped GO sets found in
-    the data (466 MAPK, 64 NF-kB) and the PBMC markers. ``obs['cell_type']`` names the
+    the data (269 of the 496 MAPK genes and 54 of the 67 NF-kB genes match a symbol
+    among its 13,714 genes; the data notes count 466 and 64, presumably against all
+    32,738 genes of the 10x file) and the PBMC markers. ``obs['cell_type']`` names the
     Leiden clusters by :data:`PBMC_MARKERS` (``scripts/make_pbmc3k.py`` made the file and
     records every step). One batch. No download.
 
@@ -106,6 +108,27 @@ def go_gene_sets() -> dict[str, list[str]]:
     return read_gmt(go_gene_sets_path())
 
 
+def _fit_reference(reference, n_cell_types: int, rng: np.random.Generator):
+    """Per-gene log mean proportions per cell type, inverse dispersions, library sizes."""
+    x = reference.X
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    x = x.astype(np.float64)
+    lib = x.sum(1)
+    prop = x / lib[:, None].clip(min=1)
+    if "cell_type" in reference.obs:
+        types = reference.obs["cell_type"].astype(str)
+        top = types.value_counts().index[:n_cell_types]
+        groups = [np.flatnonzero(types.to_numpy() == t) for t in top]
+    else:
+        groups = [np.arange(reference.n_obs)]
+    eps = 0.1 / np.median(lib)
+    log_mu = np.stack([np.log(prop[g].mean(0) + eps) for g in groups])
+    m = (prop * np.median(lib)).mean(0)
+    v = (prop * np.median(lib)).var(0)
+    theta = np.clip(m**2 / np.maximum(v - m, 1e-8), 0.05, 100.0)
+    return log_mu, theta, lib
+
+
 def synthetic(
     n_cells: int = 2000,
     n_genes: int = 500,
@@ -118,17 +141,25 @@ def synthetic(
     library_size: float = 1500.0,
     theta: float = 5.0,
     seed: int = 0,
+    reference=None,
+    gt_genes: list[str] | None = None,
 ):
     """Negative-binomial counts with cell types, batches and two hidden programs.
 
     * ``cell_type``: each type has its own mean profile (20% of genes shifted).
-    * ``gt_state``: within every type, half of the cells have the first
-      ``n_gt_genes`` genes (``var['is_gt']``) multiplied by ``gt_fold``.
+    * ``gt_state``: within every type, half of the cells have the GT genes
+      (``var['is_gt']``; the first ``n_gt_genes`` genes or ``gt_genes``) multiplied by
+      ``gt_fold``.
     * ``other_state``: an independent split driven by ``n_gt_genes`` other genes
       (``var['is_other']``), multiplied by ``other_fold`` — a competing structure that
       a model is free to encode instead of the GT program.
     * ``batch``: gene-wise multiplicative batch effects (log-normal, sd
       ``batch_effect``) and batch-specific library sizes.
+
+    With ``reference`` (an AnnData of real counts, e.g. :func:`pbmc3k`), the genes, the
+    per-cell-type mean profiles (of its ``n_cell_types`` largest ``obs['cell_type']``
+    groups), the gene-wise inverse dispersions (method of moments) and the library sizes
+    are fitted to it, so that the counts have realistic statistics.
 
     Returns an AnnData with integer counts in a CSR ``X`` (float32).
 
@@ -140,30 +171,51 @@ def synthetic(
     """
     import anndata as ad
 
-    if 2 * n_gt_genes > n_genes:
-        raise ValueError("need n_genes >= 2 * n_gt_genes (GT and competing programs).")
     rng = np.random.default_rng(seed)
-    base = rng.normal(0.0, 1.0, n_genes)
-    type_shift = rng.normal(0.0, 1.0, (n_cell_types, n_genes)) * (
-        rng.random((n_cell_types, n_genes)) < 0.2
-    )
+    if reference is not None:
+        log_mu_types, theta_g, ref_lib = _fit_reference(reference, n_cell_types, rng)
+        n_cell_types, n_genes = log_mu_types.shape
+        names = [str(g) for g in reference.var_names]
+    else:
+        names = [f"gene{j}" for j in range(n_genes)]
+    is_gt = np.zeros(n_genes, dtype=bool)
+    if gt_genes is not None:
+        is_gt = pd.Index([n.upper() for n in names]).isin([g.upper() for g in gt_genes])
+        n_gt_genes = int(is_gt.sum())
+    else:
+        is_gt[:n_gt_genes] = True
+    if n_gt_genes == 0 or 2 * n_gt_genes > n_genes:
+        raise ValueError("need 1 <= n_gt_genes <= n_genes / 2 (GT and competing programs).")
+    candidates = np.flatnonzero(~is_gt)
+    is_other = np.zeros(n_genes, dtype=bool)
+    is_other[
+        candidates[:n_gt_genes]
+        if gt_genes is None
+        else rng.choice(candidates, n_gt_genes, replace=False)
+    ] = True
+    if reference is None:
+        base = rng.normal(0.0, 1.0, n_genes)
+        type_shift = rng.normal(0.0, 1.0, (n_cell_types, n_genes)) * (
+            rng.random((n_cell_types, n_genes)) < 0.2
+        )
+        log_mu_types = base[None, :] + type_shift
+        theta_g = np.full(n_genes, theta)
     batch_shift = rng.normal(0.0, batch_effect, (n_batches, n_genes))
     cell_type = rng.integers(0, n_cell_types, n_cells)
     batch = rng.integers(0, n_batches, n_cells)
     gt_state = rng.integers(0, 2, n_cells)
     other_state = rng.integers(0, 2, n_cells)
-    is_gt = np.zeros(n_genes, dtype=bool)
-    is_gt[:n_gt_genes] = True
-    is_other = np.zeros(n_genes, dtype=bool)
-    is_other[n_gt_genes : 2 * n_gt_genes] = True
-    log_mu = base[None, :] + type_shift[cell_type] + batch_shift[batch]
+    log_mu = log_mu_types[cell_type] + batch_shift[batch]
     log_mu = log_mu + np.log(gt_fold) * (gt_state[:, None] * is_gt[None, :])
     log_mu = log_mu + np.log(other_fold) * (other_state[:, None] * is_other[None, :])
     prop = np.exp(log_mu - log_mu.max(axis=1, keepdims=True))
     prop /= prop.sum(axis=1, keepdims=True)
-    lib = library_size * np.exp(rng.normal(0.0, 0.3, n_cells) + 0.2 * (batch - batch.mean()))
+    if reference is not None:
+        lib = rng.choice(ref_lib, n_cells) * np.exp(0.2 * (batch - batch.mean()))
+    else:
+        lib = library_size * np.exp(rng.normal(0.0, 0.3, n_cells) + 0.2 * (batch - batch.mean()))
     mean = prop * lib[:, None]
-    counts = rng.negative_binomial(theta, theta / (theta + mean)).astype(np.float32)
+    counts = rng.negative_binomial(theta_g, theta_g / (theta_g + mean)).astype(np.float32)
     empty = counts.sum(axis=1) == 0
     counts[empty, rng.integers(0, n_genes, int(empty.sum()))] = 1.0
     obs = pd.DataFrame(
@@ -175,7 +227,5 @@ def synthetic(
         },
         index=[f"cell{i}" for i in range(n_cells)],
     )
-    var = pd.DataFrame(
-        {"is_gt": is_gt, "is_other": is_other}, index=[f"gene{j}" for j in range(n_genes)]
-    )
+    var = pd.DataFrame({"is_gt": is_gt, "is_other": is_other}, index=names)
     return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 import attreg
 from attreg.prior import AttributionPrior, PriorSet, make_method
 from attreg.reducers import resolve_reducer
+from attreg_sc._io import atomic_path
 from attreg_sc.data import CountData
 from attreg_sc.gt import CellGroundTruth, GroupedGroundTruth, from_cell_matrix, from_genes
 from attreg_sc.module.vae import SCAREModule
@@ -468,17 +468,10 @@ class SCARE:
             "history": self.history,
             "is_trained": self.is_trained,
         }
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.pt.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     @classmethod
     def load(cls, path: str | os.PathLike, adata, accelerator: str = "auto") -> SCARE:

@@ -307,3 +307,30 @@ def test_one_batch_category_trains_without_covariate():
 
 def test_anndata_object_not_required_to_be_copied(adata):
     assert isinstance(adata, ad.AnnData)
+
+
+def test_early_stopping_rule():
+    from attreg_sc.train.trainer import EarlyStopping
+
+    es = EarlyStopping(patience=3)
+    # steadily improving: never stops (regression: the first value used to compare to inf)
+    assert not any(es.step(v) for v in np.linspace(100, 50, 30))
+    es = EarlyStopping(patience=3)
+    stops = [es.step(v) for v in [5.0, 4.0, 4.0, 4.1, 4.0]]
+    assert stops == [False, False, False, False, True] and es.best == 4.0 and es.best_step == 1
+
+
+def test_early_stopping_restores_best_weights():
+    a = small(seed=5)
+    m = asc.SCARE(a, batch_key="batch", n_latent=2)
+    m.train(max_epochs=300, kl_warmup_epochs=1, patience=2, lr=3e-2, progress_bar=False)
+    h = m.history["validation_loss"]
+    assert len(h) < 300  # stopped
+    best = int(np.argmin(h))
+    assert len(h) == best + 3  # the best epoch, then `patience` epochs without improvement
+    from attreg_sc.train.trainer import _split, _validation_loss
+
+    _, val_idx = _split(a.n_obs, 0.1, np.random.default_rng(m.seed))
+    codes = torch.from_numpy(m.data.batch_codes)
+    restored = _validation_loss(m.module, m.data, val_idx, codes, None, "cpu")
+    assert restored == pytest.approx(h[best], rel=1e-5)

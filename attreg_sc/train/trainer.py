@@ -17,7 +17,7 @@ import torch
 
 from attreg_sc.data import CountData
 
-__all__ = ["TrainingPlan", "train_module", "NonFiniteLossError"]
+__all__ = ["TrainingPlan", "train_module", "NonFiniteLossError", "EarlyStopping"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,40 @@ class TrainingPlan:
         if self.kl_warmup_epochs <= 0:
             return 1.0
         return min(1.0, (epoch + 1) / self.kl_warmup_epochs)
+
+
+class EarlyStopping:
+    """Stop after ``patience`` checks without a relative improvement of ``min_delta``.
+
+    Examples
+    --------
+    >>> es = EarlyStopping(patience=2)
+    >>> [es.step(v) for v in [10.0, 9.0, 9.0, 9.0]]
+    [False, False, False, True]
+    >>> es.best, es.best_step
+    (9.0, 1)
+    """
+
+    def __init__(self, patience: int = 10, min_delta: float = 1e-4) -> None:
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.best_step, self.waited, self.n = math.inf, -1, 0, 0
+
+    def step(self, value: float) -> bool:
+        """Record ``value``; return True when training should stop."""
+        improved = not math.isfinite(self.best) or value < self.best - self.min_delta * abs(
+            self.best
+        )
+        if improved and math.isfinite(value):
+            self.best, self.best_step, self.waited = value, self.n, 0
+        else:
+            self.waited += 1
+        self.n += 1
+        return self.waited >= self.patience
+
+    @property
+    def improved(self) -> bool:
+        """Whether the last recorded value was the best so far."""
+        return self.waited == 0
 
 
 def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +128,7 @@ def train_module(
         k: []
         for k in ("loss", "reconstruction", "kl", "attribution", "validation_loss", "kl_weight")
     }
-    best, best_state, waited = math.inf, None, 0
+    stopper, best_state = EarlyStopping(plan.patience), None
     bar = tqdm(range(plan.max_epochs), disable=not plan.progress_bar, desc="scARE", unit="epoch")
     for epoch in bar:
         module.train()
@@ -144,14 +178,12 @@ def train_module(
         bar.set_postfix(loss=f"{history['loss'][-1]:.1f}", val=f"{val:.1f}")
         logger.debug("epoch %d: %s", epoch, {k: v[-1] for k, v in history.items()})
         if plan.early_stopping and len(val_idx) and kl_weight >= 1.0:
-            if val < best - 1e-3 * abs(best):
-                best, waited = val, 0
+            stop = stopper.step(val)
+            if stopper.improved:
                 best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            else:
-                waited += 1
-                if waited >= plan.patience:
-                    logger.info("early stopping at epoch %d (best validation %.3f)", epoch, best)
-                    break
+            if stop:
+                logger.info("early stopping at epoch %d (best %.3f)", epoch, stopper.best)
+                break
     if best_state is not None:
         module.load_state_dict(best_state)
     module.eval()

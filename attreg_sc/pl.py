@@ -1,0 +1,163 @@
+"""Plots in scanpy's spirit: each returns a matplotlib ``Figure``; nothing calls ``show()``.
+
+Examples
+--------
+>>> import matplotlib
+>>> matplotlib.use("Agg")
+>>> fig = loss_curves({"reconstruction": [3.0, 2.0], "kl": [1.0, 0.5],
+...                    "attribution": [0.2, 0.1], "validation_loss": [4.0, 3.0]})
+>>> len(fig.axes)
+4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "loss_curves",
+    "fssf_heatmap",
+    "embedding_by_cell_type",
+    "label_separation_bars",
+    "attribution_heatmap",
+    "gt_share_bars",
+]
+
+_TERMS = [
+    ("reconstruction", "L_R (reconstruction)"),
+    ("kl", "L_D (KL)"),
+    ("attribution", "L_A (attribution)"),
+    ("validation_loss", "validation ELBO loss"),
+]
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curves(histories: Mapping[str, Mapping[str, list]] | Mapping[str, list]):
+    """One panel per loss term; ``histories`` is a history or ``{model name: history}``."""
+    plt = _plt()
+    if histories and not isinstance(next(iter(histories.values())), Mapping):
+        histories = {"model": histories}
+    fig, axes = plt.subplots(1, len(_TERMS), figsize=(4 * len(_TERMS), 3), squeeze=False)
+    for ax, (key, title) in zip(axes[0], _TERMS, strict=True):
+        for name, h in histories.items():
+            if key in h and len(h[key]):
+                ax.plot(np.arange(1, len(h[key]) + 1), h[key], label=name)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+    axes[0][0].legend()
+    fig.tight_layout()
+    return fig
+
+
+def fssf_heatmap(summaries: Mapping[str, pd.DataFrame]):
+    """Heatmap of mean FSSF per cell type: columns ``model: GT`` and ``model: random``.
+
+    ``summaries`` maps a model name to :meth:`FSSFResult.summary` output.
+    """
+    plt = _plt()
+    cols = {}
+    for name, s in summaries.items():
+        cols[f"{name}: GT"] = s["fssf_gt"]
+        cols[f"{name}: random"] = s["fssf_random"]
+    table = pd.DataFrame(cols)
+    fig, ax = plt.subplots(figsize=(1.6 * table.shape[1] + 2, 0.5 * table.shape[0] + 1.5))
+    im = ax.imshow(table.to_numpy(dtype=float), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(table.shape[1]), table.columns, rotation=30, ha="right")
+    ax.set_yticks(range(table.shape[0]), table.index)
+    for i in range(table.shape[0]):
+        for j in range(table.shape[1]):
+            v = table.iat[i, j]
+            ax.text(j, i, "" if pd.isna(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="FSSF")
+    ax.set_title("FSSF per cell type (1: GT genes found the subclusters)")
+    fig.tight_layout()
+    return fig
+
+
+def embedding_by_cell_type(
+    latent: np.ndarray,
+    cell_types: np.ndarray,
+    subclusters: np.ndarray,
+    gt_total: np.ndarray,
+    max_types: int = 6,
+    seed: int = 0,
+):
+    """Per cell type: UMAP of its latent coloured by subcluster and by GT-total."""
+    import anndata as ad
+    import scanpy as sc
+
+    plt = _plt()
+    cell_types = np.asarray(cell_types).astype(str)
+    types = pd.Series(cell_types).value_counts().index[:max_types]
+    fig, axes = plt.subplots(len(types), 2, figsize=(8, 3.2 * len(types)), squeeze=False)
+    for row, ct in zip(axes, types, strict=True):
+        idx = np.flatnonzero(cell_types == ct)
+        tmp = ad.AnnData(np.zeros((len(idx), 0), dtype=np.float32))
+        tmp.obsm["X_latent"] = latent[idx]
+        sc.pp.neighbors(tmp, use_rep="X_latent", n_neighbors=min(15, len(idx) - 1))
+        sc.tl.umap(tmp, random_state=seed)
+        xy = tmp.obsm["X_umap"]
+        subs = np.asarray(subclusters)[idx].astype(str)
+        for k, s in enumerate(sorted(set(subs))):
+            m = subs == s
+            row[0].scatter(xy[m, 0], xy[m, 1], s=4, label=s or "(small)", color=f"C{k % 10}")
+        row[0].set_title(f"{ct}: subclusters")
+        row[0].legend(markerscale=3, fontsize=7)
+        sca = row[1].scatter(xy[:, 0], xy[:, 1], s=4, c=np.asarray(gt_total)[idx], cmap="viridis")
+        fig.colorbar(sca, ax=row[1], label="GT total")
+        row[1].set_title(f"{ct}: GT-gene expression")
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def label_separation_bars(tables: Mapping[str, pd.DataFrame], metric: str = "purity_over_chance"):
+    """Bars of a label-separation metric per cell type, one bar group per model."""
+    plt = _plt()
+    wide = pd.DataFrame({name: t.set_index("cell_type")[metric] for name, t in tables.items()})
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(wide)), 3.5))
+    wide.plot.bar(ax=ax)
+    ax.set_ylabel(metric)
+    ax.set_title("separation of label groups within each cell type")
+    fig.tight_layout()
+    return fig
+
+
+def attribution_heatmap(
+    attributions: np.ndarray, var_names, cell_types: np.ndarray, n_genes: int = 30
+):
+    """Mean |attribution| per cell type for the ``n_genes`` genes with the largest mean."""
+    plt = _plt()
+    df = pd.DataFrame(np.abs(attributions), columns=list(var_names))
+    df["cell_type"] = np.asarray(cell_types).astype(str)
+    means = df.groupby("cell_type").mean()
+    top = means.mean(0).sort_values(ascending=False).index[:n_genes]
+    fig, ax = plt.subplots(figsize=(0.3 * len(top) + 3, 0.4 * len(means) + 2))
+    im = ax.imshow(means[top].to_numpy(), aspect="auto", cmap="magma")
+    ax.set_xticks(range(len(top)), top, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(means)), means.index)
+    fig.colorbar(im, ax=ax, label="mean |attribution|")
+    fig.tight_layout()
+    return fig
+
+
+def gt_share_bars(shares: Mapping[str, pd.Series]):
+    """Share of attribution mass on GT genes per cell type, one bar group per model."""
+    plt = _plt()
+    wide = pd.DataFrame(dict(shares))
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(wide)), 3.5))
+    wide.plot.bar(ax=ax)
+    ax.set_ylabel("share of |attribution| on GT genes")
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    return fig

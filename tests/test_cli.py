@@ -1,0 +1,199 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import attreg_sc as asc
+from attreg_sc.cli import main
+
+
+@pytest.fixture(scope="module")
+def h5ad(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    adata = asc.datasets.synthetic(n_cells=300, n_genes=60, n_gt_genes=10, seed=0)
+    path = d / "data.h5ad"
+    adata.write_h5ad(path)
+    genes = d / "gt.txt"
+    genes.write_text("\n".join(adata.var_names[:10]))
+    gmt = d / "sets.gmt"
+    gmt.write_text(
+        "setA\tdesc\t" + "\t".join(adata.var_names[:10]) + "\n"
+        "setB\tdesc\t" + "\t".join(adata.var_names[10:20]) + "\n"
+    )
+    return d, path, genes, gmt
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("cmd", ["train", "fssf", "report", "markers", "demo"])
+def test_help_for_every_command(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, "--help"])
+    assert exc.value.code == 0
+    assert "usage: attreg-sc" in capsys.readouterr().out
+
+
+def test_train_fssf_report_markers_end_to_end(h5ad, capsys):
+    d, data, genes, gmt = h5ad
+    out = d / "run"
+    code, text, _ = run(
+        [
+            "train",
+            data,
+            "--genes",
+            genes,
+            "--gmt",
+            f"{gmt}:setB",
+            "--batch-key",
+            "batch",
+            "--max-epochs",
+            3,
+            "--n-latent",
+            3,
+            "--no-progress",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
+    assert code == 0 and "X_scare" in text
+    import anndata as ad
+
+    res = ad.read_h5ad(out / "adata.h5ad")
+    assert res.obsm["X_scare"].shape == (300, 3)
+    hist = pd.read_csv(out / "history.csv")
+    assert len(hist) == 3 and {"reconstruction", "kl", "attribution"} <= set(hist.columns)
+    model = asc.SCARE.load(out / "model", res)
+    assert set(model.ground_truths) == {"gt", "setB"}
+
+    code, text, _ = run(
+        [
+            "fssf",
+            out / "model",
+            data,
+            "--batch-key",
+            "batch",
+            "--gmt",
+            f"{gmt}:setA",
+            "--cell-type-key",
+            "cell_type",
+            "--n-random",
+            3,
+            "--out",
+            d / "fssf.csv",
+        ],
+        capsys,
+    )
+    assert code == 0
+    table = pd.read_csv(d / "fssf.csv")
+    assert table["score"].between(-1, 1).all() and len(table) > 0
+
+    code, text, _ = run(
+        [
+            "report",
+            "--model",
+            f"scARE={out / 'model'}",
+            data,
+            "--batch-key",
+            "batch",
+            "--genes",
+            genes,
+            "--cell-type-key",
+            "cell_type",
+            "--label-key",
+            "gt_state",
+            "--n-random",
+            2,
+            "--out",
+            d / "report",
+        ],
+        capsys,
+    )
+    assert code == 0 and "index.html" in text
+    html = (d / "report" / "index.html").read_text()
+    for png in ("loss.png", "fssf.png", "umap_scare.png", "labels.png", "gt_share.png"):
+        assert (d / "report" / png).stat().st_size > 1000 and png in html
+    summary = json.loads((d / "report" / "summary.json").read_text())
+    assert "fssf_gt" in summary["scARE"]
+
+    code, text, _ = run(
+        [
+            "markers",
+            data,
+            "--label",
+            "gt_state",
+            "--groupby",
+            "cell_type",
+            "--n-top",
+            5,
+            "--out",
+            d / "markers.gmt",
+        ],
+        capsys,
+    )
+    assert code == 0
+    sets = asc.gt.read_gmt(d / "markers.gmt")
+    assert len(sets) == 3 and all(len(v) == 5 for v in sets.values())
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "missing.h5ad", "--out", "x"], "file not found: missing.h5ad"),
+        (["train", "{genes}", "--out", "x"], "is not a readable .h5ad file"),
+        (["train", "{data}", "--genes", "nope.txt", "--out", "x"], "gene list not found"),
+        (["train", "{data}", "--gmt", "nope.gmt", "--out", "x"], "GMT file not found"),
+        (["train", "{data}", "--gmt", "{gmt}:setZ", "--out", "x"], "setZ"),
+        (["train", "{data}", "--batch-key", "donor", "--out", "x"], "batch_key 'donor' not found"),
+        (
+            [
+                "fssf",
+                "{dir}",
+                "{data}",
+                "--genes",
+                "{genes}",
+                "--cell-type-key",
+                "cell_type",
+                "--out",
+                "x",
+            ],
+            "no saved model",
+        ),
+        (["markers", "{data}", "--label", "time", "--out", "x"], "--label 'time' not in"),
+    ],
+)
+def test_clear_errors(h5ad, capsys, argv, message, tmp_path):
+    d, data, genes, gmt = h5ad
+    bad_genes = tmp_path / "g.txt"
+    bad_genes.write_text("NOT_A_GENE\n")
+    fill = {"{data}": data, "{genes}": genes, "{gmt}": gmt, "{dir}": tmp_path}
+    argv = [fill.get(a, a) if not a.startswith("{gmt}") else f"{gmt}{a[5:]}" for a in argv]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert message in err and err.startswith("attreg-sc")
+
+
+def test_genes_not_found_error(h5ad, capsys, tmp_path):
+    d, data, _, _ = h5ad
+    g = tmp_path / "g.txt"
+    g.write_text("NOT_A_GENE OTHER\n")
+    code, _, err = run(["train", data, "--genes", g, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "0 of 2 genes found" in err
+
+
+def test_demo_quick(tmp_path, capsys):
+    code, text, _ = run(
+        ["demo", "--out", tmp_path / "demo", "--max-epochs", 2, "--n-random", 2, "--no-progress"],
+        capsys,
+    )
+    assert code == 0
+    assert "PBMC 3k" in text and "scARE" in text and "baseline" in text
+    summary = pd.read_csv(tmp_path / "demo" / "summary.csv", index_col=0)
+    assert set(summary.index) == {"baseline", "scARE"}
+    assert np.isfinite(summary["fssf_gt"]).all()
+    assert (tmp_path / "demo" / "index.html").exists()
