@@ -23,6 +23,7 @@ from attreg.attr import (
     InputGradient,
     InputXGradient,
     IntegratedGradients,
+    LinearPrefix,
 )
 from attreg.prior import AttributionPrior, PriorSet
 
@@ -35,6 +36,7 @@ __all__ = [
     "InputGradient",
     "InputXGradient",
     "IntegratedGradients",
+    "LinearPrefix",
     "PriorSet",
     "functional",
     "losses",

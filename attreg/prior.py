@@ -14,8 +14,8 @@ from attreg.attr._base import Attribution
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
-from attreg.losses import resolve_loss
-from attreg.reparameterizers import resolve_reparameterizer
+from attreg.losses import MSELoss, resolve_loss
+from attreg.reparameterizers import AbsMinMax, resolve_reparameterizer
 
 __all__ = ["AttributionPrior", "PriorSet", "make_method"]
 
@@ -47,6 +47,7 @@ def make_method(
     reducer: str | Callable | None = "sum",
     *,
     check_batchnorm: bool = True,
+    check_inputs: bool = True,
 ) -> Attribution:
     """A differentiable attribution method on ``target`` (a name or an instance)."""
     if isinstance(method, Attribution):
@@ -60,7 +61,11 @@ def make_method(
     if not isinstance(method, str) or method.lower() not in _METHODS:
         raise ValueError(f"unknown attribution method {method!r}; use one of {sorted(_METHODS)}.")
     return _METHODS[method.lower()](
-        target, reducer, differentiable=True, check_batchnorm=check_batchnorm
+        target,
+        reducer,
+        differentiable=True,
+        check_batchnorm=check_batchnorm,
+        check_inputs=check_inputs,
     )
 
 
@@ -105,6 +110,10 @@ class AttributionPrior(nn.Module):
         Optional per-feature weights of the loss.
     allow_all_ones
         Accept an all-ones ground truth.
+    check_inputs
+        Validate the inputs (NaN/inf) and per-call ground-truth rows on every call. The
+        stored ground truth is validated once, at construction. Turn off when the data
+        were validated upstream: each check is a host synchronisation on GPU.
     internal_batch_size
         Rows per forward pass of the attribution method.
 
@@ -141,14 +150,24 @@ class AttributionPrior(nn.Module):
         feature_weight: torch.Tensor | None = None,
         allow_all_ones: bool = False,
         check_batchnorm: bool = True,
+        check_inputs: bool = True,
         internal_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if weight < 0:
             raise ValueError(f"weight must be non-negative, got {weight}.")
-        self.method = make_method(target, method, reducer, check_batchnorm=check_batchnorm)
+        self.method = make_method(
+            target, method, reducer, check_batchnorm=check_batchnorm, check_inputs=check_inputs
+        )
+        self.check_inputs = check_inputs
         self.reparameterizer = resolve_reparameterizer(reparameterizer)
         self.loss_fn = resolve_loss(loss, feature_weight)
+        # abs_minmax + unweighted MSE: one fused op with a hand-written backward
+        self._fused = (
+            type(self.reparameterizer) is AbsMinMax
+            and type(self.loss_fn) is MSELoss
+            and self.loss_fn.feature_weight is None
+        )
         self.weight = float(weight)
         self.allow_all_ones = allow_all_ones
         self.n_samples = n_samples
@@ -165,10 +184,24 @@ class AttributionPrior(nn.Module):
         self.register_buffer("ground_truth", ground_truth)
 
     # -- attributions ----------------------------------------------------------------
-    def attributions(self, x: torch.Tensor, additional_forward_args: Any = None) -> torch.Tensor:
-        """Differentiable attributions of the target at ``x`` (shape of ``x``)."""
+    def attributions(
+        self,
+        x: torch.Tensor,
+        additional_forward_args: Any = None,
+        input_activations: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Differentiable attributions of the target at ``x`` (shape of ``x``).
+
+        ``input_activations``: for a :class:`~attreg.attr.LinearPrefix` target, the
+        first-layer output on ``x`` from the caller's own forward pass (reused: EG with
+        minibatch references then needs no extra first-layer pass).
+        """
         m = self.method
         kwargs: dict[str, Any] = {"additional_forward_args": additional_forward_args}
+        if input_activations is not None and isinstance(
+            m, (ExpectedGradients, IntegratedGradients)
+        ):
+            kwargs["input_activations"] = input_activations
         if isinstance(m, ExpectedGradients):
             kwargs.update(
                 references=self.references,
@@ -212,12 +245,16 @@ class AttributionPrior(nn.Module):
         """``weight * loss(reparameterize(attributions), gt)``."""
         n = attributions.shape[0]
         flat = attributions.reshape(n, -1)
-        rows = self._ground_truth_rows(n, gt, index)
-        rows = validate_ground_truth(
-            rows.to(flat.device), flat.shape[1], n, allow_all_ones=self.allow_all_ones
-        )
-        scores = self.reparameterizer(flat)
-        return self.weight * self.loss_fn(scores, rows)
+        rows = self._ground_truth_rows(n, gt, index).to(flat.device)
+        if gt is not None and self.check_inputs:
+            rows = validate_ground_truth(rows, flat.shape[1], n, allow_all_ones=self.allow_all_ones)
+        else:  # stored (validated at construction) or trusted rows: shapes only, no sync
+            if rows.shape[-1] != flat.shape[1] or (rows.ndim == 2 and rows.shape[0] != n):
+                validate_ground_truth(rows, flat.shape[1], n, allow_all_ones=True)
+            rows = rows.to(flat.dtype)
+        if self._fused:
+            return self.weight * AF.abs_minmax_mse_loss(flat, rows)
+        return self.weight * self.loss_fn(self.reparameterizer(flat), rows)
 
     def forward(
         self,
@@ -225,9 +262,11 @@ class AttributionPrior(nn.Module):
         gt: torch.Tensor | None = None,
         index: torch.Tensor | None = None,
         additional_forward_args: Any = None,
+        input_activations: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Weighted prior loss for the minibatch ``x`` (a scalar)."""
-        return self.loss_from_attributions(self.attributions(x, additional_forward_args), gt, index)
+        attr = self.attributions(x, additional_forward_args, input_activations)
+        return self.loss_from_attributions(attr, gt, index)
 
     def extra_repr(self) -> str:
         gt = None if self.ground_truth is None else tuple(self.ground_truth.shape)
@@ -311,6 +350,7 @@ class PriorSet(nn.Module):
         index: torch.Tensor | None = None,
         additional_forward_args: Any = None,
         return_terms: bool = False,
+        input_activations: torch.Tensor | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Aggregated prior loss (or a dict of the weighted terms and ``"total"``)."""
         gts = gts or {}
@@ -324,7 +364,7 @@ class PriorSet(nn.Module):
         for name, prior in self.priors.items():
             key = id(prior.method)
             if key not in cache:
-                cache[key] = prior.attributions(x, additional_forward_args)
+                cache[key] = prior.attributions(x, additional_forward_args, input_activations)
             terms[name] = prior.loss_from_attributions(cache[key], gts.get(name), index)
         total = AF.aggregate(list(terms.values()), self.aggregation)
         if return_terms:

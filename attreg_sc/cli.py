@@ -305,7 +305,15 @@ def run_demo(
         m = asc.SCARE(adata, batch_key=batch_key, gt=gt, w_attr=w, seed=seed)
         m.train(max_epochs=max_epochs, progress_bar=progress_bar)
         models[label] = m
-    ev = evaluate(models, gt, "cell_type", label_key=label_key, n_random=n_random, seed=seed)
+    ev = evaluate(
+        models,
+        gt,
+        "cell_type",
+        label_key=label_key,
+        n_random=n_random,
+        seed=seed,
+        progress_bar=progress_bar,
+    )
     path = write_report(ev, out)
     summary = ev.summary()
     print(

@@ -271,7 +271,10 @@ class SCARE:
     def _build_priors(self) -> PriorSet:
         p = self.prior_params
         target = self.module.attribution_target(p["target"])
-        method = make_method(target, p["attribution"], resolve_reducer(p["reducer"]))
+        # counts and GTs were validated before training: no per-step checks (host syncs)
+        method = make_method(
+            target, p["attribution"], resolve_reducer(p["reducer"]), check_inputs=False
+        )
         self._generator = torch.Generator().manual_seed(self.seed)
         priors = {}
         for name, g in self.ground_truths.items():
@@ -286,16 +289,26 @@ class SCARE:
                 n_samples=p["n_samples"],
                 n_steps=p["n_steps"],
                 generator=self._generator,
+                check_inputs=False,
             )
         return PriorSet(priors, p["aggregation"]).to(self.device)
 
-    def _prior_loss(self, x_in: torch.Tensor, batch_index: torch.Tensor, idx: np.ndarray):
+    def _prior_loss(
+        self,
+        x_in: torch.Tensor,
+        batch_index: torch.Tensor,
+        idx: np.ndarray,
+        h_first: torch.Tensor | None = None,
+    ):
         gts = {
             name: torch.from_numpy(g.rows(idx)).to(x_in.device)
             for name, g in self.ground_truths.items()
             if not isinstance(g, np.ndarray)
         }
-        return self.priors(x_in, gts=gts, additional_forward_args=(batch_index,))
+        reuse = h_first if self.prior_params["target"] == "encoder" else None
+        return self.priors(
+            x_in, gts=gts, additional_forward_args=(batch_index,), input_activations=reuse
+        )
 
     # -- training ------------------------------------------------------------------------
     def train(

@@ -93,6 +93,7 @@ def evaluate(
     attributions: bool = True,
     attribution_samples: int = 4,
     seed: int = 0,
+    progress_bar: bool = False,
 ) -> Evaluation:
     """FSSF (GT and random control), GT polarization, GT attribution share per cell type,
     label separation (``label_key``) and integration metrics (when there are batches)."""
@@ -110,6 +111,7 @@ def evaluate(
             n_random=n_random,
             min_cells=min_cells,
             seed=seed,
+            progress_bar=progress_bar,
         )
         latent = model.get_latent_representation(a)
         data = model._data_for(a)

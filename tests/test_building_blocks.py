@@ -128,3 +128,22 @@ def test_reducers():
         reducers.Sum(output=5)((out, out))
     with pytest.raises(ValueError, match="unknown reducer"):
         reducers.resolve_reducer("max")
+
+
+@given(a=hnp.arrays(np.float64, (3, 7), elements=st.floats(-10, 10)), seed=st.integers(0, 99))
+def test_fused_abs_minmax_mse_equals_composition(a, seed):
+    t = torch.from_numpy(a).requires_grad_()
+    gt = torch.from_numpy(np.random.default_rng(seed).integers(0, 2, 7).astype(np.float64))
+    fused = AF.abs_minmax_mse_loss(t, gt)
+    (g1,) = torch.autograd.grad(fused, t)
+    ref = AF.mse_loss(AF.abs_minmax(t), gt)
+    (g2,) = torch.autograd.grad(ref, t)
+    assert torch.allclose(fused, ref, atol=1e-12)
+    # ties in min/max are resolved to one element by both; values equal -> same gradient
+    assert torch.allclose(g1, g2, atol=1e-9)
+
+
+def test_fused_loss_gradcheck():
+    t = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    gt = torch.tensor([1.0, 0, 1, 0, 0, 0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: AF.abs_minmax_mse_loss(x, gt), (t,))

@@ -334,3 +334,38 @@ def test_early_stopping_restores_best_weights():
     codes = torch.from_numpy(m.data.batch_codes)
     restored = _validation_loss(m.module, m.data, val_idx, codes, None, "cpu")
     assert restored == pytest.approx(h[best], rel=1e-5)
+
+
+def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_good_weights():
+    a = small(seed=6)
+
+    class NaNAfterFirstEpoch(torch.nn.Module):
+        calls = 0
+
+        def forward(self, attr):
+            NaNAfterFirstEpoch.calls += 1
+            out = attr.abs() / (attr.abs().amax(1, keepdim=True) + 1e-12)
+            return out * float("nan") if NaNAfterFirstEpoch.calls > 3 else out
+
+    m = asc.SCARE(
+        a,
+        batch_key="batch",
+        gt=a.var["is_gt"].to_numpy(),
+        n_latent=2,
+        reparameterizer=NaNAfterFirstEpoch(),
+    )
+    m.train(max_epochs=1, batch_size=64, progress_bar=False)  # 3 steps: fine
+    good = {k: v.clone() for k, v in m.module.state_dict().items()}
+    with pytest.raises(
+        asc.NonFiniteLossError, match=r"L_A \(attribution\) became nan at epoch 0, step 0"
+    ):
+        m.train(max_epochs=1, batch_size=64, progress_bar=False)
+    for k, v in m.module.state_dict().items():
+        assert torch.equal(v, good[k]), k
+
+
+def test_grad_clip_trains():
+    a = small()
+    m = asc.SCARE(a, batch_key="batch", gt=a.var["is_gt"].to_numpy(), n_latent=2)
+    m.train(max_epochs=2, grad_clip=1.0, progress_bar=False)
+    assert np.isfinite(m.history["loss"]).all()

@@ -5,6 +5,7 @@ from attreg.attr._base import Attribution
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
+from attreg.attr.linear_prefix import LinearPrefix
 from attreg.attr.quadrature import QUADRATURE_RULES, quadrature
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "IntegratedGradients",
     "InputGradient",
     "InputXGradient",
+    "LinearPrefix",
     "QUADRATURE_RULES",
     "quadrature",
 ]

@@ -30,6 +30,9 @@ class Attribution:
         use) returns detached attributions and costs less.
     check_batchnorm
         Raise if ``forward_func`` contains BatchNorm in train mode (it couples samples).
+    check_inputs
+        Check ``inputs`` for NaN/inf on every call (one pass over the data and a host
+        synchronisation; turn off when the data were validated upstream).
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class Attribution:
         *,
         differentiable: bool = False,
         check_batchnorm: bool = True,
+        check_inputs: bool = True,
     ) -> None:
         if not callable(forward_func):
             raise TypeError(
@@ -49,6 +53,7 @@ class Attribution:
         self.reducer = resolve_reducer(reducer)
         self.differentiable = differentiable
         self.check_batchnorm = check_batchnorm
+        self.check_inputs = check_inputs
         self._coupling = coupling_modules(forward_func) if check_batchnorm else []
 
     # -- helpers used by subclasses -------------------------------------------------
@@ -67,7 +72,8 @@ class Attribution:
                 f"inputs must be floating point to take gradients, got {inputs.dtype}; "
                 "convert with inputs.float()."
             )
-        check_finite(inputs, "inputs")
+        if self.check_inputs:
+            check_finite(inputs, "inputs")
         check_no_batchnorm_in_train_mode(self._coupling)
         reducer = self.reducer
         if target is not None:

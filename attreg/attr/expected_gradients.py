@@ -9,12 +9,29 @@ import torch
 
 from attreg.attr._base import Attribution
 from attreg.attr._gradients import gradients_at
+from attreg.attr.linear_prefix import LinearPrefix
 
-__all__ = ["ExpectedGradients", "draw_references", "expected_gradients_from_draws"]
+__all__ = [
+    "ExpectedGradients",
+    "batch_reference_index",
+    "draw_references",
+    "expected_gradients_from_draws",
+]
 
 
 def _rand_device(generator: torch.Generator | None, inputs: torch.Tensor) -> torch.device:
     return generator.device if generator is not None else inputs.device
+
+
+def batch_reference_index(
+    n: int, n_samples: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """``(n_samples, n)`` indices of other samples of the batch (self only if ``n == 1``)."""
+    if n == 1:
+        return torch.zeros((n_samples, 1), dtype=torch.long, device=device)
+    dev = generator.device if generator is not None else device
+    offset = torch.randint(1, n, (n_samples, n), generator=generator, device=dev)
+    return ((torch.arange(n, device=dev) + offset) % n).to(device)
 
 
 def draw_references(
@@ -31,18 +48,13 @@ def draw_references(
     ``fn(inputs, n_samples, generator) -> (n_samples, n, ...)``.
     """
     n = inputs.shape[0]
-    dev = _rand_device(generator, inputs)
     if isinstance(references, str):
         if references != "batch":
             raise ValueError(
                 f"unknown references {references!r}; use 'batch', a background tensor, "
                 "'noise' (with noise_std) or a callable."
             )
-        if n == 1:
-            return inputs.unsqueeze(0).expand(n_samples, *inputs.shape)
-        offset = torch.randint(1, n, (n_samples, n), generator=generator, device=dev)
-        idx = (torch.arange(n, device=dev) + offset) % n
-        return inputs[idx.to(inputs.device)]
+        return inputs[batch_reference_index(n, n_samples, generator, inputs.device)]
     if isinstance(references, torch.Tensor):
         if references.ndim != inputs.ndim or references.shape[1:] != inputs.shape[1:]:
             raise ValueError(
@@ -51,6 +63,7 @@ def draw_references(
             )
         if references.shape[0] == 0:
             raise ValueError("background references are empty; give at least one row.")
+        dev = _rand_device(generator, inputs)
         idx = torch.randint(0, references.shape[0], (n_samples, n), generator=generator, device=dev)
         return references.to(inputs.device, inputs.dtype)[idx.to(references.device)]
     if callable(references):
@@ -143,11 +156,18 @@ class ExpectedGradients(Attribution):
         differentiable: bool = False,
         multiply_by_inputs: bool = True,
         check_batchnorm: bool = True,
+        check_inputs: bool = True,
+        use_linear_prefix: bool = True,
     ) -> None:
         super().__init__(
-            forward_func, reducer, differentiable=differentiable, check_batchnorm=check_batchnorm
+            forward_func,
+            reducer,
+            differentiable=differentiable,
+            check_batchnorm=check_batchnorm,
+            check_inputs=check_inputs,
         )
         self.multiply_by_inputs = multiply_by_inputs
+        self.use_linear_prefix = use_linear_prefix
 
     def attribute(
         self,
@@ -159,8 +179,13 @@ class ExpectedGradients(Attribution):
         generator: torch.Generator | None = None,
         internal_batch_size: int | None = None,
         noise_std: float | None = None,
+        input_activations: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attributions shaped like ``inputs`` (see the class docstring for arguments)."""
+        """Attributions shaped like ``inputs`` (see the class docstring for arguments).
+
+        ``input_activations``: for a :class:`~attreg.attr.LinearPrefix` target, the
+        first-layer output ``linear(inputs)`` the caller already computed (saves a pass).
+        """
         if not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         inputs, reducer = self._prepare(inputs, target)
@@ -184,10 +209,29 @@ class ExpectedGradients(Attribution):
             ).reshape(n_samples, *inputs.shape)
             avg = grads.mean(dim=0)
             return inputs * avg if self.multiply_by_inputs else avg
-        refs = draw_references(inputs, references, n_samples, generator)
+        prefix = self.use_linear_prefix and isinstance(self.forward_func, LinearPrefix)
+        if prefix and isinstance(references, str) and references == "batch":
+            ref_index = batch_reference_index(n, n_samples, generator, inputs.device)
+            refs = inputs[ref_index]
+        else:
+            ref_index = None
+            refs = draw_references(inputs, references, n_samples, generator)
         if not self.differentiable:
             refs = refs.detach()
         alphas = torch.rand((n_samples, n), generator=generator, device=dev).to(inputs.device)
+        if prefix and inputs.ndim == 2:
+            return _eg_linear_prefix(
+                self.forward_func,
+                inputs,
+                refs,
+                ref_index,
+                alphas,
+                reducer,
+                additional_forward_args,
+                self.differentiable,
+                self.multiply_by_inputs,
+                input_activations,
+            )
         return expected_gradients_from_draws(
             self.forward_func,
             inputs,
@@ -199,3 +243,41 @@ class ExpectedGradients(Attribution):
             internal_batch_size=internal_batch_size,
             multiply_by_inputs=self.multiply_by_inputs,
         )
+
+
+def _eg_linear_prefix(
+    target: LinearPrefix,
+    inputs: torch.Tensor,
+    refs: torch.Tensor,
+    ref_index: torch.Tensor | None,
+    alphas: torch.Tensor,
+    reducer: Callable,
+    additional_forward_args: Any,
+    create_graph: bool,
+    multiply_by_inputs: bool,
+    input_activations: torch.Tensor | None,
+) -> torch.Tensor:
+    """EG with the interpolation done on the first layer's output (see linear_prefix)."""
+    k, n = alphas.shape
+    with torch.enable_grad():
+        h_x = target.linear(inputs) if input_activations is None else input_activations
+        if h_x.shape != (n, target.linear.out_features):
+            raise ValueError(
+                f"input_activations has shape {tuple(h_x.shape)}; expected "
+                f"({n}, {target.linear.out_features}) = linear(inputs)."
+            )
+        h_r = h_x[ref_index] if ref_index is not None else target.linear(refs)
+        a = alphas.to(h_x.dtype).unsqueeze(-1)
+        points = (h_r + a * (h_x.unsqueeze(0) - h_r)).reshape(k * n, -1)
+        g = gradients_at(
+            target.rest,
+            points,
+            reducer,
+            n=n,
+            additional_forward_args=additional_forward_args,
+            create_graph=create_graph,
+        ).reshape(k, n, -1)
+        grad_x = target.input_gradient(g)
+    terms = (inputs.unsqueeze(0) - refs) * grad_x if multiply_by_inputs else grad_x
+    out = terms[0] if k == 1 else terms.mean(dim=0)
+    return out if create_graph else out.detach()

@@ -9,6 +9,7 @@ import torch
 
 from attreg.attr._base import Attribution
 from attreg.attr._gradients import expand_additional_args, forward_reduced, gradients_at
+from attreg.attr.linear_prefix import LinearPrefix
 from attreg.attr.quadrature import quadrature
 
 __all__ = ["IntegratedGradients", "resolve_baselines"]
@@ -78,11 +79,18 @@ class IntegratedGradients(Attribution):
         differentiable: bool = False,
         multiply_by_inputs: bool = True,
         check_batchnorm: bool = True,
+        check_inputs: bool = True,
+        use_linear_prefix: bool = True,
     ) -> None:
         super().__init__(
-            forward_func, reducer, differentiable=differentiable, check_batchnorm=check_batchnorm
+            forward_func,
+            reducer,
+            differentiable=differentiable,
+            check_batchnorm=check_batchnorm,
+            check_inputs=check_inputs,
         )
         self.multiply_by_inputs = multiply_by_inputs
+        self.use_linear_prefix = use_linear_prefix
 
     def attribute(
         self,
@@ -94,6 +102,7 @@ class IntegratedGradients(Attribution):
         method: str = "gausslegendre",
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
+        input_activations: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Attributions shaped like ``inputs``.
 
@@ -117,6 +126,9 @@ class IntegratedGradients(Attribution):
             Rows per forward pass (bounds memory).
         return_convergence_delta
             Also return ``sum(attr) - (F(x) - F(x'))`` per sample (completeness error).
+        input_activations
+            For a :class:`~attreg.attr.LinearPrefix` target: ``linear(inputs)`` if the
+            caller already has it.
         """
         inputs, reducer = self._prepare(inputs, target)
         base = resolve_baselines(baselines, inputs)
@@ -128,19 +140,45 @@ class IntegratedGradients(Attribution):
         n = inputs.shape[0]
         delta = inputs - base
         shape = (n_steps,) + (1,) * inputs.ndim
-        points = (base.unsqueeze(0) + alphas.view(shape) * delta.unsqueeze(0)).reshape(
-            n_steps * n, *inputs.shape[1:]
-        )
-        grads = gradients_at(
-            self.forward_func,
-            points,
-            reducer,
-            n=n,
-            additional_forward_args=additional_forward_args,
-            create_graph=self.differentiable,
-            internal_batch_size=internal_batch_size,
-        ).reshape(n_steps, *inputs.shape)
-        avg_grad = (weights.view(shape) * grads).sum(dim=0)
+        target = self.forward_func
+        if self.use_linear_prefix and isinstance(target, LinearPrefix) and inputs.ndim == 2:
+            with torch.enable_grad():
+                h_x = target.linear(inputs) if input_activations is None else input_activations
+                if baselines is None:  # linear(0) is the bias: no product needed
+                    bias = target.linear.bias
+                    h_b = (
+                        torch.zeros_like(h_x) if bias is None else bias.expand_as(h_x).to(h_x.dtype)
+                    )
+                else:
+                    h_b = target.linear(base)
+                a = alphas.view(n_steps, 1, 1).to(h_x.dtype)
+                points = (h_b.unsqueeze(0) + a * (h_x - h_b).unsqueeze(0)).reshape(n_steps * n, -1)
+                g = gradients_at(
+                    target.rest,
+                    points,
+                    reducer,
+                    n=n,
+                    additional_forward_args=additional_forward_args,
+                    create_graph=self.differentiable,
+                    internal_batch_size=internal_batch_size,
+                ).reshape(n_steps, n, -1)
+                avg_grad = target.input_gradient((weights.view(n_steps, 1, 1) * g).sum(dim=0))
+            if not self.differentiable:
+                avg_grad = avg_grad.detach()
+        else:
+            points = (base.unsqueeze(0) + alphas.view(shape) * delta.unsqueeze(0)).reshape(
+                n_steps * n, *inputs.shape[1:]
+            )
+            grads = gradients_at(
+                target,
+                points,
+                reducer,
+                n=n,
+                additional_forward_args=additional_forward_args,
+                create_graph=self.differentiable,
+                internal_batch_size=internal_batch_size,
+            ).reshape(n_steps, *inputs.shape)
+            avg_grad = (weights.view(shape) * grads).sum(dim=0)
         attr = delta * avg_grad if self.multiply_by_inputs else avg_grad
         if not return_convergence_delta:
             return attr

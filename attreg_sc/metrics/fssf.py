@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from sklearn.neighbors import NearestNeighbors
 
 __all__ = ["FSSFResult", "fssf", "fssf_from_encoder", "leiden_subclusters"]
 
@@ -106,8 +105,29 @@ def _dense_rows(matrix, rows: np.ndarray) -> np.ndarray:
     return np.asarray(block.toarray() if sp.issparse(block) else block, dtype=np.float32)
 
 
-def _vote(nn: NearestNeighbors, ref_labels: np.ndarray, z: np.ndarray, n_labels: int) -> np.ndarray:
-    idx = nn.kneighbors(z, return_distance=False)
+class _BruteKNN:
+    """Exact kNN by chunked ``|a|^2 - 2 a.b`` and ``topk`` (faster than a k-d tree here:
+    a few thousand references in ~10 dimensions, tens of thousands of queries)."""
+
+    def __init__(self, reference: np.ndarray, k: int, chunk: int = 8192) -> None:
+        self.ref = torch.as_tensor(np.asarray(reference, dtype=np.float32))
+        self.norm = (self.ref * self.ref).sum(1)
+        self.k, self.chunk = min(k, len(reference)), chunk
+
+    @torch.no_grad()
+    def kneighbors(self, z: np.ndarray) -> np.ndarray:
+        q = torch.as_tensor(np.asarray(z, dtype=np.float32))
+        out = [
+            (self.norm[None, :] - 2 * q[s : s + self.chunk] @ self.ref.T)
+            .topk(self.k, dim=1, largest=False)
+            .indices
+            for s in range(0, len(q), self.chunk)
+        ]
+        return torch.cat(out).numpy()
+
+
+def _vote(nn: _BruteKNN, ref_labels: np.ndarray, z: np.ndarray, n_labels: int) -> np.ndarray:
+    idx = nn.kneighbors(z)
     votes = ref_labels[idx]
     counts = np.zeros((z.shape[0], n_labels), dtype=np.int64)
     np.add.at(counts, (np.repeat(np.arange(z.shape[0]), idx.shape[1]), votes.ravel()), 1)
@@ -159,6 +179,7 @@ def fssf_from_encoder(
     k_vote: int = 15,
     seed: int = 0,
     first_layer=None,
+    progress_bar: bool = False,
 ) -> FSSFResult:
     """FSSF for any encoder ``encode(counts (m, G) float32, batch_codes (m,)) -> (m, d)``.
 
@@ -181,7 +202,11 @@ def fssf_from_encoder(
         Neighbours in the kNN vote mapping a swapped cell to a subcluster.
     first_layer
         Optional fast path (see the module docstring).
+    progress_bar
+        Show a tqdm bar over cell types.
     """
+    from tqdm.auto import tqdm
+
     gt_genes = np.asarray(gt_genes, dtype=bool)
     n_cells, n_genes = counts.shape
     if gt_genes.shape != (n_genes,):
@@ -200,7 +225,7 @@ def fssf_from_encoder(
     rows, rand_rows = [], []
     cell_types = np.asarray(cell_types).astype(str)
     subclusters = np.asarray(subclusters).astype(str)
-    for ct in pd.unique(cell_types):
+    for ct in tqdm(pd.unique(cell_types), desc="FSSF", unit="cell type", disable=not progress_bar):
         cells = np.flatnonzero((cell_types == ct) & (subclusters != ""))
         labels_ct = subclusters[cells]
         subs = sorted(set(labels_ct))
@@ -210,7 +235,7 @@ def fssf_from_encoder(
         ref = np.array([code[s] for s in labels_ct])
         x = _dense_rows(counts, cells)
         z_ref = latent[cells] if latent is not None else encode(x, batch_codes[cells])
-        nn = NearestNeighbors(n_neighbors=min(k_vote, len(cells))).fit(z_ref)
+        nn = _BruteKNN(z_ref, k_vote)
         swap = _SwapEncoder(encode, first_layer, x, batch_codes[cells])
         pairs = [(a, b) for i, a in enumerate(subs) for b in subs[i + 1 :]]
         # random pairing (seeded): each cell of A gets a donor from B and vice versa
@@ -322,6 +347,7 @@ def fssf(
     k_vote: int = 15,
     seed: int = 0,
     fast: bool = True,
+    progress_bar: bool = False,
 ) -> FSSFResult:
     """FSSF of a trained :class:`~attreg_sc.SCARE` model for one GT gene set.
 
@@ -347,6 +373,8 @@ def fssf(
         Seed of Leiden, pairing and random gene sets.
     fast
         Use the linear-first-layer shortcut when the encoder input is ``log1p(counts)``.
+    progress_bar
+        Show a tqdm bar over cell types.
     """
     from attreg_sc.gt import from_genes
 
@@ -400,6 +428,7 @@ def fssf(
         k_vote=k_vote,
         seed=seed,
         first_layer=first,
+        progress_bar=progress_bar,
     )
     res.subclusters = pd.Series(sub, index=adata.obs_names, name="fssf_subcluster")
     res.skipped = skipped

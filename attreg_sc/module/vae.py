@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attreg.attr.linear_prefix import LinearPrefix
 from attreg_sc.distributions import (
     kl_normal,
     negative_binomial_log_prob,
@@ -53,7 +54,7 @@ class SCAREModule(nn.Module):
     >>> m = SCAREModule(n_genes=20, n_batches=2)
     >>> x = torch.poisson(torch.full((4, 20), 3.0)); b = torch.tensor([0, 1, 0, 1])
     >>> sorted(m.loss(x, b))
-    ['kl_l', 'kl_z', 'loss', 'reconstruction', 'x_in']
+    ['h_first', 'kl_l', 'kl_z', 'loss', 'reconstruction', 'x_in']
     """
 
     def __init__(
@@ -125,9 +126,10 @@ class SCAREModule(nn.Module):
         """``q(z, l | x, c)``: means, variances, samples and the log library size."""
         x_in = self.encoder_input(counts) if x_in is None else x_in
         cat = self.one_hot(batch_index)
-        qz_m, qz_v = self.encoder(x_in, cat)
+        h_first = self.encoder.body.first(x_in)
+        qz_m, qz_v = self.encoder.from_first(h_first, cat)
         z = qz_m + qz_v.sqrt() * torch.randn_like(qz_m) if self.training else qz_m
-        out = {"x_in": x_in, "qz_m": qz_m, "qz_v": qz_v, "z": z}
+        out = {"x_in": x_in, "h_first": h_first, "qz_m": qz_m, "qz_v": qz_v, "z": z}
         if self.library_encoder is None:
             out["log_library"] = torch.log(counts.sum(dim=1, keepdim=True).clamp_min(1.0))
         else:
@@ -173,8 +175,8 @@ class SCAREModule(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """``w_R * L_R + w_D * kl_weight * L_D`` (means over cells) and its terms.
 
-        ``x_in`` (the encoder input) is returned too, so that an attribution prior can
-        reuse it instead of recomputing the transform.
+        ``x_in`` (the encoder input) and ``h_first`` (the encoder's first-layer output
+        on it) are returned too, so that an attribution prior can reuse them.
         """
         inf = self.inference(counts, batch_index)
         gen = self.generative(inf["z"], inf["log_library"], batch_index)
@@ -197,19 +199,22 @@ class SCAREModule(nn.Module):
             "kl_z": kl_z,
             "kl_l": kl_l,
             "x_in": inf["x_in"],
+            "h_first": inf["h_first"],
         }
 
     # -- attribution targets -------------------------------------------------------------
     def attribution_target(self, target: str = "encoder") -> Callable:
-        """A function ``(x_in, batch_one_hot_or_index) -> output`` for attributions.
+        """A function ``(x_in, batch_index) -> output`` for attributions.
 
-        ``"encoder"``: the latent mean ``qz_m`` (reduce with a sum: ``F = sum_k mu_k``).
+        ``"encoder"``: the latent mean ``qz_m`` (reduce with a sum: ``F = sum_k mu_k``),
+        as an :class:`attreg.LinearPrefix` (first linear layer + rest), so that EG/IG
+        interpolate in the hidden space and reuse the training forward's activations.
         ``"model"``: the log NB mean of every gene at ``z = qz_m`` (the deterministic
         reconstruction; its log because the sum of the mean over genes is the library
         size and carries no gene information).
         """
         if target == "encoder":
-            return _EncoderMean(self)
+            return LinearPrefix(self.encoder.body.first, _EncoderRest(self))
         if target == "model":
             return _LogReconstruction(self)
         raise ValueError(f"unknown attribution target {target!r}; use 'encoder' or 'model'.")
@@ -222,6 +227,14 @@ class _EncoderMean(nn.Module):
 
     def forward(self, x_in: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
         return self.module_.encoder(x_in, self.module_.one_hot(batch_index))[0]
+
+
+class _EncoderRest(_EncoderMean):
+    """The encoder's mean after its first linear layer: ``(h_first, batch) -> qz_m``."""
+
+    def forward(self, h_first: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        m = self.module_
+        return m.encoder.from_first(h_first, m.one_hot(batch_index))[0]
 
 
 class _LogReconstruction(_EncoderMean):

@@ -50,7 +50,10 @@ class FCLayers(nn.Module):
         self.rest = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.first(x)
+        return self.after_first(self.first(x), cat)
+
+    def after_first(self, h: torch.Tensor, cat: torch.Tensor | None = None) -> torch.Tensor:
+        """The block from the output ``h = first(x)`` of the first linear layer on."""
         if self.covariate is not None:
             if cat is None:
                 raise ValueError("this layer was built with covariates; pass the batch one-hot.")
@@ -80,7 +83,13 @@ class Encoder(nn.Module):
     def forward(
         self, x: torch.Tensor, cat: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(x, cat)
+        return self.from_first(self.body.first(x), cat)
+
+    def from_first(
+        self, h_first: torch.Tensor, cat: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, var)`` from the first linear layer's output ``body.first(x)``."""
+        h = self.body.after_first(h_first, cat)
         return self.mean(h), torch.exp(self.log_var(h)) + self.var_eps
 
 

@@ -17,7 +17,7 @@ import torch
 
 from attreg_sc.data import CountData
 
-__all__ = ["TrainingPlan", "train_module", "NonFiniteLossError", "EarlyStopping"]
+__all__ = ["TrainingPlan", "train_module", "training_step", "NonFiniteLossError", "EarlyStopping"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,27 +92,65 @@ def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarra
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def _check_finite(values: dict[str, float], epoch: int, step: int) -> None:
-    names = {"reconstruction": "L_R", "kl": "L_D", "attribution": "L_A"}
-    for key, val in values.items():
-        if not math.isfinite(val):
-            raise NonFiniteLossError(
-                f"{names.get(key, key)} ({key}) became {val} at epoch {epoch}, step {step}; "
-                "lower the learning rate, set grad_clip=, or check the data for extreme "
-                "counts. The weights of the last finished epoch are kept."
-            )
+_TERMS = ("loss", "reconstruction", "kl", "attribution")
+_SYMBOLS = {"loss": "total loss", "reconstruction": "L_R", "kl": "L_D", "attribution": "L_A"}
+
+
+def training_step(
+    module: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    counts: torch.Tensor,
+    batch_index: torch.Tensor,
+    cell_index: np.ndarray,
+    plan: TrainingPlan,
+    kl_weight: float,
+    prior_loss: Callable | None = None,
+) -> torch.Tensor:
+    """One optimisation step; returns the detached terms ``[loss, L_R, L_D, L_A]``.
+
+    No host synchronisation: the caller checks the returned values when it wants to.
+    """
+    terms = module.loss(counts, batch_index, kl_weight, plan.w_reconstruction, plan.w_divergence)
+    loss = terms["loss"]
+    l_a = torch.zeros((), device=loss.device)
+    if prior_loss is not None:
+        l_a = prior_loss(terms["x_in"], batch_index, cell_index, terms["h_first"])
+        loss = loss + plan.w_attribution * l_a
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if plan.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), plan.grad_clip)
+    opt.step()
+    return torch.stack([loss, terms["reconstruction"], terms["kl_z"] + terms["kl_l"], l_a]).detach()
+
+
+def _check_finite(step_terms: torch.Tensor, epoch: int) -> None:
+    """Raise with the first non-finite step and term (one host sync per epoch)."""
+    values = step_terms.cpu()
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        step, col = (int(v) for v in bad.nonzero()[0])
+        if col == 0:  # name the culprit term when only the total is non-finite
+            col = next((c for c in (1, 2, 3) if bad[step, c]), 0)
+        key = _TERMS[col]
+        raise NonFiniteLossError(
+            f"{_SYMBOLS[key]} ({key}) became {float(values[step, col])} at epoch {epoch}, "
+            f"step {step}; lower the learning rate, set grad_clip=, or check the data for "
+            "extreme counts. The weights of the last finished epoch were restored."
+        )
 
 
 def train_module(
     module: torch.nn.Module,
     data: CountData,
     plan: TrainingPlan,
-    prior_loss: Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor] | None = None,
+    prior_loss: Callable[..., torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, list[float]]:
     """Train ``module`` in place on ``data``; return the per-epoch history.
 
-    ``prior_loss(x_in, batch_index, cell_index)`` returns ``L_A`` for a minibatch.
+    ``prior_loss(x_in, batch_index, cell_index, h_first)`` returns ``L_A`` for a
+    minibatch (``h_first``: the encoder's first-layer output, reusable by the prior).
     """
     from tqdm.auto import tqdm
 
@@ -136,42 +174,34 @@ def train_module(
         use_prior = (
             prior_loss is not None and plan.w_attribution > 0 and epoch >= plan.prior_warmup_epochs
         )
-        sums = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "attribution": 0.0}
         order = rng.permutation(train_idx)
-        n_steps = 0
-        for step, start in enumerate(range(0, len(order), plan.batch_size)):
+        good_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        step_terms = []
+        for start in range(0, len(order), plan.batch_size):
             idx = np.sort(order[start : start + plan.batch_size])
             if len(idx) < 2 and len(order) > 1:
                 continue  # a single-cell last batch has no EG reference
-            counts = data.rows(idx, device)
-            b = codes[idx].to(device)
-            terms = module.loss(counts, b, kl_weight, plan.w_reconstruction, plan.w_divergence)
-            loss = terms["loss"]
-            l_a = torch.zeros((), device=loss.device)
-            if use_prior:
-                l_a = prior_loss(terms["x_in"], b, idx)
-                loss = loss + plan.w_attribution * l_a
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            values = {
-                "reconstruction": terms["reconstruction"].item(),
-                "kl": (terms["kl_z"] + terms["kl_l"]).item(),
-                "attribution": l_a.item(),
-            }
-            _check_finite(values, epoch, step)
-            if plan.grad_clip is not None:
-                norm = torch.nn.utils.clip_grad_norm_(module.parameters(), plan.grad_clip)
-                if not torch.isfinite(norm):
-                    raise NonFiniteLossError(
-                        f"gradient norm became {float(norm)} at epoch {epoch}, step {step}."
-                    )
-            opt.step()
-            sums["loss"] += loss.item()
-            for k, v in values.items():
-                sums[k] += v
-            n_steps += 1
-        for k, v in sums.items():
-            history[k].append(v / max(n_steps, 1))
+            step_terms.append(
+                training_step(
+                    module,
+                    opt,
+                    data.rows(idx, device),
+                    codes[idx].to(device),
+                    idx,
+                    plan,
+                    kl_weight,
+                    prior_loss if use_prior else None,
+                )
+            )
+        terms = torch.stack(step_terms)
+        try:
+            _check_finite(terms, epoch)
+        except NonFiniteLossError:
+            module.load_state_dict(good_state)
+            module.eval()
+            raise
+        for key, v in zip(_TERMS, terms.mean(0).tolist(), strict=True):
+            history[key].append(v)
         history["kl_weight"].append(kl_weight)
         val = _validation_loss(module, data, val_idx, codes, plan, device)
         history["validation_loss"].append(val)

@@ -1,0 +1,131 @@
+"""Cost of a scARE training step with and without an attribution prior (paper scale).
+
+Synthetic counts (call them so): 12,000 cells x 3,346 genes, 2 batches, sparse CSR, as
+in the scARE paper; model: n_hidden 128, n_latent 10, NB likelihood, gene dispersion.
+For each batch size, the full step (sparse row gather, forward, loss, prior, backward,
+Adam) is timed for the plain cVAE (w_attr = 0), with an EG prior (k = 1, references from
+the minibatch) and with an IG prior (m = 20), interleaved so that machine noise hits
+all variants alike; medians after warm-up and ratios to the plain step of the same run.
+
+Run::
+
+    python benchmarks/bench_scare_step.py [--batches 128 512] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import attreg_sc as asc
+from attreg_sc.train.trainer import TrainingPlan, training_step
+
+VARIANTS = {"plain": {}, "EG k=1": {"attribution": "eg"}, "IG m=20": {"attribution": "ig"}}
+
+
+def make_data(n_cells: int, n_genes: int):
+    return asc.datasets.synthetic(
+        n_cells=n_cells, n_genes=n_genes, n_cell_types=5, n_gt_genes=300, seed=0
+    )
+
+
+def make_runner(adata, variant: str, device: str):
+    kwargs = VARIANTS[variant]
+    w = 0.0 if variant == "plain" else 100.0
+    model = asc.SCARE(
+        adata,
+        batch_key="batch",
+        gt=adata.var["is_gt"].to_numpy(),
+        w_attr=w,
+        n_steps=20,
+        accelerator=device,
+        **kwargs,
+    )
+    module = model.module.train()
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    plan = TrainingPlan(w_attribution=w)
+    prior = model._prior_loss if w > 0 else None
+    codes = torch.from_numpy(model.data.batch_codes)
+
+    def step(idx: np.ndarray) -> None:
+        out = training_step(
+            module,
+            opt,
+            model.data.rows(idx, model.device),
+            codes[idx].to(model.device),
+            idx,
+            plan,
+            1.0,
+            prior,
+        )
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", type=int, default=12_000)
+    p.add_argument("--genes", type=int, default=3346)
+    p.add_argument("--batches", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--ig-steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    adata = make_data(args.cells, args.genes)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in args.batches:
+        runners = {v: make_runner(adata, v, args.device) for v in VARIANTS}
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for i in range(args.warmup + args.steps):
+            idx = np.sort(rng.choice(adata.n_obs, batch, replace=False))
+            for v, run in runners.items():
+                if v.startswith("IG") and i >= args.warmup + args.ig_steps:
+                    continue
+                t0 = time.perf_counter()
+                run(idx)
+                if i >= args.warmup:
+                    times[v].append(time.perf_counter() - t0)
+        plain = statistics.median(times["plain"])
+        for v, ts in times.items():
+            med = statistics.median(ts)
+            rows.append(
+                {
+                    "benchmark": "scare_step",
+                    "variant": v,
+                    "batch_size": batch,
+                    "median_ms": 1000 * med,
+                    "ratio_to_plain": med / plain,
+                    "n_steps": len(ts),
+                }
+            )
+    print(
+        f"scARE step, synthetic {args.cells} x {args.genes}, 2 batches, device={args.device}, "
+        f"threads={args.threads}, torch {torch.__version__}"
+    )
+    print(f"{'batch':>5} {'variant':<8} {'median ms':>10} {'x plain':>8} {'steps':>6}")
+    for r in rows:
+        print(
+            f"{r['batch_size']:>5} {r['variant']:<8} {r['median_ms']:>10.2f} "
+            f"{r['ratio_to_plain']:>8.2f} {r['n_steps']:>6}"
+        )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
