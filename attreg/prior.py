@@ -189,8 +189,12 @@ class AttributionPrior(nn.Module):
         x: torch.Tensor,
         additional_forward_args: Any = None,
         input_activations: torch.Tensor | None = None,
+        target: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Differentiable attributions of the target at ``x`` (shape of ``x``).
+
+        ``target``: captum's argument, the output unit to explain per sample (e.g. the
+        true class of each sample), overriding the reducer's reduction.
 
         ``input_activations``: for a :class:`~attreg.attr.LinearPrefix` target, the
         first-layer output on ``x`` from the caller's own forward pass (reused: EG with
@@ -198,6 +202,8 @@ class AttributionPrior(nn.Module):
         """
         m = self.method
         kwargs: dict[str, Any] = {"additional_forward_args": additional_forward_args}
+        if target is not None:
+            kwargs["target"] = target
         if input_activations is not None and isinstance(
             m, (ExpectedGradients, IntegratedGradients)
         ):
@@ -263,9 +269,10 @@ class AttributionPrior(nn.Module):
         index: torch.Tensor | None = None,
         additional_forward_args: Any = None,
         input_activations: torch.Tensor | None = None,
+        target: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Weighted prior loss for the minibatch ``x`` (a scalar)."""
-        attr = self.attributions(x, additional_forward_args, input_activations)
+        attr = self.attributions(x, additional_forward_args, input_activations, target)
         return self.loss_from_attributions(attr, gt, index)
 
     def extra_repr(self) -> str:

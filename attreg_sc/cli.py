@@ -179,7 +179,7 @@ def _cmd_train(args) -> None:
     out = Path(args.out)
     model.save(out / "model", overwrite=True)
     result = adata.copy()
-    result.obsm["X_scare"] = model.get_latent_representation()
+    model.export_to_anndata(result)
     with atomic_path(out / "adata.h5ad") as tmp:
         result.write_h5ad(tmp)
     import pandas as pd

@@ -36,10 +36,13 @@ def get_counts_matrix(adata, layer: str | None):
 def validate_counts(matrix, allow_non_integer: bool = False, chunk: int = 10_000) -> None:
     """Raise ``ValueError`` for NaN/inf, negative or (unless allowed) non-integer counts.
 
-    Dense matrices are checked in chunks of rows so that no float64 copy is made.
+    Checked in chunks (rows of a dense matrix, ``chunk * 1000`` stored values of a
+    sparse one), so the temporaries stay small whatever the size of the data.
     """
     if sp.issparse(matrix):
-        blocks = [np.asarray(matrix.data)]
+        data = np.asarray(matrix.data)
+        step = chunk * 1000
+        blocks = (data[s : s + step] for s in range(0, max(len(data), 1), step))
     else:
         blocks = (np.asarray(matrix[s : s + chunk]) for s in range(0, matrix.shape[0], chunk))
     for block in blocks:

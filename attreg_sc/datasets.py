@@ -143,6 +143,7 @@ def synthetic(
     seed: int = 0,
     reference=None,
     gt_genes: list[str] | None = None,
+    chunk_size: int = 20_000,
 ):
     """Negative-binomial counts with cell types, batches and two hidden programs.
 
@@ -161,7 +162,9 @@ def synthetic(
     groups), the gene-wise inverse dispersions (method of moments) and the library sizes
     are fitted to it, so that the counts have realistic statistics.
 
-    Returns an AnnData with integer counts in a CSR ``X`` (float32).
+    Counts are drawn ``chunk_size`` cells at a time, so a million cells need memory for
+    one chunk plus the sparse result. Returns an AnnData with integer counts in a CSR
+    ``X`` (float32).
 
     Examples
     --------
@@ -205,19 +208,23 @@ def synthetic(
     batch = rng.integers(0, n_batches, n_cells)
     gt_state = rng.integers(0, 2, n_cells)
     other_state = rng.integers(0, 2, n_cells)
-    log_mu = log_mu_types[cell_type] + batch_shift[batch]
-    log_mu = log_mu + np.log(gt_fold) * (gt_state[:, None] * is_gt[None, :])
-    log_mu = log_mu + np.log(other_fold) * (other_state[:, None] * is_other[None, :])
-    prop = np.exp(log_mu - log_mu.max(axis=1, keepdims=True))
-    prop /= prop.sum(axis=1, keepdims=True)
     if reference is not None:
         lib = rng.choice(ref_lib, n_cells) * np.exp(0.2 * (batch - batch.mean()))
     else:
         lib = library_size * np.exp(rng.normal(0.0, 0.3, n_cells) + 0.2 * (batch - batch.mean()))
-    mean = prop * lib[:, None]
-    counts = rng.negative_binomial(theta_g, theta_g / (theta_g + mean)).astype(np.float32)
-    empty = counts.sum(axis=1) == 0
-    counts[empty, rng.integers(0, n_genes, int(empty.sum()))] = 1.0
+    blocks = []
+    for start in range(0, n_cells, chunk_size):  # bounded memory for large n_cells
+        sl = slice(start, min(start + chunk_size, n_cells))
+        log_mu = log_mu_types[cell_type[sl]] + batch_shift[batch[sl]]
+        log_mu = log_mu + np.log(gt_fold) * (gt_state[sl, None] * is_gt[None, :])
+        log_mu = log_mu + np.log(other_fold) * (other_state[sl, None] * is_other[None, :])
+        prop = np.exp(log_mu - log_mu.max(axis=1, keepdims=True))
+        prop /= prop.sum(axis=1, keepdims=True)
+        mean = prop * lib[sl, None]
+        counts = rng.negative_binomial(theta_g, theta_g / (theta_g + mean)).astype(np.float32)
+        empty = counts.sum(axis=1) == 0
+        counts[empty, rng.integers(0, n_genes, int(empty.sum()))] = 1.0
+        blocks.append(sp.csr_matrix(counts))
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical([f"type{t}" for t in cell_type]),
@@ -228,4 +235,4 @@ def synthetic(
         index=[f"cell{i}" for i in range(n_cells)],
     )
     var = pd.DataFrame({"is_gt": is_gt, "is_other": is_other}, index=names)
-    return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
+    return ad.AnnData(sp.vstack(blocks, format="csr"), obs=obs, var=var)

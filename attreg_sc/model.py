@@ -420,11 +420,43 @@ class SCARE:
         n_steps: int = 20,
         batch_size: int = 256,
         seed: int = 0,
+        key_added: str | None = None,
+        progress_bar: bool = False,
+        baselines: Any = None,
+        internal_batch_size: int | None = None,
     ) -> np.ndarray:
         """Post-hoc per-cell gene attributions ``(n_cells, n_genes)`` (not differentiable).
 
-        EG references come from the same batch of ``batch_size`` cells; IG uses zeros.
+        Parameters
+        ----------
+        adata
+            Cells to explain (default: the training AnnData).
+        method
+            ``"eg"`` (references: ``n_samples`` other cells of the same chunk of
+            ``batch_size`` cells) or ``"ig"`` (``n_steps`` from ``baselines``, zeros by
+            default, captum's argument).
+        target
+            ``"encoder"`` or ``"model"`` (default: the prior's target).
+        key_added
+            Also store the matrix in ``adata.layers[key_added]`` (the documented
+            in-place change), e.g. ``"scare_attributions"``.
+        progress_bar
+            Show a tqdm bar over chunks.
+        internal_batch_size
+            captum's argument: rows per forward pass (bounds memory).
+
+        Examples
+        --------
+        >>> import attreg_sc as asc
+        >>> adata = asc.datasets.synthetic(n_cells=100, n_genes=40, n_gt_genes=5)
+        >>> m = asc.SCARE(adata, n_latent=2); m.train(max_epochs=1, progress_bar=False)
+        >>> m.get_attributions(method="ig", n_steps=4, key_added="scare_attributions").shape
+        (100, 40)
+        >>> "scare_attributions" in adata.layers
+        True
         """
+        from tqdm.auto import tqdm
+
         data = self._data_for(adata)
         self.module.eval()
         fn = self.module.attribution_target(target or self.prior_params["target"])
@@ -436,18 +468,42 @@ class SCARE:
         rng = np.random.default_rng(seed)
         order = rng.permutation(data.n_cells)
         out = np.zeros((data.n_cells, data.n_genes), dtype=np.float32)
-        for start in range(0, data.n_cells, batch_size):
+        starts = range(0, data.n_cells, batch_size)
+        for start in tqdm(starts, desc="attributions", disable=not progress_bar):
             idx = np.sort(order[start : start + batch_size])
             x_in = self.module.encoder_input(data.rows(idx, self.device))
             b = codes[idx].to(self.device)
+            kw = {"additional_forward_args": (b,), "internal_batch_size": internal_batch_size}
             if method == "eg":
-                a = explainer.attribute(
-                    x_in, additional_forward_args=(b,), n_samples=n_samples, generator=g
-                )
+                a = explainer.attribute(x_in, n_samples=n_samples, generator=g, **kw)
             else:
-                a = explainer.attribute(x_in, additional_forward_args=(b,), n_steps=n_steps)
+                a = explainer.attribute(x_in, baselines, n_steps=n_steps, **kw)
             out[idx] = a.cpu().numpy()
+        if key_added is not None:
+            (self.adata if adata is None else adata).layers[key_added] = out
         return out
+
+    def export_to_anndata(self, adata=None, latent_key: str = "X_scare") -> None:
+        """Write the latent to ``obsm[latent_key]`` and settings + history to
+        ``uns["scare"]`` (scverse naming; scanpy's ``pp.neighbors(use_rep="X_scare")``,
+        ``tl.umap`` and ``tl.leiden`` then work directly). The documented in-place change.
+        """
+        adata = self.adata if adata is None else adata
+        adata.obsm[latent_key] = self.get_latent_representation(adata)
+        settings = {
+            "layer": self.layer,
+            "batch_key": self.batch_key,
+            "w_attr": self.w_attr,
+            "batch_categories": list(map(str, self.data.batch_categories)),
+            "ground_truths": list(self.ground_truths),
+            **self.prior_params,
+            **self.module_params,
+        }
+        adata.uns["scare"] = {
+            "settings": {k: v for k, v in settings.items() if v is not None},
+            "history": {k: np.asarray(v, dtype=float) for k, v in self.history.items()},
+            "latent_key": latent_key,
+        }
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:

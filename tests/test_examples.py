@@ -22,3 +22,37 @@ def test_spurious_feature_example_moves_attribution_to_gt(tmp_path, capsys):
     assert prior["gt_share"] > base["gt_share"] + 0.2
     assert prior["acc_shifted_test"] > base["acc_shifted_test"]
     assert out.exists() and "GT share" in capsys.readouterr().out
+
+
+def test_tutorial_classifier_quick(tmp_path):
+    res = load("tutorial_classifier").main(["--epochs", "4", "--out", str(tmp_path)])
+    assert set(res) == {"baseline", "prior"}
+    assert res["prior"]["gt_share"] > res["baseline"]["gt_share"]
+    assert (tmp_path / "tutorial_classifier.png").stat().st_size > 1000
+
+
+def test_tutorial_pbmc_quick(tmp_path):
+    res = load("tutorial_pbmc").main(
+        ["--max-epochs", "2", "--n-random", "2", "--out", str(tmp_path)]
+    )
+    assert set(res) == {"baseline", "scARE"}
+    assert (tmp_path / "tutorial_pbmc_fssf.png").exists()
+
+
+def test_tutorial_markers_quick():
+    res = load("tutorial_markers").main(["--max-epochs", "2", "--n-top", "10"])
+    assert set(res) == {"baseline", "two priors"}
+    assert len(res["baseline"]) > 0
+
+
+def test_tutorial_cli_quick(tmp_path):
+    work = load("tutorial_cli").main(["--workdir", str(tmp_path), "--max-epochs", "2"])
+    assert (work / "report" / "index.html").exists() and (work / "fssf.csv").exists()
+
+
+def test_scvi_tools_example_smoke():
+    import pytest
+
+    pytest.importorskip("scvi")
+    shares = load("scvi_tools_prior").main(["--max-epochs", "3"])
+    assert set(shares) == {"SCVI", "SCVI + attreg prior"}

@@ -2,6 +2,7 @@
 
 from attreg_sc.metrics.evaluation import (
     attribution_share,
+    attribution_summary,
     gt_polarization,
     integration_metrics,
     label_separation,
@@ -14,6 +15,7 @@ __all__ = [
     "fssf_from_encoder",
     "leiden_subclusters",
     "attribution_share",
+    "attribution_summary",
     "gt_polarization",
     "label_separation",
     "integration_metrics",

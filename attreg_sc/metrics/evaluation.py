@@ -18,7 +18,13 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import silhouette_samples
 from sklearn.neighbors import NearestNeighbors
 
-__all__ = ["attribution_share", "gt_polarization", "label_separation", "integration_metrics"]
+__all__ = [
+    "attribution_share",
+    "attribution_summary",
+    "gt_polarization",
+    "label_separation",
+    "integration_metrics",
+]
 
 
 def attribution_share(
@@ -37,6 +43,20 @@ def attribution_share(
     if groups is not None:
         out["group"] = np.asarray(groups).astype(str)
     return out
+
+
+def attribution_summary(
+    attributions: np.ndarray, var_names, groups: np.ndarray, absolute: bool = True
+) -> pd.DataFrame:
+    """Mean (absolute) attribution per gene within each group (e.g. cell type).
+
+    Returns a ``groups x genes`` DataFrame; ``.T.nlargest(10, "B")`` lists the ten genes
+    the model is most sensitive to in B cells.
+    """
+    a = np.abs(attributions) if absolute else np.asarray(attributions)
+    df = pd.DataFrame(a, columns=list(map(str, var_names)))
+    df["_group"] = np.asarray(groups).astype(str)
+    return df.groupby("_group").mean().rename_axis("group")
 
 
 def _gt_total(counts, gt_genes: np.ndarray) -> np.ndarray:

@@ -1,0 +1,241 @@
+"""attreg against its peers on the same model, data and step (CPU).
+
+Needs the optional peers (``pip install -e ".[bench]"``: path-explain, captum; for
+``--scvi``: scvi-tools). The model is scARE's encoder at paper scale (3,346 genes ->
+128 -> 10, LayerNorm, batch covariate); one training step = attributions of ``F = sum of
+the latent mean`` (with the graph kept), ``mse(abs_minmax(attr), gt)``, backward, Adam.
+
+* EG, k = 1 and k = 8, references from the minibatch: attreg (generic path and
+  LinearPrefix path) vs path-explain's ``PathExplainerTorch`` (a Python loop over k).
+* IG, m = 20 from zeros: attreg vs captum's ``IntegratedGradients`` with its gradient
+  function patched to keep the graph (out of the box captum's attributions carry no
+  graph to the parameters, so a loss on them trains nothing).
+* ``--scvi``: seconds per epoch of the plain cVAE (w_attr = 0) vs scvi-tools' SCVI with
+  the same architecture (LayerNorm, no BatchNorm, 1 x 128, 10 latent, NB, gene
+  dispersion) on the same synthetic data.
+
+Ratios are ``peer / attreg`` from the same run (higher: attreg faster).
+
+Run::
+
+    python benchmarks/bench_peers.py [--json out.json] [--scvi]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import attreg
+import attreg_sc as asc
+from attreg import functional as AF
+
+
+def _setup(n_cells: int, n_genes: int, batch: int):
+    adata = asc.datasets.synthetic(
+        n_cells=n_cells, n_genes=n_genes, n_cell_types=5, n_gt_genes=300, seed=0
+    )
+    model = asc.SCARE(adata, batch_key="batch", w_attr=0.0)
+    idx = np.sort(np.random.default_rng(0).choice(adata.n_obs, batch, replace=False))
+    module = model.module.train()
+    x = module.encoder_input(model.data.rows(idx))
+    b = torch.from_numpy(model.data.batch_codes[idx])
+    gt = torch.from_numpy(adata.var["is_gt"].to_numpy().astype(np.float32))
+    return adata, model, module, x, b, gt
+
+
+def _timed(step, n: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        step()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        ts.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(ts)
+
+
+def _step_fn(module, attribution_fn, gt):
+    opt = torch.optim.Adam(module.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = AF.abs_minmax_mse_loss(attribution_fn(), gt)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def bench_eg(module, x, b, gt, ks, n_steps) -> list[dict]:
+    from path_explain.explainers.path_explainer_torch import PathExplainerTorch
+
+    target = module.attribution_target("encoder")
+    onehot = module.one_hot(b)
+    rows = []
+    for k in ks:
+        g = torch.Generator().manual_seed(0)
+        fast = attreg.ExpectedGradients(target, differentiable=True, check_inputs=False)
+        slow = attreg.ExpectedGradients(
+            target, differentiable=True, check_inputs=False, use_linear_prefix=False
+        )
+        pe = PathExplainerTorch(lambda z: module.encoder(z, onehot)[0].sum(1, keepdim=True))
+        variants = {
+            "attreg EG (LinearPrefix)": lambda fast=fast, k=k, g=g: fast.attribute(
+                x, additional_forward_args=(b,), n_samples=k, generator=g
+            ),
+            "attreg EG (generic)": lambda slow=slow, k=k, g=g: slow.attribute(
+                x, additional_forward_args=(b,), n_samples=k, generator=g
+            ),
+            "path-explain PathExplainerTorch": lambda pe=pe, k=k: pe.attributions(
+                x.detach().requires_grad_(), x, num_samples=k, use_expectation=True
+            ),
+        }
+        ms = {name: _timed(_step_fn(module, fn, gt), n_steps) for name, fn in variants.items()}
+        base = ms["attreg EG (LinearPrefix)"]
+        for name, v in ms.items():
+            rows.append(
+                {
+                    "benchmark": f"EG k={k}",
+                    "variant": name,
+                    "batch_size": len(x),
+                    "median_ms": v,
+                    "peer_over_attreg": v / base,
+                }
+            )
+    return rows
+
+
+def bench_ig(module, x, b, gt, n_steps) -> list[dict]:
+    import captum.attr
+    from captum._utils.common import _run_forward
+
+    target = module.attribution_target("encoder")
+    onehot = module.one_hot(b)
+
+    def forward(z):
+        return module.encoder(z, onehot.repeat(z.shape[0] // onehot.shape[0], 1))[0].sum(1)
+
+    def keep_graph(forward_fn, inputs, target_ind=None, additional_forward_args=None):
+        with torch.autograd.set_grad_enabled(True):
+            out = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
+            return torch.autograd.grad(torch.unbind(out), inputs, create_graph=True)
+
+    cig = captum.attr.IntegratedGradients(forward)
+    cig.gradient_func = keep_graph
+    ours = attreg.IntegratedGradients(target, differentiable=True, check_inputs=False)
+    ours_generic = attreg.IntegratedGradients(
+        target, differentiable=True, check_inputs=False, use_linear_prefix=False
+    )
+    variants = {
+        "attreg IG (LinearPrefix)": lambda: ours.attribute(
+            x, additional_forward_args=(b,), n_steps=20, method="riemann_trapezoid"
+        ),
+        "attreg IG (generic)": lambda: ours_generic.attribute(
+            x, additional_forward_args=(b,), n_steps=20, method="riemann_trapezoid"
+        ),
+        "captum IG (graph-keeping gradient)": lambda: cig.attribute(
+            x.detach().requires_grad_(), n_steps=20, method="riemann_trapezoid"
+        ),
+    }
+    ms = {name: _timed(_step_fn(module, fn, gt), n_steps) for name, fn in variants.items()}
+    base = ms["attreg IG (LinearPrefix)"]
+    return [
+        {
+            "benchmark": "IG m=20",
+            "variant": name,
+            "batch_size": len(x),
+            "median_ms": v,
+            "peer_over_attreg": v / base,
+        }
+        for name, v in ms.items()
+    ]
+
+
+def bench_scvi(adata, epochs: int) -> list[dict]:
+    import scvi
+
+    t0 = time.perf_counter()
+    ours = asc.SCARE(adata, batch_key="batch", w_attr=0.0)
+    ours.train(max_epochs=epochs, early_stopping=False, progress_bar=False, validation_fraction=0.1)
+    t_ours = (time.perf_counter() - t0) / epochs
+    a = adata.copy()
+    scvi.model.SCVI.setup_anndata(a, batch_key="batch")
+    m = scvi.model.SCVI(
+        a,
+        n_hidden=128,
+        n_latent=10,
+        n_layers=1,
+        dropout_rate=0.1,
+        dispersion="gene",
+        gene_likelihood="nb",
+        use_batch_norm="none",
+        use_layer_norm="both",
+    )
+    t0 = time.perf_counter()
+    m.train(
+        max_epochs=epochs,
+        batch_size=128,
+        train_size=0.9,
+        early_stopping=False,
+        accelerator="cpu",
+        enable_progress_bar=False,
+    )
+    t_scvi = (time.perf_counter() - t0) / epochs
+    return [
+        {
+            "benchmark": "plain cVAE epoch",
+            "variant": "attreg_sc SCARE (w_attr=0)",
+            "batch_size": 128,
+            "median_ms": 1000 * t_ours,
+            "peer_over_attreg": 1.0,
+        },
+        {
+            "benchmark": "plain cVAE epoch",
+            "variant": f"scvi-tools {scvi.__version__} SCVI",
+            "batch_size": 128,
+            "median_ms": 1000 * t_scvi,
+            "peer_over_attreg": t_scvi / t_ours,
+        },
+    ]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", type=int, default=12_000)
+    p.add_argument("--genes", type=int, default=3346)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--scvi", action="store_true")
+    p.add_argument("--scvi-epochs", type=int, default=3)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    adata, model, module, x, b, gt = _setup(args.cells, args.genes, args.batch)
+    rows = bench_eg(module, x, b, gt, (1, 8), args.steps) + bench_ig(module, x, b, gt, args.steps)
+    if args.scvi:
+        rows += bench_scvi(adata, args.scvi_epochs)
+    print(
+        f"CPU, torch {torch.__version__}, threads={args.threads}, batch={args.batch}, "
+        f"{args.genes} genes; median of {args.steps} steps; ratio = peer / attreg"
+    )
+    print(f"{'benchmark':<17} {'variant':<36} {'median ms':>10} {'peer/attreg':>12}")
+    for r in rows:
+        print(
+            f"{r['benchmark']:<17} {r['variant']:<36} {r['median_ms']:>10.1f} "
+            f"{r['peer_over_attreg']:>12.2f}"
+        )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

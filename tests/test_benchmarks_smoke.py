@@ -1,0 +1,23 @@
+"""The benchmark commands run (tiny settings; no timing is asserted)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_run_all_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location("run_all", BENCH / "run_all.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "b.json"
+    res = mod.main(["--quick", "--json", str(out)])
+    assert set(res) == {"prior", "scare_step", "fssf", "scaling"}
+    assert out.exists()
+    rows = res["scare_step"]
+    assert {r["variant"] for r in rows} == {"plain", "EG k=1", "IG m=20"}
+    assert all(r["median_ms"] > 0 for r in rows)
+    plain = [r for r in rows if r["variant"] == "plain"]
+    assert all(r["ratio_to_plain"] == pytest.approx(1.0) for r in plain)
