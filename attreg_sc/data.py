@@ -14,7 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-__all__ = ["CountData", "validate_counts", "get_counts_matrix"]
+__all__ = ["CountData", "validate_counts", "get_counts_matrix", "row_totals"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,23 @@ def get_counts_matrix(adata, layer: str | None):
     return adata.layers[layer]
 
 
+def _row_blocks(matrix, chunk: int = 10_000):
+    """Consecutive blocks of rows (read from disk for a backed matrix)."""
+    for start in range(0, matrix.shape[0], chunk):
+        yield matrix[start : start + chunk]
+
+
+def _values(block) -> np.ndarray:
+    return np.asarray(block.data) if sp.issparse(block) else np.asarray(block)
+
+
+def row_totals(matrix, chunk: int = 10_000) -> np.ndarray:
+    """Per-row sums; backed matrices are read in chunks of rows."""
+    if sp.issparse(matrix) or isinstance(matrix, np.ndarray):
+        return np.asarray(matrix.sum(axis=1)).ravel()
+    return np.concatenate([np.asarray(b.sum(axis=1)).ravel() for b in _row_blocks(matrix, chunk)])
+
+
 def validate_counts(matrix, allow_non_integer: bool = False, chunk: int = 10_000) -> None:
     """Raise ``ValueError`` for NaN/inf, negative or (unless allowed) non-integer counts.
 
@@ -43,8 +60,8 @@ def validate_counts(matrix, allow_non_integer: bool = False, chunk: int = 10_000
         data = np.asarray(matrix.data)
         step = chunk * 1000
         blocks = (data[s : s + step] for s in range(0, max(len(data), 1), step))
-    else:
-        blocks = (np.asarray(matrix[s : s + chunk]) for s in range(0, matrix.shape[0], chunk))
+    else:  # dense, or a backed dataset read in chunks of rows
+        blocks = (_values(block) for block in _row_blocks(matrix, chunk))
     for block in blocks:
         if block.dtype.kind not in "biuf":
             raise TypeError(
@@ -105,10 +122,23 @@ class CountData:
                 f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
                 "give at least one cell and one gene."
             )
+        if not adata.var_names.is_unique:
+            dup = adata.var_names[adata.var_names.duplicated()].unique()
+            raise ValueError(
+                f"adata.var_names has {len(dup)} duplicated gene name(s) (e.g. {list(dup[:3])}); "
+                "gene-set matching and saved models need unique names: call "
+                "adata.var_names_make_unique() first."
+            )
         matrix = get_counts_matrix(adata, layer)
         if getattr(adata, "isbacked", False) and layer is None:
-            matrix = adata.X[:] if not sp.issparse(adata.X) else adata.X
-        if (
+            fmt = getattr(matrix, "format", "dense")
+            if fmt not in ("csr", "dense"):
+                raise ValueError(
+                    f"backed AnnData with a {fmt} matrix cannot stream rows; rewrite it as CSR "
+                    "(adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad(...))."
+                )
+            logger.info("backed AnnData: minibatches are read from disk as needed")
+        elif (
             sp.issparse(matrix)
             and not sp.isspmatrix_csr(matrix)
             and not isinstance(matrix, sp.csr_array)
@@ -119,7 +149,7 @@ class CountData:
             matrix = np.asarray(matrix)
         validate_counts(matrix, allow_non_integer=allow_non_integer)
         if check_zero_cells:
-            totals = np.asarray(matrix.sum(axis=1)).ravel()
+            totals = row_totals(matrix)
             n_zero = int((totals == 0).sum())
             if n_zero:
                 raise ValueError(
@@ -147,7 +177,7 @@ class CountData:
 
     def library_log_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-batch mean and variance of the log library size (the scVI library prior)."""
-        log_lib = np.log(np.asarray(self.matrix.sum(axis=1)).ravel().clip(min=1.0))
+        log_lib = np.log(row_totals(self.matrix).clip(min=1.0))
         k = len(self.batch_categories)
         means, vars_ = np.zeros(k), np.ones(k)
         for b in range(k):

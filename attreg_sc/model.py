@@ -324,6 +324,9 @@ class SCARE:
         patience: int = 10,
         grad_clip: float | None = None,
         progress_bar: bool = True,
+        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
+        resume: bool = False,
     ) -> None:
         """Train the model; per-epoch losses land in :attr:`history`.
 
@@ -348,6 +351,12 @@ class SCARE:
             Clip the gradient norm to this value.
         progress_bar
             Show a tqdm progress bar.
+        checkpoint_path, checkpoint_every
+            Write a checkpoint (weights, optimizer, RNG states, history) to this file
+            every ``checkpoint_every`` epochs, atomically.
+        resume
+            Continue from ``checkpoint_path`` (same settings and seed): the final
+            weights equal those of an uninterrupted run on CPU.
         """
         plan = TrainingPlan(
             max_epochs=max_epochs,
@@ -365,9 +374,18 @@ class SCARE:
             grad_clip=grad_clip,
             seed=self.seed,
             progress_bar=progress_bar,
+            checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
+            checkpoint_every=checkpoint_every,
         )
+        if resume and checkpoint_path is None:
+            raise ValueError("resume=True needs checkpoint_path= (the file to resume from).")
         prior = self._prior_loss if self.priors is not None else None
-        history = train_module(self.module, self.data, plan, prior, self.device)
+        gens = [self._generator] if self.priors is not None else []
+        history = train_module(
+            self.module, self.data, plan, prior, self.device, generators=gens, resume=resume
+        )
+        if resume:
+            self.history = {}
         for k, v in history.items():
             self.history.setdefault(k, []).extend(v)
         self.is_trained = True

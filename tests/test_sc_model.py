@@ -369,3 +369,30 @@ def test_grad_clip_trains():
     m = asc.SCARE(a, batch_key="batch", gt=a.var["is_gt"].to_numpy(), n_latent=2)
     m.train(max_epochs=2, grad_clip=1.0, progress_bar=False)
     assert np.isfinite(m.history["loss"]).all()
+
+
+def test_backed_anndata_streams_rows_and_matches_in_memory(tmp_path):
+    a = small(seed=8)
+    a.write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    latents = []
+    for data in (a, backed):
+        m = asc.SCARE(data, batch_key="batch", gt=data.var["is_gt"].to_numpy(), n_latent=2)
+        m.train(max_epochs=2, progress_bar=False)
+        latents.append(m.get_latent_representation())
+    assert not sp.issparse(m.data.matrix) and not isinstance(m.data.matrix, np.ndarray)
+    assert np.array_equal(latents[0], latents[1])
+
+
+def test_backed_csc_and_duplicated_genes_are_refused(tmp_path):
+    a = small(seed=8)
+    a.X = sp.csc_matrix(a.X)
+    a.write_h5ad(tmp_path / "c.h5ad")
+    with pytest.raises(ValueError, match="cannot stream rows; rewrite it as CSR"):
+        asc.SCARE(ad.read_h5ad(tmp_path / "c.h5ad", backed="r"), n_latent=2)
+    b = small(seed=8)
+    names = list(b.var_names)
+    names[1] = names[0]
+    b.var_names = names
+    with pytest.raises(ValueError, match="1 duplicated gene name.*var_names_make_unique"):
+        asc.SCARE(b, n_latent=2)

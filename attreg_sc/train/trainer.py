@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +45,8 @@ class TrainingPlan:
     grad_clip: float | None = None
     seed: int = 0
     progress_bar: bool = True
+    checkpoint_path: str | None = None
+    checkpoint_every: int = 1
 
     def kl_weight(self, epoch: int) -> float:
         if self.kl_warmup_epochs <= 0:
@@ -146,11 +148,18 @@ def train_module(
     plan: TrainingPlan,
     prior_loss: Callable[..., torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
+    generators: Sequence[torch.Generator] = (),
+    resume: bool = False,
 ) -> dict[str, list[float]]:
     """Train ``module`` in place on ``data``; return the per-epoch history.
 
     ``prior_loss(x_in, batch_index, cell_index, h_first)`` returns ``L_A`` for a
     minibatch (``h_first``: the encoder's first-layer output, reusable by the prior).
+
+    With ``plan.checkpoint_path``, a checkpoint (weights, optimizer, every RNG state --
+    numpy's, torch's and those of ``generators`` --, history, early-stopping state) is
+    written atomically every ``plan.checkpoint_every`` epochs; ``resume=True`` continues
+    from it, giving the same weights as an uninterrupted run (same seed, CPU).
     """
     from tqdm.auto import tqdm
 
@@ -167,7 +176,28 @@ def train_module(
         for k in ("loss", "reconstruction", "kl", "attribution", "validation_loss", "kl_weight")
     }
     stopper, best_state = EarlyStopping(plan.patience), None
-    bar = tqdm(range(plan.max_epochs), disable=not plan.progress_bar, desc="scARE", unit="epoch")
+    first_epoch = 0
+    if resume:
+        state = load_checkpoint(plan.checkpoint_path)
+        module.load_state_dict(state["module"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        for g, gs in zip(generators, state["generators"], strict=True):
+            g.set_state(gs)
+        history = state["history"]
+        stopper.__dict__.update(state["stopper"])
+        best_state = state["best_state"]
+        first_epoch = state["epoch"] + 1
+        logger.info("resuming at epoch %d from %s", first_epoch, plan.checkpoint_path)
+    bar = tqdm(
+        range(first_epoch, plan.max_epochs),
+        disable=not plan.progress_bar,
+        desc="scARE",
+        unit="epoch",
+        initial=first_epoch,
+        total=plan.max_epochs,
+    )
     for epoch in bar:
         module.train()
         kl_weight = plan.kl_weight(epoch)
@@ -208,16 +238,67 @@ def train_module(
         bar.set_postfix(loss=f"{history['loss'][-1]:.1f}", val=f"{val:.1f}")
         logger.debug("epoch %d: %s", epoch, {k: v[-1] for k, v in history.items()})
         if plan.early_stopping and len(val_idx) and kl_weight >= 1.0:
-            stop = stopper.step(val)
+            stopper.step(val)
             if stopper.improved:
                 best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            if stop:
-                logger.info("early stopping at epoch %d (best %.3f)", epoch, stopper.best)
-                break
+        if plan.checkpoint_path and (epoch + 1) % plan.checkpoint_every == 0:
+            save_checkpoint(
+                plan.checkpoint_path,
+                {
+                    "format_version": CHECKPOINT_VERSION,
+                    "epoch": epoch,
+                    "module": module.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "numpy_rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "generators": [g.get_state() for g in generators],
+                    "history": history,
+                    "stopper": dict(stopper.__dict__),
+                    "best_state": best_state,
+                },
+            )
+        if (
+            plan.early_stopping
+            and len(val_idx)
+            and kl_weight >= 1.0
+            and stopper.waited >= (stopper.patience)
+        ):
+            logger.info("early stopping at epoch %d (best %.3f)", epoch, stopper.best)
+            break
     if best_state is not None:
         module.load_state_dict(best_state)
     module.eval()
     return history
+
+
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path, payload: dict) -> None:
+    """Write a training checkpoint atomically (temporary file + rename)."""
+    from attreg_sc._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, with clear errors."""
+    import os
+
+    if path is None or not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}; train with checkpoint_path= first.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {err}"
+        ) from err
+    if not isinstance(state, dict) or state.get("format_version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} is not a checkpoint of format {CHECKPOINT_VERSION}; it cannot be resumed."
+        )
+    return state
 
 
 @torch.no_grad()
