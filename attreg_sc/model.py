@@ -25,26 +25,6 @@ __all__ = ["SCARE", "FORMAT_VERSION"]
 
 logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
-_MODULE_KEYS = (
-    "n_hidden",
-    "n_latent",
-    "n_layers",
-    "dropout",
-    "dispersion",
-    "likelihood",
-    "use_observed_library",
-    "normalize_input",
-)
-_PRIOR_KEYS = (
-    "attribution",
-    "target",
-    "reducer",
-    "reparameterizer",
-    "loss",
-    "aggregation",
-    "n_samples",
-    "n_steps",
-)
 
 
 def _resolve_device(accelerator: str) -> torch.device:

@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     adata = asc.datasets.synthetic(
-        n_cells=args.cells, n_genes=args.genes, n_cell_types=4, n_gt_genes=300, seed=0
+        n_cells=args.cells,
+        n_genes=args.genes,
+        n_cell_types=4,
+        n_gt_genes=min(300, args.genes // 4),
+        seed=0,
     )
     gt = adata.var["is_gt"].to_numpy()
     model = asc.SCARE(adata, batch_key="batch", gt=gt, w_attr=100.0)

@@ -30,7 +30,7 @@ VARIANTS = {"plain": {}, "EG k=1": {"attribution": "eg"}, "IG m=20": {"attributi
 
 def make_data(n_cells: int, n_genes: int):
     return asc.datasets.synthetic(
-        n_cells=n_cells, n_genes=n_genes, n_cell_types=5, n_gt_genes=300, seed=0
+        n_cells=n_cells, n_genes=n_genes, n_cell_types=5, n_gt_genes=min(300, n_genes // 4), seed=0
     )
 
 

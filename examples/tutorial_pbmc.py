@@ -17,7 +17,6 @@ from pathlib import Path
 
 import attreg_sc as asc
 from attreg_sc.metrics import attribution_share, fssf, gt_polarization
-from attreg_sc.metrics.evaluation import _gt_total  # noqa: F401  (used in the docs page)
 
 
 def main(argv=None):
