@@ -99,12 +99,17 @@ class CountData:
         Integer batch code per cell.
     batch_categories
         The batch categories (their order defines the codes).
+    var_names
+        Gene names.
+    library_sizes
+        Total counts per cell (computed once, during validation).
     """
 
     matrix: object
     batch_codes: np.ndarray
     batch_categories: list
     var_names: list = field(default_factory=list)
+    library_sizes: np.ndarray | None = None
 
     @classmethod
     def from_anndata(
@@ -148,8 +153,8 @@ class CountData:
         elif not sp.issparse(matrix):
             matrix = np.asarray(matrix)
         validate_counts(matrix, allow_non_integer=allow_non_integer)
+        totals = row_totals(matrix)
         if check_zero_cells:
-            totals = row_totals(matrix)
             n_zero = int((totals == 0).sum())
             if n_zero:
                 raise ValueError(
@@ -159,7 +164,7 @@ class CountData:
                     "sc.pp.filter_cells(adata, min_counts=1)."
                 )
         codes, categories = batch_codes_of(adata, batch_key, batch_categories)
-        return cls(matrix, codes, categories, list(map(str, adata.var_names)))
+        return cls(matrix, codes, categories, list(map(str, adata.var_names)), totals)
 
     @property
     def n_cells(self) -> int:
@@ -177,7 +182,8 @@ class CountData:
 
     def library_log_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-batch mean and variance of the log library size (the scVI library prior)."""
-        log_lib = np.log(row_totals(self.matrix).clip(min=1.0))
+        totals = row_totals(self.matrix) if self.library_sizes is None else self.library_sizes
+        log_lib = np.log(totals.clip(min=1.0))
         k = len(self.batch_categories)
         means, vars_ = np.zeros(k), np.ones(k)
         for b in range(k):

@@ -401,11 +401,7 @@ class SCARE:
         codes = torch.from_numpy(data.batch_codes)
         for start in range(0, data.n_cells, batch_size):
             idx = np.arange(start, min(start + batch_size, data.n_cells))
-            counts = data.rows(idx, self.device)
-            qz_m, _ = self.module.encoder(
-                self.module.encoder_input(counts),
-                self.module.one_hot(codes[idx].to(self.device)),
-            )
+            qz_m = self.module.latent_mean(data.rows(idx, self.device), codes[idx].to(self.device))
             out.append(qz_m.cpu().numpy())
         return np.concatenate(out)
 

@@ -400,19 +400,22 @@ def fssf(
         if len(set(labels) - {""}) < 2:
             skipped[ct] = "fewer than 2 subclusters"
             continue
-        sub[idx] = np.where(labels == "", "", labels)
+        sub[idx] = labels
     for ct, why in skipped.items():
         logger.info("FSSF: cell type %r skipped (%s)", ct, why)
     module = model.module
     module.eval()
 
-    @torch.no_grad()
     def encode(counts: np.ndarray, batch: np.ndarray) -> np.ndarray:
-        out = []
-        for s in range(0, len(counts), 4096):
-            x = torch.from_numpy(counts[s : s + 4096]).to(model.device)
-            b = torch.from_numpy(batch[s : s + 4096]).to(model.device)
-            out.append(module.encoder(module.encoder_input(x), module.one_hot(b))[0].cpu().numpy())
+        out = [
+            module.latent_mean(
+                torch.from_numpy(counts[s : s + 4096]).to(model.device),
+                torch.from_numpy(batch[s : s + 4096]).to(model.device),
+            )
+            .cpu()
+            .numpy()
+            for s in range(0, len(counts), 4096)
+        ]
         return np.concatenate(out) if out else np.zeros((0, module.n_latent), np.float32)
 
     first = _ScareFirstLayer(module, model.device) if fast and not module.normalize_input else None

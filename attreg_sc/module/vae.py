@@ -120,6 +120,11 @@ class SCAREModule(nn.Module):
             return torch.log1p(counts / lib * 1e4)
         return torch.log1p(counts)
 
+    @torch.no_grad()
+    def latent_mean(self, counts: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        """``E[z | x, c]`` for a block of cells (no graph)."""
+        return self.encoder(self.encoder_input(counts), self.one_hot(batch_index))[0]
+
     def inference(
         self, counts: torch.Tensor, batch_index: torch.Tensor, x_in: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
