@@ -23,6 +23,11 @@ import attreg
 import attreg_sc as asc
 
 
+def _mean(q):
+    """scvi-tools encoders return a Normal (``return_dist=True``) or its mean."""
+    return q.loc if hasattr(q, "loc") else q
+
+
 def make_classes():
     import scvi
     from scvi import REGISTRY_KEYS
@@ -33,7 +38,7 @@ def make_classes():
             encoder = module.z_encoder
 
             def latent_mean(x, batch_index):
-                return encoder(x, batch_index)[0]
+                return _mean(encoder(x, batch_index)[0])
 
             self.prior = attreg.AttributionPrior(
                 latent_mean,
@@ -65,7 +70,7 @@ def gt_share(model, adata, gt) -> float:
     x = torch.log1p(torch.as_tensor(adata.X.toarray(), dtype=torch.float32))
     b = torch.as_tensor(adata.obs["batch"].cat.codes.to_numpy()[:, None], dtype=torch.float32)
     model.module.eval()
-    eg = attreg.ExpectedGradients(lambda z, c: enc(z, c)[0], attreg.reducers.Sum())
+    eg = attreg.ExpectedGradients(lambda z, c: _mean(enc(z, c)[0]), attreg.reducers.Sum())
     a = (
         eg.attribute(
             x, additional_forward_args=(b,), n_samples=4, generator=torch.Generator().manual_seed(0)
