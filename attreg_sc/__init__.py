@@ -7,11 +7,22 @@ Examples
 >>> gt = asc.gt.from_genes(adata, [f"gene{i}" for i in range(8)])
 >>> int(gt.sum())
 8
+>>> callable(asc.metrics.fssf) and callable(asc.pl.loss_curves)
+True
 """
 
-from attreg_sc import datasets, distributions, gt
+from attreg_sc import datasets, distributions, gt, metrics, pl
 from attreg_sc.model import SCARE
 from attreg_sc.module import SCAREModule
 from attreg_sc.train import NonFiniteLossError
 
-__all__ = ["SCARE", "SCAREModule", "NonFiniteLossError", "datasets", "distributions", "gt"]
+__all__ = [
+    "SCARE",
+    "SCAREModule",
+    "NonFiniteLossError",
+    "datasets",
+    "distributions",
+    "gt",
+    "metrics",
+    "pl",
+]
