@@ -207,6 +207,10 @@ class SCAREModule(nn.Module):
             "h_first": inf["h_first"],
         }
 
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Same as :meth:`loss` (so that wrappers such as DDP can call the module)."""
+        return self.loss(*args, **kwargs)
+
     # -- attribution targets -------------------------------------------------------------
     def attribution_target(self, target: str = "encoder") -> Callable:
         """A function ``(x_in, batch_index) -> output`` for attributions.

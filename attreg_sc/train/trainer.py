@@ -112,7 +112,9 @@ def training_step(
 
     No host synchronisation: the caller checks the returned values when it wants to.
     """
-    terms = module.loss(counts, batch_index, kl_weight, plan.w_reconstruction, plan.w_divergence)
+    # module(...) is SCAREModule.loss; calling the module (not .loss) lets a
+    # DistributedDataParallel wrapper prepare its gradient synchronisation
+    terms = module(counts, batch_index, kl_weight, plan.w_reconstruction, plan.w_divergence)
     loss = terms["loss"]
     l_a = torch.zeros((), device=loss.device)
     if prior_loss is not None:
