@@ -127,6 +127,12 @@ class CountData:
                 f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
                 "give at least one cell and one gene."
             )
+        if adata.n_obs < 2 or adata.n_vars < 2:
+            raise ValueError(
+                f"the AnnData has {adata.n_obs} cell(s) x {adata.n_vars} gene(s); scARE needs "
+                "at least two cells (Expected Gradients draws references among them) and two "
+                "genes (the decoder's gene proportions)."
+            )
         if not adata.var_names.is_unique:
             dup = adata.var_names[adata.var_names.duplicated()].unique()
             raise ValueError(

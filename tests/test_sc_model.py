@@ -232,6 +232,11 @@ def bad(kind):
         a.X[3] = 0
     elif kind == "empty":
         a = a[:0].copy()
+    elif kind == "one_cell":
+        a = a[:1].copy()
+    elif kind == "one_gene":
+        a = a[:, :1].copy()
+        a = a[np.asarray(a.X.sum(1)).ravel() > 0].copy()
     elif kind == "batch_nan":
         a.obs["batch"] = a.obs["batch"].astype(object)
         a.obs.iloc[0, a.obs.columns.get_loc("batch")] = np.nan
@@ -246,6 +251,9 @@ def bad(kind):
         ("non_integer", {}, ValueError, "non-integer values"),
         ("zero_cell", {}, ValueError, "1 cell\\(s\\) have zero counts"),
         ("empty", {}, ValueError, "AnnData is empty"),
+        ("one_cell", {}, ValueError, "at least two cells"),
+        ("one_gene", {}, ValueError, "two\\s+genes"),
+        (None, {"gt": np.array(["a"] * 60)}, ValueError, "must be binary"),
         ("batch_nan", {}, ValueError, "missing value"),
         (None, {"layer": "counts"}, KeyError, "layer 'counts' not found"),
         (None, {"batch_key": "sample"}, KeyError, "batch_key 'sample' not found"),
@@ -396,3 +404,14 @@ def test_backed_csc_and_duplicated_genes_are_refused(tmp_path):
     b.var_names = names
     with pytest.raises(ValueError, match="1 duplicated gene name.*var_names_make_unique"):
         asc.SCARE(b, n_latent=2)
+
+
+def test_all_zero_genes_are_accepted():
+    """Genes with no counts are harmless (the decoder learns tiny proportions)."""
+    a = small(seed=9)
+    x = a.X.toarray()
+    x[:, :3] = 0
+    a.X = sp.csr_matrix(x)
+    m = asc.SCARE(a, batch_key="batch", gt=a.var["is_gt"].to_numpy(), n_latent=2)
+    m.train(max_epochs=2, progress_bar=False)
+    assert np.isfinite(m.history["loss"]).all()

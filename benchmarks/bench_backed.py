@@ -1,0 +1,136 @@
+"""Peak memory of training from a backed .h5ad vs the number of cells (synthetic).
+
+Writes synthetic CSR counts chunk by chunk straight into an ``.h5ad`` (never holding
+the whole matrix), then, in a fresh process per size, opens it with ``backed="r"``,
+validates it and trains one epoch (rows streamed from disk), and reports the peak RSS
+(VmHWM). Memory should not grow with the number of cells (only the per-cell vectors —
+batch codes, library sizes — do, a few bytes per cell).
+
+Run::
+
+    python benchmarks/bench_backed.py [--cells 100000 1000000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHILD = """
+import json, time, torch, anndata as ad, attreg_sc as asc
+torch.set_num_threads({threads})
+t0 = time.perf_counter()
+adata = ad.read_h5ad({path!r}, backed="r")
+m = asc.SCARE(adata, batch_key="batch", n_hidden=128)
+t1 = time.perf_counter()
+m.train(max_epochs=1, batch_size={batch}, early_stopping=False, progress_bar=False,
+        validation_fraction=0.0)
+t2 = time.perf_counter()
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024
+print(json.dumps({{"setup_s": t1 - t0, "epoch_s": t2 - t1, "peak_rss_mb": hwm}}))
+"""
+
+
+def write_synthetic_h5ad(path: Path, n_cells: int, n_genes: int, chunk: int = 50_000) -> int:
+    """CSR counts written chunk by chunk (h5py, anndata's on-disk layout); returns nnz."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    from anndata.io import write_elem
+
+    import attreg_sc as asc
+
+    nnz = 0
+    with h5py.File(path, "w") as f:
+        f.attrs["encoding-type"] = "anndata"
+        f.attrs["encoding-version"] = "0.1.0"
+        x = f.create_group("X")
+        x.attrs.update(
+            {
+                "encoding-type": "csr_matrix",
+                "encoding-version": "0.1.0",
+                "shape": (n_cells, n_genes),
+            }
+        )
+        data = x.create_dataset("data", (0,), maxshape=(None,), dtype="float32", chunks=(2**20,))
+        ind = x.create_dataset("indices", (0,), maxshape=(None,), dtype="int32", chunks=(2**20,))
+        indptr = [0]
+        batches = []
+        for s in range(0, n_cells, chunk):
+            n = min(chunk, n_cells - s)
+            block = asc.datasets.synthetic(
+                n_cells=n, n_genes=n_genes, n_gt_genes=n_genes // 10, library_size=800.0, seed=s
+            )
+            m = block.X
+            data.resize((nnz + m.nnz,))
+            ind.resize((nnz + m.nnz,))
+            data[nnz:] = m.data
+            ind[nnz:] = m.indices
+            indptr.extend((m.indptr[1:] + nnz).tolist())
+            nnz += m.nnz
+            batches.append(block.obs["batch"].astype(str).to_numpy())
+        x.create_dataset("indptr", data=np.asarray(indptr, dtype=np.int64))
+        obs = pd.DataFrame(
+            {"batch": pd.Categorical(np.concatenate(batches))},
+            index=[f"c{i}" for i in range(n_cells)],
+        )
+        write_elem(f, "obs", obs)
+        write_elem(f, "var", pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)]))
+        for key in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
+            write_elem(f, key, {})
+    ad.read_h5ad(path, backed="r").file.close()  # readable by anndata
+    return nnz
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--genes", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.cells:
+            path = Path(tmp) / f"{n}.h5ad"
+            t0 = time.perf_counter()
+            nnz = write_synthetic_h5ad(path, n, args.genes)
+            write_s = time.perf_counter() - t0
+            code = CHILD.format(path=str(path), threads=args.threads, batch=args.batch)
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            )
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(
+                {
+                    "benchmark": "backed",
+                    "cells": n,
+                    "genes": args.genes,
+                    "nnz": nnz,
+                    "in_memory_csr_mb": nnz * 8 / 2**20,
+                    "write_s": write_s,
+                    **res,
+                }
+            )
+            r = rows[-1]
+            print(
+                f"{n:>9} cells x {args.genes} genes: peak RSS {r['peak_rss_mb']:.0f} MB "
+                f"(CSR in memory would be {r['in_memory_csr_mb']:.0f} MB), setup "
+                f"{r['setup_s']:.0f} s, epoch {r['epoch_s']:.0f} s",
+                flush=True,
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
