@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
             ["--cells", "500", "--genes", "200", "--memory-cells", "500"] if q else [],
         ),
     }
+    runs["backed"] = ("bench_backed", ["--cells", "2000", "--genes", "200"] if q else [])
     if args.peers:
         runs["peers"] = ("bench_peers", ["--scvi"])
     results = {}
