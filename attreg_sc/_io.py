@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_text", "save_versioned", "load_versioned"]
 
 
 def _umask() -> int:
@@ -41,3 +41,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_versioned(path: str | os.PathLike, payload: dict) -> None:
+    """``torch.save`` a dict (holding its ``format_version``) atomically, synced to disk."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def load_versioned(path: str | os.PathLike | None, version: int, kind: str, hint: str = "") -> dict:
+    """Read a file written by :func:`save_versioned`; clear errors for a missing,
+    truncated/corrupt or other-version file (``kind`` names it in the messages)."""
+    import torch
+
+    if path is None or not os.path.exists(path):
+        raise FileNotFoundError(f"no {kind} at {str(path)!r}.{' ' + hint if hint else ''}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable {kind} (truncated or corrupt?): {err}") from err
+    found = payload.get("format_version") if isinstance(payload, dict) else None
+    if found != version:
+        raise ValueError(
+            f"{path} has format version {found!r}; this attreg_sc reads {kind} version "
+            f"{version}. Re-save it with the attreg version that wrote it."
+        )
+    return payload

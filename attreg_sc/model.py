@@ -15,7 +15,7 @@ import torch
 import attreg
 from attreg.prior import AttributionPrior, PriorSet, make_method
 from attreg.reducers import resolve_reducer
-from attreg_sc._io import atomic_path
+from attreg_sc._io import load_versioned, save_versioned
 from attreg_sc.data import CountData
 from attreg_sc.gt import CellGroundTruth, GroupedGroundTruth, from_cell_matrix, from_genes
 from attreg_sc.module.vae import SCAREModule
@@ -531,29 +531,12 @@ class SCARE:
             "history": self.history,
             "is_trained": self.is_trained,
         }
-        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        save_versioned(target, payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike, adata, accelerator: str = "auto") -> SCARE:
         """Load a model saved with :meth:`save` against ``adata`` (same genes, in order)."""
-        file = Path(path) / "model.pt"
-        if not file.exists():
-            raise FileNotFoundError(f"no saved model at {file}.")
-        try:
-            payload = torch.load(file, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise ValueError(
-                f"{file} is not a readable scARE checkpoint (truncated or corrupt?): {err}"
-            ) from err
-        version = payload.get("format_version") if isinstance(payload, dict) else None
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"{file} has format version {version!r}; this attreg_sc reads version "
-                f"{FORMAT_VERSION}. Re-save it with the attreg version that wrote it."
-            )
+        payload = load_versioned(Path(path) / "model.pt", FORMAT_VERSION, "saved scARE model")
         names = list(map(str, adata.var_names))
         if names != payload["var_names"]:
             missing = sorted(set(payload["var_names"]) - set(names))[:5]

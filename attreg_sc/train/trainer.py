@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attreg_sc._io import load_versioned, save_versioned
 from attreg_sc.data import CountData
 
 __all__ = ["TrainingPlan", "train_module", "training_step", "NonFiniteLossError", "EarlyStopping"]
@@ -278,29 +279,14 @@ CHECKPOINT_VERSION = 1
 
 def save_checkpoint(path, payload: dict) -> None:
     """Write a training checkpoint atomically (temporary file + rename)."""
-    from attreg_sc._io import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_versioned(path, payload)
 
 
 def load_checkpoint(path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`, with clear errors."""
-    import os
-
-    if path is None or not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}; train with checkpoint_path= first.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(
-            f"{path} is not a readable checkpoint (truncated or corrupt?): {err}"
-        ) from err
-    if not isinstance(state, dict) or state.get("format_version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path} is not a checkpoint of format {CHECKPOINT_VERSION}; it cannot be resumed."
-        )
-    return state
+    return load_versioned(
+        path, CHECKPOINT_VERSION, "checkpoint", hint="Train with checkpoint_path= first."
+    )
 
 
 @torch.no_grad()
