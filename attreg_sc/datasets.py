@@ -11,7 +11,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["synthetic", "go_gene_sets_path", "go_gene_sets", "pbmc3k", "pbmc68k", "PBMC_MARKERS"]
+__all__ = [
+    "synthetic",
+    "go_gene_sets_path",
+    "go_gene_sets",
+    "pbmc3k",
+    "pbmc68k",
+    "pbmc_two_runs",
+    "wu2020_tcells",
+    "PBMC_MARKERS",
+]
 
 #: Classic PBMC marker genes used to name the Leiden clusters of PBMC 3k.
 PBMC_MARKERS: dict[str, list[str]] = {
@@ -81,6 +90,50 @@ def pbmc68k():
         index=ref.obs_names,
     )
     return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=ref.raw.var_names))
+
+
+def _read_shipped(name: str):
+    import anndata as ad
+
+    adata = ad.read_h5ad(_DATA / name)
+    adata.X = adata.X.astype(np.float32)
+    return adata
+
+
+def pbmc_two_runs():
+    """Two real 10x PBMC runs, 200 cells each: a small set with a real batch effect.
+
+    The 5k and 10k "protein v3" PBMC runs from scvi-tools' test data (its 1.4.2 source
+    distribution), raw UMI counts; ``obs['batch']`` is the run (``pbmc_5k`` /
+    ``pbmc_10k``). 2,223 genes: highly variable per batch, the shipped GO sets' genes and
+    the PBMC markers. ``obs['cell_type']`` is assigned per cell from scanpy's marker
+    scores for :data:`PBMC_MARKERS` (no clustering, no model; ``"unassigned"`` when every
+    score is <= 0). ``scripts/make_batch_sets.py`` made the file. No download.
+
+    Examples
+    --------
+    >>> adata = pbmc_two_runs()
+    >>> adata.shape, sorted(adata.obs["batch"].cat.categories)
+    ((400, 2223), ['pbmc_10k', 'pbmc_5k'])
+    """
+    return _read_shipped("pbmc_two_runs.h5ad")
+
+
+def wu2020_tcells():
+    """200 real T cells of 14 patients (Wu et al. 2020), with the authors' subtypes.
+
+    From scirpy's test data (its 0.22.5 wheel), raw UMI counts. ``obs['cell_type']`` is
+    the authors' ``cluster_orig`` (16 CD4/CD8 T-cell subtypes), ``obs['batch']`` the
+    patient, ``obs['source']`` the tissue (tumour, adjacent normal, blood). 2,138 genes
+    chosen as in :func:`pbmc_two_runs`. ``scripts/make_batch_sets.py`` made the file.
+
+    Examples
+    --------
+    >>> adata = wu2020_tcells()
+    >>> adata.shape, int(adata.obs["batch"].nunique()), int(adata.obs["cell_type"].nunique())
+    ((200, 2138), 14, 16)
+    """
+    return _read_shipped("wu2020_tcells.h5ad")
 
 
 def go_gene_sets_path() -> Path:

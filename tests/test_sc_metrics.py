@@ -157,3 +157,30 @@ def test_label_separation_and_integration_metrics():
     assert good["knn_batch_mixing"] > 0.9 and bad["knn_batch_mixing"] < 0.1
     assert good["silhouette_batch"] > bad["silhouette_batch"]
     assert good["silhouette_label"] > 0.8 and good["graph_connectivity"] == 1.0
+
+
+def test_neighbour_metrics_use_the_nearest_other_cells():
+    """k = 1 sees exactly the nearest other cell (not itself, not the second nearest)."""
+    # Two pairs of cells 100 apart; each cell's nearest other cell shares its label, its
+    # second nearest does not.
+    latent = np.array([[0.0], [1.0], [100.0], [101.0]])
+    labels = np.array(["x", "x", "y", "y"])
+    sep = label_separation(latent, labels, np.array(["T"] * 4), k=1, min_cells=2).iloc[0]
+    assert sep.knn_purity == 1.0
+    # Triples: each cell's two nearest others are the other two batches -> mixing 1.
+    latent = np.array([[0.0], [1.0], [2.0], [100.0], [101.0], [102.0]])
+    batches = np.array(["a", "b", "c", "a", "b", "c"])
+    m = integration_metrics(latent, batches, np.array(["x"] * 3 + ["y"] * 3), k=2)
+    assert m["knn_batch_mixing"] < 1.0  # each cell sees 2 of 3 batches: entropy log 2
+    assert m["knn_batch_mixing"] == pytest.approx(np.log(2) / np.log(3))
+
+
+def test_integration_metrics_accept_labels_smaller_than_k():
+    """A cell type with fewer cells than k (a rare type in a small real set) is scored."""
+    rng = np.random.default_rng(1)
+    latent = rng.normal(size=(60, 3))
+    labels = np.array(["big"] * 55 + ["rare"] * 5)
+    batches = np.tile(["b0", "b1"], 30)
+    m = integration_metrics(latent, batches, labels, k=15)
+    assert all(np.isfinite(v) for v in m.values())
+    assert 0.0 <= m["graph_connectivity"] <= 1.0

@@ -88,9 +88,20 @@ def gt_polarization(
 
 
 def _knn(latent: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` nearest points of each point, itself first."""
-    k = min(k, len(latent))
+    """Indices of the ``k`` nearest *other* points of each point (``k`` capped at n - 1).
+
+    scikit-learn's ``kneighbors()`` without a query excludes each point itself (even
+    among duplicates), so no column has to be dropped.
+    """
+    k = min(k, len(latent) - 1)
     return NearestNeighbors(n_neighbors=k).fit(latent).kneighbors(return_distance=False)
+
+
+def _mean_silhouette(latent: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette, NaN where it is undefined (one label, or one cell per label)."""
+    if not 1 < len(set(labels)) < len(labels):
+        return float("nan")
+    return float(silhouette_samples(latent, labels).mean())
 
 
 def label_separation(
@@ -114,7 +125,7 @@ def label_separation(
         lab = labels[idx]
         if len(idx) < min_cells or len(set(lab)) < 2:
             continue
-        nn = _knn(latent[idx], k + 1)[:, 1:]
+        nn = _knn(latent[idx], k)
         purity = float((lab[nn] == lab[:, None]).mean())
         p = pd.Series(lab).value_counts(normalize=True).to_numpy()
         rows.append(
@@ -123,7 +134,7 @@ def label_separation(
                 "n_cells": len(idx),
                 "knn_purity": purity,
                 "purity_over_chance": purity - float((p**2).sum()),
-                "silhouette": float(silhouette_samples(latent[idx], lab).mean()),
+                "silhouette": _mean_silhouette(latent[idx], lab),
             }
         )
     return pd.DataFrame(
@@ -147,14 +158,14 @@ def integration_metrics(
     batches = np.asarray(batches).astype(str)
     labels = np.asarray(labels).astype(str)
     out: dict[str, float] = {}
-    out["silhouette_label"] = float((silhouette_samples(latent, labels).mean() + 1) / 2)
+    out["silhouette_label"] = float((_mean_silhouette(latent, labels) + 1) / 2)
     per_label = []
     for lab in np.unique(labels):
         idx = np.flatnonzero(labels == lab)
-        if len(idx) > 2 and len(set(batches[idx])) > 1:
+        if 1 < len(set(batches[idx])) < len(idx):  # silhouette's own requirement
             per_label.append(np.mean(1 - np.abs(silhouette_samples(latent[idx], batches[idx]))))
     out["silhouette_batch"] = float(np.mean(per_label)) if per_label else float("nan")
-    nn = _knn(latent, k + 1)[:, 1:]
+    nn = _knn(latent, k)
     cats = np.unique(batches)
     if len(cats) > 1:
         codes = pd.Categorical(batches, categories=cats).codes
@@ -168,7 +179,7 @@ def integration_metrics(
         idx = np.flatnonzero(labels == lab)
         if len(idx) < 3:
             continue
-        sub = _knn(latent[idx], k + 1)[:, 1:]
+        sub = _knn(latent[idx], k)
         graph = sp.csr_matrix(
             (np.ones(sub.size), (np.repeat(np.arange(len(idx)), sub.shape[1]), sub.ravel())),
             shape=(len(idx), len(idx)),

@@ -1,0 +1,61 @@
+"""The shipped real datasets: raw integer counts, the labels the studies need, valid input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attreg_sc as asc
+from attreg_sc.data import CountData
+
+SHIPPED = {
+    "pbmc3k": (asc.datasets.pbmc3k, None),
+    "pbmc68k": (asc.datasets.pbmc68k, None),
+    "pbmc_two_runs": (asc.datasets.pbmc_two_runs, "batch"),
+    "wu2020_tcells": (asc.datasets.wu2020_tcells, "batch"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SHIPPED))
+def shipped(request):
+    load, batch_key = SHIPPED[request.param]
+    return request.param, load(), batch_key
+
+
+def test_counts_are_raw_non_negative_integers(shipped):
+    name, adata, _ = shipped
+    values = adata.X.data
+    assert values.size > 0, name
+    assert (values >= 0).all() and (values == np.round(values)).all(), name
+    assert adata.X.dtype == np.float32
+    # Raw UMI counts: per-cell totals in the hundreds to tens of thousands, not normalized.
+    totals = np.asarray(adata.X.sum(1)).ravel()
+    assert totals.min() >= 100 and np.median(totals) > 500, (name, totals.min())
+
+
+def test_labels_complete_and_validation_accepts(shipped):
+    name, adata, batch_key = shipped
+    assert "cell_type" in adata.obs and not adata.obs["cell_type"].isna().any()
+    assert adata.var_names.is_unique
+    data = CountData.from_anndata(adata, batch_key=batch_key)
+    n_batches = 1 if batch_key is None else adata.obs[batch_key].nunique()
+    assert len(data.batch_categories) == n_batches
+    if batch_key is not None:
+        assert n_batches >= 2, name
+
+
+def test_go_sets_overlap_every_shipped_dataset(shipped):
+    name, adata, _ = shipped
+    sets = asc.datasets.go_gene_sets()
+    gt = asc.gt.from_genes(adata, sets["GO:0043410"], name="MAPK")
+    assert 0 < gt.sum() < adata.n_vars / 2, (name, int(gt.sum()))
+
+
+def test_two_runs_keep_both_runs_balanced():
+    adata = asc.datasets.pbmc_two_runs()
+    counts = adata.obs["batch"].value_counts()
+    assert counts.to_dict() == {"pbmc_5k": 200, "pbmc_10k": 200}
+    # Marker-scored types: the main PBMC lineages are all present in both runs.
+    for t in ("CD4 T", "CD14 Monocytes", "B", "NK"):
+        per_run = adata.obs.loc[adata.obs["cell_type"] == t, "batch"].value_counts()
+        assert (per_run > 0).all() and len(per_run) == 2, t
