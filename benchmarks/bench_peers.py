@@ -7,6 +7,13 @@ the latent mean`` (with the graph kept), ``mse(abs_minmax(attr), gt)``, backward
 
 * EG, k = 1 and k = 8, references from the minibatch: attreg (generic path and
   LinearPrefix path) vs path-explain's ``PathExplainerTorch`` (a Python loop over k).
+* EG, k = 1 and k = 8, the reference attribution-priors implementation
+  (``attributionpriors`` 0.1.3, TensorFlow): its ``AttributionPriorExplainer`` (TF1
+  graph mode, run through ``tf.compat.v1``; references = the batch rolled by 1..k, as
+  attreg's minibatch references) on the same encoder with the same weights, one
+  ``Session.run`` per step, TF threads = torch threads; and, at k = 1, its TF2
+  ``eager_ops.expected_gradients`` in a ``tf.function`` step (which is not EG: it
+  differentiates with respect to the inputs; see tests/test_peer_attributionpriors.py).
 * IG, m = 20 from zeros: attreg vs captum's ``IntegratedGradients`` with its gradient
   function patched to keep the graph (out of the box captum's attributions carry no
   graph to the parameters, so a loss on them trains nothing).
@@ -24,9 +31,11 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -108,6 +117,150 @@ def bench_eg(module, x, b, gt, ks, n_steps) -> list[dict]:
                     "peer_over_attreg": v / base,
                 }
             )
+    return rows
+
+
+class TF1Names:
+    """``tensorflow`` for attributionpriors' TF1 code: ``tf.compat.v1`` plus the three TF1-only
+    names it uses; optionally ``random_uniform`` / ``random.uniform`` fixed (to replay draws).
+    """
+
+    def __init__(self, base, uniform: np.ndarray | None = None) -> None:
+        import tensorflow as tf
+
+        self._base = base
+        self.contrib = SimpleNamespace(framework=SimpleNamespace(is_tensor=tf.is_tensor))
+        self.manip = SimpleNamespace(roll=tf.roll)
+        if uniform is not None:
+
+            def fixed(shape, *args, **kwargs):
+                return tf.constant(uniform, dtype=tf.float32)
+
+            self.random_uniform = fixed
+            self.random = SimpleNamespace(uniform=fixed)
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+
+@contextlib.contextmanager
+def tf1_graph_mode(threads: int | None = None):
+    """A fresh TF1 graph + session with TF1 control flow (the explainer reads a tensor made
+    inside a ``cond`` branch, which TF2's functional control flow forbids)."""
+    import tensorflow as tf
+
+    tf.compat.v1.disable_control_flow_v2()
+    config = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=threads or 0, inter_op_parallelism_threads=1 if threads else 0
+    )
+    try:
+        with tf.Graph().as_default(), tf.compat.v1.Session(config=config) as sess:
+            yield sess
+    finally:
+        tf.compat.v1.enable_control_flow_v2()
+
+
+class _TFEncoder:
+    """scARE's encoder in TensorFlow with the module's weights (train mode: dropout on);
+    ``__call__`` returns ``F = sum of the latent mean`` per row."""
+
+    def __init__(self, module) -> None:
+        import tensorflow as tf
+
+        body, mean = module.encoder.body, module.encoder.mean
+        norm = body.rest[0]
+
+        def var(t):
+            return tf.Variable(t.detach().numpy().T if t.dim() == 2 else t.detach().numpy())
+
+        self.w1, self.b1 = var(body.first.weight), var(body.first.bias)
+        self.wc = var(body.covariate.weight)
+        self.gamma, self.beta, self.eps = var(norm.weight), var(norm.bias), norm.eps
+        self.wm, self.bm = var(mean.weight), var(mean.bias)
+        self.rate = body.rest[2].p
+        self.variables = [self.w1, self.b1, self.wc, self.gamma, self.beta, self.wm, self.bm]
+
+    def __call__(self, inputs, onehot):
+        import tensorflow as tf
+
+        h = tf.matmul(inputs, self.w1) + self.b1 + tf.matmul(onehot, self.wc)
+        mu, v = tf.nn.moments(h, axes=[1], keepdims=True)
+        h = (h - mu) / tf.sqrt(v + self.eps) * self.gamma + self.beta
+        h = tf.nn.dropout(tf.nn.relu(h), rate=self.rate)
+        return tf.reduce_sum(tf.matmul(h, self.wm) + self.bm, axis=1)
+
+
+def _tf_abs_minmax_mse(attr, gt):
+    import tensorflow as tf
+
+    a = tf.abs(attr)
+    lo = tf.reduce_min(a, axis=1, keepdims=True)
+    hi = tf.reduce_max(a, axis=1, keepdims=True)
+    return tf.reduce_mean(tf.square((a - lo) / tf.maximum(hi - lo, 1e-30) - gt))
+
+
+def bench_attributionpriors(module, x, b, gt, ks, n_steps, threads, attreg_ms) -> list[dict]:
+    """attributionpriors' explainer (and eager op at k = 1) vs attreg on the same step."""
+    import attributionpriors
+    import tensorflow as tf
+    from attributionpriors import eager_ops
+    from attributionpriors import ops as ap_ops
+
+    version = getattr(attributionpriors, "__version__", "0.1.3")
+    onehot = module.one_hot(b).numpy()
+    gt_np = gt.numpy()[None, :]
+    rows = []
+    real_tf = ap_ops.tf
+    for k in ks:
+        ap_ops.tf = TF1Names(tf.compat.v1)
+        try:
+            with tf1_graph_mode(threads) as sess:
+                inp = tf.compat.v1.placeholder(tf.float32, (None, x.shape[1]))
+                explainer = ap_ops.AttributionPriorExplainer()
+                cond_input, train_eg = explainer.input_to_samples_delta(inp, "roll", k=k)
+                out = _TFEncoder(module)(cond_input, np.repeat(onehot, k, axis=0))
+                eg = explainer.shap_value_op(out, cond_input)
+                loss = _tf_abs_minmax_mse(eg, gt_np)
+                train = tf.compat.v1.train.AdamOptimizer(1e-4).minimize(loss)
+                sess.run(tf.compat.v1.global_variables_initializer())
+                feed = {inp: x.numpy(), train_eg: True}
+                ms = _timed(lambda: sess.run(train, feed), n_steps)  # noqa: B023
+        finally:
+            ap_ops.tf = real_tf
+        rows.append(
+            {
+                "benchmark": f"EG k={k}",
+                "variant": f"attributionpriors {version} AttributionPriorExplainer (TF1)",
+                "batch_size": len(x),
+                "median_ms": ms,
+                "peer_over_attreg": ms / attreg_ms[k],
+            }
+        )
+    if 1 in ks:
+        x4 = tf.constant(x.numpy().reshape(len(x), -1, 1, 1))  # the op expects image shapes
+        enc = _TFEncoder(module)
+        opt = tf.keras.optimizers.Adam(1e-4)
+
+        def model(z, training=True):
+            return enc(tf.reshape(z, (len(x), -1)), onehot)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                attr = eager_ops.expected_gradients(x4, None, model, False)
+                loss = _tf_abs_minmax_mse(tf.reshape(attr, (len(x), -1)), gt_np)
+            opt.apply_gradients(zip(tape.gradient(loss, enc.variables), enc.variables, strict=True))
+
+        ms = _timed(step, n_steps)
+        rows.append(
+            {
+                "benchmark": "EG k=1",
+                "variant": f"attributionpriors {version} eager_ops (not EG)",
+                "batch_size": len(x),
+                "median_ms": ms,
+                "peer_over_attreg": ms / attreg_ms[1],
+            }
+        )
     return rows
 
 
@@ -213,22 +366,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scvi", action="store_true")
+    p.add_argument(
+        "--no-attributionpriors", action="store_true", help="skip the TensorFlow reference peer"
+    )
     p.add_argument("--scvi-epochs", type=int, default=3)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     adata, model, module, x, b, gt = _setup(args.cells, args.genes, args.batch)
-    rows = bench_eg(module, x, b, gt, (1, 8), args.steps) + bench_ig(module, x, b, gt, args.steps)
+    rows = bench_eg(module, x, b, gt, (1, 8), args.steps)
+    if not args.no_attributionpriors:
+        attreg_ms = {
+            int(r["benchmark"].split("=")[1]): r["median_ms"]
+            for r in rows
+            if r["variant"] == "attreg EG (LinearPrefix)"
+        }
+        rows += bench_attributionpriors(
+            module, x, b, gt, (1, 8), args.steps, args.threads, attreg_ms
+        )
+    rows += bench_ig(module, x, b, gt, args.steps)
     if args.scvi:
         rows += bench_scvi(adata, args.scvi_epochs)
     print(
         f"CPU, torch {torch.__version__}, threads={args.threads}, batch={args.batch}, "
         f"{args.genes} genes; median of {args.steps} steps; ratio = peer / attreg"
     )
-    print(f"{'benchmark':<17} {'variant':<36} {'median ms':>10} {'peer/attreg':>12}")
+    print(f"{'benchmark':<17} {'variant':<58} {'median ms':>10} {'peer/attreg':>12}")
     for r in rows:
         print(
-            f"{r['benchmark']:<17} {r['variant']:<36} {r['median_ms']:>10.1f} "
+            f"{r['benchmark']:<17} {r['variant']:<58} {r['median_ms']:>10.1f} "
             f"{r['peer_over_attreg']:>12.2f}"
         )
     if args.json:
