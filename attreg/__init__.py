@@ -25,6 +25,7 @@ from attreg.attr import (
     IntegratedGradients,
     LinearPrefix,
 )
+from attreg.cpu_allocator import retain_freed_cpu_memory
 from attreg.prior import AttributionPrior, PriorSet
 
 __version__ = "0.1.0"
@@ -42,5 +43,6 @@ __all__ = [
     "losses",
     "reducers",
     "reparameterizers",
+    "retain_freed_cpu_memory",
     "validate_ground_truth",
 ]

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+import attreg
 import attreg_sc as asc
 from attreg_sc.train.trainer import TrainingPlan, training_step
 
@@ -79,10 +80,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--ig-steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--retain-freed-memory",
+        action="store_true",
+        help="attreg.retain_freed_cpu_memory() first (glibc keeps freed blocks for reuse)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.retain_freed_memory:
+        attreg.retain_freed_cpu_memory()
     adata = make_data(args.cells, args.genes)
     rng = np.random.default_rng(0)
     rows = []

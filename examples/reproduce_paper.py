@@ -215,6 +215,8 @@ def study_paper_scale(args, bar) -> dict:
         n_cell_types=5,
         n_batches=2,
         n_gt_genes=args.scale_gt_genes,
+        gt_fold=args.scale_gt_fold,
+        other_fold=args.scale_other_fold,
         seed=seed,
     )
     gt = adata.var["is_gt"].to_numpy()
@@ -422,8 +424,10 @@ def write_report(args, s1, s2, s3, scale, wall: float, out: Path) -> None:
         "",
         f"Synthetic counts of the paper's size: {scale['shape'][0]:,} cells x "
         f"{scale['shape'][1]:,} genes, 5 cell types, 2 batches, {scale['n_gt']} GT genes "
-        "driving a within-type sub-state (`gt_state`) and as many other genes driving an "
-        "independent one (`other_state`, the metadata label of study 2 here); one seed "
+        f"multiplied {args.scale_gt_fold}-fold in a within-type sub-state (`gt_state`, a weak "
+        f"signal) and as many other genes multiplied {args.scale_other_fold}-fold in an "
+        "independent one (`other_state`, a strong competing signal and the metadata label of "
+        "study 2 here); one seed "
         f"({seed0}), max {args.scale_epochs} epochs, FSSF with {args.scale_n_random} random "
         "gene sets. Study 1: baseline vs the GT-gene prior. Study 2: priors from the top-40 "
         "mutual-information markers of `other_state`, global and per cell type "
@@ -509,6 +513,8 @@ def main(argv=None):
     p.add_argument("--scale-cells", type=int, default=12_000)
     p.add_argument("--scale-genes", type=int, default=3_346)
     p.add_argument("--scale-gt-genes", type=int, default=300)
+    p.add_argument("--scale-gt-fold", type=float, default=1.6)
+    p.add_argument("--scale-other-fold", type=float, default=3.0)
     p.add_argument("--scale-epochs", type=int, default=40)
     p.add_argument("--scale-n-random", type=int, default=20)
     p.add_argument("--out", default="docs")
