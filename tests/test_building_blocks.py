@@ -139,8 +139,13 @@ def test_fused_abs_minmax_mse_equals_composition(a, seed):
     ref = AF.mse_loss(AF.abs_minmax(t), gt)
     (g2,) = torch.autograd.grad(ref, t)
     assert torch.allclose(fused, ref, atol=1e-12)
-    # ties in min/max are resolved to one element by both; values equal -> same gradient
-    assert torch.allclose(g1, g2, atol=1e-9)
+    # ties in min/max are resolved to one element by both; values equal -> same gradient.
+    # The composition's autograd forms 1/span - (hi - lo)/span^2 for the max element, which
+    # cancels only up to rounding: its error grows like machine-eps/span, so the tolerance
+    # of each row does too (a row spanning 3.5e-13 carries a 3e-5 rounding error).
+    span = t.detach().abs().amax(1, keepdim=True) - t.detach().abs().amin(1, keepdim=True)
+    tol = 1e-9 + torch.where(span > 0, 1e-12 / span, torch.zeros_like(span))
+    assert bool(((g1 - g2).abs() <= tol).all())
 
 
 def test_fused_loss_gradcheck():
