@@ -15,7 +15,7 @@ Examples
 >>> loss.backward()
 """
 
-from attreg import functional, losses, reducers, reparameterizers
+from attreg import cpu_matmul, functional, losses, reducers, reparameterizers
 from attreg._validation import validate_ground_truth
 from attreg.attr import (
     Attribution,
@@ -26,6 +26,7 @@ from attreg.attr import (
     LinearPrefix,
 )
 from attreg.cpu_allocator import retain_freed_cpu_memory
+from attreg.cpu_matmul import set_cpu_matmul
 from attreg.prior import AttributionPrior, PriorSet
 
 __version__ = "0.1.0"
@@ -39,10 +40,12 @@ __all__ = [
     "IntegratedGradients",
     "LinearPrefix",
     "PriorSet",
+    "cpu_matmul",
     "functional",
     "losses",
     "reducers",
     "reparameterizers",
     "retain_freed_cpu_memory",
+    "set_cpu_matmul",
     "validate_ground_truth",
 ]

@@ -23,6 +23,8 @@ Examples
 --------
 >>> import torch
 >>> from torch import nn
+
+from attreg import cpu_matmul
 >>> import attreg
 >>> lin, rest = nn.Linear(50, 8), nn.Sequential(nn.Tanh(), nn.Linear(8, 1))
 >>> target = LinearPrefix(lin, rest)
@@ -40,6 +42,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from attreg import cpu_matmul
 
 __all__ = ["LinearPrefix"]
 
@@ -67,4 +71,4 @@ class LinearPrefix(nn.Module):
 
     def input_gradient(self, hidden_gradient: torch.Tensor) -> torch.Tensor:
         """``dF/dx = (dF/dh) W`` for hidden gradients of shape ``(..., n_hidden)``."""
-        return hidden_gradient @ self.linear.weight
+        return cpu_matmul.matmul(hidden_gradient, self.linear.weight)

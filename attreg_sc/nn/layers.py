@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attreg import cpu_matmul
+
 __all__ = ["FCLayers", "Encoder", "LibraryEncoder", "Decoder"]
 
 
@@ -37,7 +39,7 @@ class FCLayers(nn.Module):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}.")
-        self.first = nn.Linear(n_in, n_out)
+        self.first = cpu_matmul.Linear(n_in, n_out)
         self.covariate = nn.Linear(n_cat, n_out, bias=False) if n_cat > 0 else None
         blocks: list[nn.Module] = [nn.LayerNorm(n_out), nn.ReLU(), nn.Dropout(dropout)]
         for _ in range(n_layers - 1):
@@ -120,9 +122,9 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.body = FCLayers(n_latent, n_hidden, n_cat, n_layers, dropout)
-        self.scale = nn.Linear(n_hidden, n_genes)
-        self.log_theta = nn.Linear(n_hidden, n_genes) if per_cell_dispersion else None
-        self.zi_logits = nn.Linear(n_hidden, n_genes) if zero_inflated else None
+        self.scale = cpu_matmul.Linear(n_hidden, n_genes)
+        self.log_theta = cpu_matmul.Linear(n_hidden, n_genes) if per_cell_dispersion else None
+        self.zi_logits = cpu_matmul.Linear(n_hidden, n_genes) if zero_inflated else None
 
     def forward(self, z: torch.Tensor, cat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         h = self.body(z, cat)
