@@ -5,7 +5,7 @@ hidden`` (the first layer, its weight gradient, the input gradient ``(dF/dh) W``
 prior and the two products of its backward). PyTorch's CPU builds compute float32
 products with Intel MKL, which on AMD processors takes a slower code path: on the
 project's AMD EPYC (Zen 5) machine a ``1024 x 128 x 3346`` product takes 4.4-5.9 ms with
-``torch.mm`` and 1.9-2.7 ms with the oneDNN library that ships inside the same PyTorch
+``torch.mm`` and 1.9-2.5 ms with the oneDNN library that ships inside the same PyTorch
 build (``benchmarks/bench_matmul.py``); TensorFlow uses oneDNN, which is most of why its
 steps were faster. :func:`matmul` and :func:`linear` compute the same float32 products
 (full precision, no down-conversion) with oneDNN and are differentiable to any order;

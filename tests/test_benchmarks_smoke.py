@@ -14,7 +14,9 @@ def test_run_all_quick(tmp_path):
     spec.loader.exec_module(mod)
     out = tmp_path / "b.json"
     res = mod.main(["--quick", "--json", str(out)])
-    assert set(res) == {"prior", "scare_step", "fssf", "scaling", "backed"}
+    assert set(res) == {"prior", "scare_step", "fssf", "scaling", "backed", "matmul"}
+    # the oneDNN products agree with torch.mm (float32 rounding only)
+    assert all(r["max_abs_diff"] < 1e-2 for r in res["matmul"])
     assert out.exists()
     rows = res["scare_step"]
     assert {r["variant"] for r in rows} == {"plain", "EG k=1", "IG m=20"}
