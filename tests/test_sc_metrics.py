@@ -184,3 +184,30 @@ def test_integration_metrics_accept_labels_smaller_than_k():
     m = integration_metrics(latent, batches, labels, k=15)
     assert all(np.isfinite(v) for v in m.values())
     assert 0.0 <= m["graph_connectivity"] <= 1.0
+
+
+def test_scib_metrics_missing_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scib_metrics", None)  # as if not installed
+    z = np.zeros((10, 2))
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[scib\]'"):
+        asc.metrics.scib_integration_metrics(z, np.zeros(10), np.zeros(10))
+
+
+def test_scib_metrics_score_mixed_batches_above_separated_ones():
+    pytest.importorskip("scib_metrics")
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, 5))
+    z[:100] += 4  # two well separated cell types
+    labels = np.repeat(["a", "b"], 100)
+    batches = np.tile(["x", "y"], 100)
+    mixed = asc.metrics.scib_integration_metrics(z, batches, labels, n_neighbors=30)
+    shifted = z.copy()
+    shifted[batches == "x"] += 6  # the batches pulled apart within each type
+    apart = asc.metrics.scib_integration_metrics(shifted, batches, labels, n_neighbors=30)
+    assert mixed["batch_correction"] > apart["batch_correction"] + 0.3
+    assert mixed["bio_conservation"] > 0.8
+    assert mixed["total"] == pytest.approx(
+        0.6 * mixed["bio_conservation"] + 0.4 * mixed["batch_correction"]
+    )

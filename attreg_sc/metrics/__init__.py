@@ -6,6 +6,7 @@ from attreg_sc.metrics.evaluation import (
     gt_polarization,
     integration_metrics,
     label_separation,
+    scib_integration_metrics,
 )
 from attreg_sc.metrics.fssf import FSSFResult, fssf, fssf_from_encoder, leiden_subclusters
 
@@ -19,4 +20,5 @@ __all__ = [
     "gt_polarization",
     "label_separation",
     "integration_metrics",
+    "scib_integration_metrics",
 ]
