@@ -23,8 +23,6 @@ Examples
 --------
 >>> import torch
 >>> from torch import nn
-
-from attreg import cpu_matmul
 >>> import attreg
 >>> lin, rest = nn.Linear(50, 8), nn.Sequential(nn.Tanh(), nn.Linear(8, 1))
 >>> target = LinearPrefix(lin, rest)

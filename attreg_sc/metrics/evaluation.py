@@ -237,35 +237,43 @@ def scib_integration_metrics(
     k = min(n_neighbors, latent.shape[0] - 1)
     dist, idx = NearestNeighbors(n_neighbors=k).fit(latent).kneighbors(latent)
     nn = NeighborsResults(indices=idx, distances=dist)
+    # each call returns {metric: value}; kmeans clustering gives NMI and ARI at once
     calls = {
-        "silhouette_label": lambda: scib_metrics.silhouette_label(latent, labels),
-        "isolated_labels": lambda: scib_metrics.isolated_labels(latent, labels, batches),
-        "nmi_kmeans": lambda: scib_metrics.nmi_ari_cluster_labels_kmeans(latent, labels)["nmi"],
-        "ari_kmeans": lambda: scib_metrics.nmi_ari_cluster_labels_kmeans(latent, labels)["ari"],
-        "clisi_knn": lambda: scib_metrics.clisi_knn(nn, labels),
-        "silhouette_batch": lambda: scib_metrics.silhouette_batch(latent, labels, batches),
-        "ilisi_knn": lambda: scib_metrics.ilisi_knn(nn, batches),
-        "kbet_per_label": lambda: scib_metrics.kbet_per_label(nn, batches, labels),
-        "graph_connectivity": lambda: scib_metrics.graph_connectivity(nn, labels),
+        "silhouette_label": lambda: {
+            "silhouette_label": scib_metrics.silhouette_label(latent, labels)
+        },
+        "isolated_labels": lambda: {
+            "isolated_labels": scib_metrics.isolated_labels(latent, labels, batches)
+        },
+        "nmi/ari kmeans": lambda: {
+            f"{k}_kmeans": v
+            for k, v in scib_metrics.nmi_ari_cluster_labels_kmeans(latent, labels).items()
+        },
+        "clisi_knn": lambda: {"clisi_knn": scib_metrics.clisi_knn(nn, labels)},
+        "silhouette_batch": lambda: {
+            "silhouette_batch": scib_metrics.silhouette_batch(latent, labels, batches)
+        },
+        "ilisi_knn": lambda: {"ilisi_knn": scib_metrics.ilisi_knn(nn, batches)},
+        "kbet_per_label": lambda: {
+            "kbet_per_label": scib_metrics.kbet_per_label(nn, batches, labels)
+        },
+        "graph_connectivity": lambda: {
+            "graph_connectivity": scib_metrics.graph_connectivity(nn, labels)
+        },
     }
-    out: dict[str, float] = {}
+    out = dict.fromkeys((*SCIB_BIO, *SCIB_BATCH), float("nan"))
     for name, call in calls.items():
         try:
-            out[name] = float(call())
+            out.update({k: float(v) for k, v in call().items() if k in out})
         except Exception as err:  # scib-metrics raises many kinds on degenerate data
             logger.warning("scib-metrics %s failed (%s); recorded as NaN.", name, err)
-            out[name] = float("nan")
-    bio = (
-        np.nanmean([out[m] for m in SCIB_BIO])
-        if any(np.isfinite(out[m]) for m in SCIB_BIO)
-        else np.nan
-    )
-    batch = (
-        np.nanmean([out[m] for m in SCIB_BATCH])
-        if any(np.isfinite(out[m]) for m in SCIB_BATCH)
-        else np.nan
-    )
-    out["bio_conservation"] = float(bio)
-    out["batch_correction"] = float(batch)
-    out["total"] = float(0.6 * bio + 0.4 * batch)
+    out["bio_conservation"] = _finite_mean(out[m] for m in SCIB_BIO)
+    out["batch_correction"] = _finite_mean(out[m] for m in SCIB_BATCH)
+    out["total"] = 0.6 * out["bio_conservation"] + 0.4 * out["batch_correction"]
     return out
+
+
+def _finite_mean(values) -> float:
+    """Mean of the finite values; NaN when there are none."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
