@@ -14,10 +14,10 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
+from _common import write_json
 
 import attreg_sc as asc
 from attreg_sc.metrics import fssf
@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{r['variant']:<28} {r['pairs']:>5} {r['n_random']:>8} {r['seconds']:>8.1f} "
             f"{r['seconds_per_repetition']:>7.2f} {r['ratio_per_repetition_to_fast']:>7.1f}"
         )
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    write_json(rows, args.json)
     return rows
 
 

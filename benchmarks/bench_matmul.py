@@ -15,24 +15,11 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 
 import torch
+from _common import median_ms, write_json
 
 from attreg import cpu_matmul
-
-
-def _median_ms(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(ts)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -60,8 +47,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "first-layer weight grad": (gh.t(), dgrad),
         }
         for name, (a, b) in products.items():
-            t_mm = _median_ms(lambda a=a, b=b: a @ b, args.repeats)
-            t_ours = _median_ms(lambda a=a, b=b: cpu_matmul.matmul(a, b), args.repeats)
+            t_mm = median_ms(lambda a=a, b=b: a @ b, args.repeats)
+            t_ours = median_ms(lambda a=a, b=b: cpu_matmul.matmul(a, b), args.repeats)
             diff = float((cpu_matmul.matmul(a, b) - a @ b).abs().max())
             rows.append(
                 {
@@ -84,9 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{r['batch_size']:>5} {r['variant']:<28} {r['torch_mm_ms']:>11.2f} "
             f"{r['attreg_ms']:>9.2f} {r['speedup']:>7.2f}"
         )
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    write_json(rows, args.json)
     return rows
 
 

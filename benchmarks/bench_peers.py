@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import statistics
 import time
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+from _common import median_ms, write_json
 
 import attreg
 import attreg_sc as asc
@@ -56,17 +55,6 @@ def _setup(n_cells: int, n_genes: int, batch: int):
     b = torch.from_numpy(model.data.batch_codes[idx])
     gt = torch.from_numpy(adata.var["is_gt"].to_numpy().astype(np.float32))
     return adata, model, module, x, b, gt
-
-
-def _timed(step, n: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        step()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        step()
-        ts.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(ts)
 
 
 def _step_fn(module, attribution_fn, gt):
@@ -105,7 +93,10 @@ def bench_eg(module, x, b, gt, ks, n_steps) -> list[dict]:
                 x.detach().requires_grad_(), x, num_samples=k, use_expectation=True
             ),
         }
-        ms = {name: _timed(_step_fn(module, fn, gt), n_steps) for name, fn in variants.items()}
+        ms = {
+            name: median_ms(_step_fn(module, fn, gt), n_steps, warmup=3)
+            for name, fn in variants.items()
+        }
         base = ms["attreg EG (LinearPrefix)"]
         for name, v in ms.items():
             rows.append(
@@ -224,7 +215,7 @@ def bench_attributionpriors(module, x, b, gt, ks, n_steps, threads, attreg_ms) -
                 train = tf.compat.v1.train.AdamOptimizer(1e-4).minimize(loss)
                 sess.run(tf.compat.v1.global_variables_initializer())
                 feed = {inp: x.numpy(), train_eg: True}
-                ms = _timed(lambda: sess.run(train, feed), n_steps)  # noqa: B023
+                ms = median_ms(lambda: sess.run(train, feed), n_steps, warmup=3)  # noqa: B023
         finally:
             ap_ops.tf = real_tf
         rows.append(
@@ -251,7 +242,7 @@ def bench_attributionpriors(module, x, b, gt, ks, n_steps, threads, attreg_ms) -
                 loss = _tf_abs_minmax_mse(tf.reshape(attr, (len(x), -1)), gt_np)
             opt.apply_gradients(zip(tape.gradient(loss, enc.variables), enc.variables, strict=True))
 
-        ms = _timed(step, n_steps)
+        ms = median_ms(step, n_steps, warmup=3)
         rows.append(
             {
                 "benchmark": "EG k=1",
@@ -296,7 +287,10 @@ def bench_ig(module, x, b, gt, n_steps) -> list[dict]:
             x.detach().requires_grad_(), n_steps=20, method="riemann_trapezoid"
         ),
     }
-    ms = {name: _timed(_step_fn(module, fn, gt), n_steps) for name, fn in variants.items()}
+    ms = {
+        name: median_ms(_step_fn(module, fn, gt), n_steps, warmup=3)
+        for name, fn in variants.items()
+    }
     base = ms["attreg IG (LinearPrefix)"]
     return [
         {
@@ -404,9 +398,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{r['benchmark']:<17} {r['variant']:<58} {r['median_ms']:>10.1f} "
             f"{r['peer_over_attreg']:>12.2f}"
         )
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    write_json(rows, args.json)
     return rows
 
 

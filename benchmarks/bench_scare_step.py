@@ -15,12 +15,12 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import numpy as np
 import torch
+from _common import write_json
 
 import attreg
 import attreg_sc as asc
@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{r['batch_size']:>5} {r['variant']:<8} {r['median_ms']:>10.2f} "
             f"{r['ratio_to_plain']:>8.2f} {r['n_steps']:>6}"
         )
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    write_json(rows, args.json)
     return rows
 
 

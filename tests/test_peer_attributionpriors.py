@@ -17,6 +17,7 @@ TensorFlow these tests are skipped. It has two EG implementations:
 
 import importlib.util
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -30,9 +31,9 @@ tf = pytest.importorskip("tensorflow")
 ap_ops = pytest.importorskip("attributionpriors.ops")
 eager_ops = pytest.importorskip("attributionpriors.eager_ops")
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_peers", pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_peers.py"
-)
+_BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(_BENCH))  # bench_peers imports the benchmarks' _common module
+_spec = importlib.util.spec_from_file_location("bench_peers", _BENCH / "bench_peers.py")
 bench_peers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_peers)
 
