@@ -302,8 +302,39 @@ def aggregate(losses: list[torch.Tensor], mode: str = "sum") -> torch.Tensor:
     raise ValueError(f"unknown aggregation {mode!r}; use 'sum' or 'squared_sum'.")
 
 
+# same-size integer types: the bits of a non-negative float order like its value
+_ORDERED_BITS = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def _row_min_max(mag: torch.Tensor):
+    """Row minima and maxima of a non-negative matrix with their (first) positions.
+
+    Reduces the float bits viewed as integers (same order for non-negative floats, same
+    result): on the CPU an integer arg-max is about twice as fast as a float one.
+    """
+    bits_type = _ORDERED_BITS.get(mag.dtype)
+    if bits_type is None or not mag.is_contiguous():
+        lo, lo_idx = mag.min(dim=1, keepdim=True)
+        hi, hi_idx = mag.max(dim=1, keepdim=True)
+        return lo, lo_idx, hi, hi_idx
+    bits = mag.view(bits_type)
+    lo, lo_idx = bits.min(dim=1, keepdim=True)
+    hi, hi_idx = bits.max(dim=1, keepdim=True)
+    return lo.view(mag.dtype), lo_idx, hi.view(mag.dtype), hi_idx
+
+
 class _AbsMinMaxMSE(torch.autograd.Function):
     """``mean((abs_minmax(a) - gt)^2)`` with a hand-written backward (fewer passes).
+
+    Per row, with ``m = |a|``, ``s = (m - lo) / span`` and ``d = s - gt``, the gradient
+    is ``sign(a) c d / span`` plus two row constants at the arg-min and the arg-max of
+    ``m``, which need only the row sums ``sum d`` and ``sum d s = sum d^2 + sum d gt``
+    (the latter a matrix-vector product when ``gt`` is one vector).
 
     Only the first derivative is provided (the loss is never differentiated twice); the
     graph of ``a`` itself (e.g. attributions built with ``create_graph=True``) is kept.
@@ -312,25 +343,29 @@ class _AbsMinMaxMSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, gt: torch.Tensor, eps: float) -> torch.Tensor:
         mag = a.abs()
-        lo, lo_idx = mag.min(dim=1, keepdim=True)
-        hi, hi_idx = mag.max(dim=1, keepdim=True)
+        lo, lo_idx, hi, hi_idx = _row_min_max(mag)
         span = hi - lo
         inv = torch.where(span > eps, 1.0 / span, torch.zeros_like(span))
-        s = (mag - lo).mul_(inv)
-        diff = s - gt
-        ctx.save_for_backward(a, s, diff, inv, lo_idx, hi_idx)
-        return diff.square().mean()
+        neg_gt = (-gt[0]).expand_as(gt) if gt.stride(0) == 0 else -gt
+        diff = torch.addcmul(neg_gt, mag.sub_(lo), inv)  # s - gt
+        row_sq = torch.linalg.vector_norm(diff, dim=1, keepdim=True).square()
+        ctx.save_for_backward(a, gt, diff, row_sq, inv, lo_idx, hi_idx)
+        return row_sq.sum() / diff.numel()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        a, s, diff, inv, lo_idx, hi_idx = ctx.saved_tensors
-        r = diff * (grad_out * 2.0 / diff.numel())  # dL/ds
-        sum_r = r.sum(dim=1, keepdim=True)
-        sum_rs = (r * s).sum(dim=1, keepdim=True)
-        grad_mag = r * inv
-        grad_mag.scatter_add_(1, lo_idx, (sum_rs - sum_r) * inv)
-        grad_mag.scatter_add_(1, hi_idx, -sum_rs * inv)
-        return grad_mag.mul_(a.sign()), None, None
+        a, gt, diff, row_sq, inv, lo_idx, hi_idx = ctx.saved_tensors
+        c = grad_out * 2.0 / diff.numel()  # dL/ds = c d
+        if gt.stride(0) == 0:  # one ground-truth vector for all rows
+            d_gt = (diff @ gt[0]).unsqueeze(1)
+        else:
+            d_gt = (diff * gt).sum(dim=1, keepdim=True)
+        sum_r = c * diff.sum(dim=1, keepdim=True)  # sum_j dL/ds_j
+        sum_rs = c * (row_sq + d_gt)  # sum_j dL/ds_j s_j
+        grad = diff * (c * inv)
+        grad.scatter_add_(1, lo_idx, (sum_rs - sum_r) * inv)
+        grad.scatter_add_(1, hi_idx, -sum_rs * inv)
+        return grad.mul_(a.sign()), None, None
 
 
 def abs_minmax_mse_loss(

@@ -130,10 +130,7 @@ def test_reducers():
         reducers.resolve_reducer("max")
 
 
-@given(a=hnp.arrays(np.float64, (3, 7), elements=st.floats(-10, 10)), seed=st.integers(0, 99))
-def test_fused_abs_minmax_mse_equals_composition(a, seed):
-    t = torch.from_numpy(a).requires_grad_()
-    gt = torch.from_numpy(np.random.default_rng(seed).integers(0, 2, 7).astype(np.float64))
+def _assert_fused_equals_composition(t: torch.Tensor, gt: torch.Tensor) -> None:
     fused = AF.abs_minmax_mse_loss(t, gt)
     (g1,) = torch.autograd.grad(fused, t)
     ref = AF.mse_loss(AF.abs_minmax(t), gt)
@@ -148,7 +145,39 @@ def test_fused_abs_minmax_mse_equals_composition(a, seed):
     assert bool(((g1 - g2).abs() <= tol).all())
 
 
+@given(a=hnp.arrays(np.float64, (3, 7), elements=st.floats(-10, 10)), seed=st.integers(0, 99))
+def test_fused_abs_minmax_mse_equals_composition(a, seed):
+    gt = torch.from_numpy(np.random.default_rng(seed).integers(0, 2, 7).astype(np.float64))
+    _assert_fused_equals_composition(torch.from_numpy(a).requires_grad_(), gt)
+
+
+@given(a=matrices, seed=st.integers(0, 99))
+def test_fused_abs_minmax_mse_with_one_ground_truth_row_per_sample(a, seed):
+    gt = np.random.default_rng(seed).integers(0, 2, a.shape).astype(np.float64)
+    _assert_fused_equals_composition(torch.from_numpy(a).requires_grad_(), torch.from_numpy(gt))
+
+
 def test_fused_loss_gradcheck():
     t = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     gt = torch.tensor([1.0, 0, 1, 0, 0, 0], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x: AF.abs_minmax_mse_loss(x, gt), (t,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@given(
+    a=hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=2, max_dims=2, max_side=9),
+        # few distinct values: ties are the rule, not the exception
+        elements=st.sampled_from([0.0, 0.5, 1.0, 2.5, 1e-30, 7.0, float("inf")]),
+    )
+)
+def test_row_min_max_by_bits_equals_float_reductions(dtype, a):
+    from attreg.functional import _row_min_max
+
+    mag = torch.from_numpy(a).to(dtype)
+    lo, lo_idx, hi, hi_idx = _row_min_max(mag)
+    ref_lo, ref_hi = mag.min(dim=1, keepdim=True), mag.max(dim=1, keepdim=True)
+    assert torch.equal(lo, ref_lo.values) and torch.equal(hi, ref_hi.values)
+    # the positions hold the extremes (with ties any one of them is a valid choice)
+    assert torch.equal(mag.gather(1, lo_idx), lo) and torch.equal(mag.gather(1, hi_idx), hi)
