@@ -113,6 +113,8 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if x.is_sparse or weight.is_sparse or x.layout != torch.strided:
         return False
+    if torch.compiler.is_compiling():  # torch.compile chooses its own kernels
+        return False
     if torch._C._functorch.is_functorch_wrapped_tensor(x) or (
         torch._C._functorch.is_functorch_wrapped_tensor(weight)
     ):

@@ -173,3 +173,15 @@ def test_eg_prior_gradients_equal_under_both_backends(monkeypatch):
     assert torch.allclose(out["torch"][0], out["onednn"][0], atol=1e-6)
     for a, b in zip(out["torch"][1], out["onednn"][1], strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_linear_traces_into_one_torch_compile_graph():
+    # under torch.compile the oneDNN autograd Function would break the graph: the compiler
+    # gets torch's own linear instead (fullgraph=True fails on any graph break)
+    w = torch.randn(300, 700, requires_grad=True)
+    x = torch.randn(64, 700)
+    compiled = torch.compile(lambda x, w: cpu_matmul.linear(x, w), backend="eager", fullgraph=True)
+    out = compiled(x, w)
+    assert torch.allclose(out, x @ w.t(), atol=1e-4)
+    out.sum().backward()
+    assert torch.allclose(w.grad, x.sum(0).expand(300, -1), atol=1e-3)
