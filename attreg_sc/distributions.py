@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attreg_sc.special import lgamma
+from attreg_sc.special import log_gamma_ratio
 
 __all__ = [
     "negative_binomial_log_prob",
@@ -35,8 +35,8 @@ def negative_binomial_log_prob(
     return (
         theta * (torch.log(theta + eps) - log_theta_mu)
         + x * (torch.log(mu + eps) - log_theta_mu)
-        + lgamma(x + theta)  # torch.lgamma, with a fast CPU derivative (attreg_sc.special)
-        - lgamma(theta)
+        # lgamma(x + theta) - lgamma(theta), with a fast, accurate CPU derivative
+        + log_gamma_ratio(x, theta)
         - torch.lgamma(x + 1)
     )
 

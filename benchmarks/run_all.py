@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     runs["backed"] = ("bench_backed", ["--cells", "2000", "--genes", "200"] if q else [])
     runs["matmul"] = ("bench_matmul", ["--rows", "64", "--repeats", "2"] if q else [])
+    runs["special"] = ("bench_special", ["--batches", "16", "--repeats", "2"] if q else [])
     if args.peers:
         runs["peers"] = ("bench_peers", ["--scvi"])
     results = {}

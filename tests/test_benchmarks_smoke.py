@@ -14,9 +14,12 @@ def test_run_all_quick(tmp_path):
     spec.loader.exec_module(mod)
     out = tmp_path / "b.json"
     res = mod.main(["--quick", "--json", str(out)])
-    assert set(res) == {"prior", "scare_step", "fssf", "scaling", "backed", "matmul"}
+    assert set(res) == {"prior", "scare_step", "fssf", "scaling", "backed", "matmul", "special"}
     # the oneDNN products agree with torch.mm (float32 rounding only)
     assert all(r["max_abs_diff"] < 1e-2 for r in res["matmul"])
+    # the theta gradient of log_gamma_ratio is at least as accurate as torch's composition
+    errors = {r["variant"]: r["theta_grad_rel_err"] for r in res["special"]}
+    assert errors["log_gamma_ratio + grad"] <= max(errors["lgamma ratio + grad, torch"], 1e-6)
     assert out.exists()
     rows = res["scare_step"]
     assert {r["variant"] for r in rows} == {"plain", "EG k=1", "IG m=20"}
