@@ -24,7 +24,7 @@ from _common import write_json
 
 import attreg
 import attreg_sc as asc
-from attreg_sc.train.trainer import TrainingPlan, training_step
+from attreg_sc.train.trainer import TrainingPlan, make_optimizer, training_step
 
 VARIANTS = {"plain": {}, "EG k=1": {"attribution": "eg"}, "IG m=20": {"attribution": "ig"}}
 
@@ -48,8 +48,8 @@ def make_runner(adata, variant: str, device: str):
         **kwargs,
     )
     module = model.module.train()
-    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     plan = TrainingPlan(w_attribution=w)
+    opt = make_optimizer(module.parameters(), plan)  # as the trainer does
     prior = model._prior_loss if w > 0 else None
     codes = torch.from_numpy(model.data.batch_codes)
 

@@ -29,7 +29,7 @@ import logging
 import numpy as np
 import torch
 
-from attreg_sc.train.trainer import TrainingPlan, _split, training_step
+from attreg_sc.train.trainer import TrainingPlan, _split, make_optimizer, training_step
 
 __all__ = ["shard", "train_data_parallel"]
 
@@ -68,7 +68,7 @@ def train_data_parallel(model, plan: TrainingPlan) -> dict[str, list[float]]:
     ddp = DistributedDataParallel(
         module, device_ids=[device.index] if device.type == "cuda" else None
     )
-    opt = torch.optim.Adam(ddp.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
+    opt = make_optimizer(ddp.parameters(), plan)
     prior = model._prior_loss if model.priors is not None and plan.w_attribution > 0 else None
     history: dict[str, list[float]] = {
         k: [] for k in ("loss", "reconstruction", "kl", "attribution")
