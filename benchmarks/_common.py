@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -18,6 +19,32 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
+
+
+def interleaved_median_ms(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3, block: int = 1
+) -> dict[str, float]:
+    """Median wall time (ms) of each ``fns[name]()`` over ``repeats`` calls, the variants
+    taking turns so that slow phases of a noisy machine hit them alike.
+
+    ``block`` calls of one variant run back to back (after one untimed call) before the
+    next variant's turn: for variants on different runtimes (TensorFlow and PyTorch keep
+    separate thread pools, which go idle while the other runs), so that each is timed in
+    its steady state rather than with the cost of waking its threads on every call.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(math.ceil(repeats / block)):
+        for name, fn in fns.items():
+            if block > 1:
+                fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * statistics.median(ts) for name, ts in times.items()}
 
 
 def write_json(rows: object, path: str | None) -> None:

@@ -21,7 +21,9 @@ the latent mean`` (with the graph kept), ``mse(abs_minmax(attr), gt)``, backward
   the same architecture (LayerNorm, no BatchNorm, 1 x 128, 10 latent, NB, gene
   dispersion) on the same synthetic data.
 
-Ratios are ``peer / attreg`` from the same run (higher: attreg faster).
+Ratios are ``peer / attreg`` from the same run, the variants' steps taking turns (single
+steps among the PyTorch variants, blocks of 10 between TensorFlow and PyTorch); higher:
+attreg faster.
 
 Run::
 
@@ -37,7 +39,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from _common import median_ms, write_json
+from _common import interleaved_median_ms, write_json
 
 import attreg
 import attreg_sc as asc
@@ -69,6 +71,18 @@ def _step_fn(module, attribution_fn, gt):
     return step
 
 
+def _attreg_eg_step(module, x, b, gt, k: int):
+    """attreg's EG training step (LinearPrefix path), the baseline of every EG ratio."""
+    target = module.attribution_target("encoder")
+    eg = attreg.ExpectedGradients(target, differentiable=True, check_inputs=False)
+    g = torch.Generator().manual_seed(0)
+    return _step_fn(
+        module,
+        lambda: eg.attribute(x, additional_forward_args=(b,), n_samples=k, generator=g),
+        gt,
+    )
+
+
 def bench_eg(module, x, b, gt, ks, n_steps) -> list[dict]:
     from path_explain.explainers.path_explainer_torch import PathExplainerTorch
 
@@ -77,26 +91,28 @@ def bench_eg(module, x, b, gt, ks, n_steps) -> list[dict]:
     rows = []
     for k in ks:
         g = torch.Generator().manual_seed(0)
-        fast = attreg.ExpectedGradients(target, differentiable=True, check_inputs=False)
         slow = attreg.ExpectedGradients(
             target, differentiable=True, check_inputs=False, use_linear_prefix=False
         )
         pe = PathExplainerTorch(lambda z: module.encoder(z, onehot)[0].sum(1, keepdim=True))
-        variants = {
-            "attreg EG (LinearPrefix)": lambda fast=fast, k=k, g=g: fast.attribute(
-                x, additional_forward_args=(b,), n_samples=k, generator=g
+        steps = {
+            "attreg EG (LinearPrefix)": _attreg_eg_step(module, x, b, gt, k),
+            "attreg EG (generic)": _step_fn(
+                module,
+                lambda slow=slow, k=k, g=g: slow.attribute(
+                    x, additional_forward_args=(b,), n_samples=k, generator=g
+                ),
+                gt,
             ),
-            "attreg EG (generic)": lambda slow=slow, k=k, g=g: slow.attribute(
-                x, additional_forward_args=(b,), n_samples=k, generator=g
-            ),
-            "path-explain PathExplainerTorch": lambda pe=pe, k=k: pe.attributions(
-                x.detach().requires_grad_(), x, num_samples=k, use_expectation=True
+            "path-explain PathExplainerTorch": _step_fn(
+                module,
+                lambda pe=pe, k=k: pe.attributions(
+                    x.detach().requires_grad_(), x, num_samples=k, use_expectation=True
+                ),
+                gt,
             ),
         }
-        ms = {
-            name: median_ms(_step_fn(module, fn, gt), n_steps, warmup=3)
-            for name, fn in variants.items()
-        }
+        ms = interleaved_median_ms(steps, n_steps)
         base = ms["attreg EG (LinearPrefix)"]
         for name, v in ms.items():
             rows.append(
@@ -190,8 +206,9 @@ def _tf_abs_minmax_mse(attr, gt):
     return tf.reduce_mean(tf.square((a - lo) / tf.maximum(hi - lo, 1e-30) - gt))
 
 
-def bench_attributionpriors(module, x, b, gt, ks, n_steps, threads, attreg_ms) -> list[dict]:
-    """attributionpriors' explainer (and eager op at k = 1) vs attreg on the same step."""
+def bench_attributionpriors(module, x, b, gt, ks, n_steps, threads) -> list[dict]:
+    """attributionpriors' explainer (and eager op at k = 1) vs attreg on the same step; blocks
+    of 10 TF steps take turns with blocks of attreg's EG step, the baseline of its ratio."""
     import attributionpriors
     import tensorflow as tf
     from attributionpriors import eager_ops
@@ -215,7 +232,14 @@ def bench_attributionpriors(module, x, b, gt, ks, n_steps, threads, attreg_ms) -
                 train = tf.compat.v1.train.AdamOptimizer(1e-4).minimize(loss)
                 sess.run(tf.compat.v1.global_variables_initializer())
                 feed = {inp: x.numpy(), train_eg: True}
-                ms = median_ms(lambda: sess.run(train, feed), n_steps, warmup=3)  # noqa: B023
+                ms = interleaved_median_ms(
+                    {
+                        "peer": lambda: sess.run(train, feed),  # noqa: B023
+                        "attreg": _attreg_eg_step(module, x, b, gt, k),
+                    },
+                    n_steps,
+                    block=10,
+                )
         finally:
             ap_ops.tf = real_tf
         rows.append(
@@ -223,8 +247,8 @@ def bench_attributionpriors(module, x, b, gt, ks, n_steps, threads, attreg_ms) -
                 "benchmark": f"EG k={k}",
                 "variant": f"attributionpriors {version} AttributionPriorExplainer (TF1)",
                 "batch_size": len(x),
-                "median_ms": ms,
-                "peer_over_attreg": ms / attreg_ms[k],
+                "median_ms": ms["peer"],
+                "peer_over_attreg": ms["peer"] / ms["attreg"],
             }
         )
     if 1 in ks:
@@ -242,14 +266,16 @@ def bench_attributionpriors(module, x, b, gt, ks, n_steps, threads, attreg_ms) -
                 loss = _tf_abs_minmax_mse(tf.reshape(attr, (len(x), -1)), gt_np)
             opt.apply_gradients(zip(tape.gradient(loss, enc.variables), enc.variables, strict=True))
 
-        ms = median_ms(step, n_steps, warmup=3)
+        ms = interleaved_median_ms(
+            {"peer": step, "attreg": _attreg_eg_step(module, x, b, gt, 1)}, n_steps, block=10
+        )
         rows.append(
             {
                 "benchmark": "EG k=1",
                 "variant": f"attributionpriors {version} eager_ops (not EG)",
                 "batch_size": len(x),
-                "median_ms": ms,
-                "peer_over_attreg": ms / attreg_ms[1],
+                "median_ms": ms["peer"],
+                "peer_over_attreg": ms["peer"] / ms["attreg"],
             }
         )
     return rows
@@ -287,10 +313,9 @@ def bench_ig(module, x, b, gt, n_steps) -> list[dict]:
             x.detach().requires_grad_(), n_steps=20, method="riemann_trapezoid"
         ),
     }
-    ms = {
-        name: median_ms(_step_fn(module, fn, gt), n_steps, warmup=3)
-        for name, fn in variants.items()
-    }
+    ms = interleaved_median_ms(
+        {name: _step_fn(module, fn, gt) for name, fn in variants.items()}, n_steps
+    )
     base = ms["attreg IG (LinearPrefix)"]
     return [
         {
@@ -377,14 +402,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     adata, model, module, x, b, gt = _setup(args.cells, args.genes, args.batch)
     rows = bench_eg(module, x, b, gt, (1, 8), args.steps)
     if not args.no_attributionpriors:
-        attreg_ms = {
-            int(r["benchmark"].split("=")[1]): r["median_ms"]
-            for r in rows
-            if r["variant"] == "attreg EG (LinearPrefix)"
-        }
-        rows += bench_attributionpriors(
-            module, x, b, gt, (1, 8), args.steps, args.threads, attreg_ms
-        )
+        rows += bench_attributionpriors(module, x, b, gt, (1, 8), args.steps, args.threads)
     rows += bench_ig(module, x, b, gt, args.steps)
     if args.scvi:
         rows += bench_scvi(adata, args.scvi_epochs)
