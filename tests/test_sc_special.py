@@ -87,6 +87,14 @@ def test_log_gamma_ratio_under_torch_func_transforms():
     assert torch.allclose(per_sample, ref, rtol=1e-5, atol=1e-6)
     _, tangent = torch.func.jvp(lambda t: log_gamma_ratio(x, t), (theta,), (torch.ones(4),))
     assert torch.allclose(tangent, ref, rtol=1e-5, atol=1e-6)
+    # forward-mode AD on a tensor that also requires grad goes through the Function's jvp
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(theta.clone().requires_grad_(), torch.ones(4))
+        out = log_gamma_ratio(x, dual)
+        assert type(out.grad_fn).__name__ == "_LogGammaRatioBackward"
+        assert torch.allclose(fwAD.unpack_dual(out).tangent.detach(), ref, rtol=1e-5, atol=1e-6)
 
 
 def _nb_with_torch_lgamma(x, mu, theta, eps=1e-8):
