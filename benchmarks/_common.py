@@ -1,4 +1,10 @@
-"""What every benchmark command shares: a median timer and the ``--json`` output."""
+"""What every benchmark command shares: timers, the record layout and the ``--json`` output.
+
+Every benchmark returns (and with ``--json PATH`` writes) a list of records, one per row
+of its table, each with the keys of :data:`COMMON_KEYS` (``None`` where a figure does not
+apply: ``ratio_to_plain`` only where the baseline is a plain training step,
+``peak_rss_mb`` only where memory is measured) followed by the benchmark's own keys.
+"""
 
 from __future__ import annotations
 
@@ -47,8 +53,37 @@ def interleaved_median_ms(
     return {name: 1000 * statistics.median(ts) for name, ts in times.items()}
 
 
-def write_json(rows: object, path: str | None) -> None:
-    """Write the benchmark's figures to ``path`` (the ``--json`` option); nothing if None."""
+COMMON_KEYS = ("benchmark", "variant", "batch_size", "median_ms", "ratio_to_plain", "peak_rss_mb")
+
+
+def record(
+    benchmark: str,
+    variant: str,
+    *,
+    batch_size: int | None = None,
+    median_ms: float | None = None,
+    ratio_to_plain: float | None = None,
+    peak_rss_mb: float | None = None,
+    **extra: object,
+) -> dict:
+    """One row of a benchmark: the common keys first, then the benchmark's own."""
+    return {
+        "benchmark": benchmark,
+        "variant": variant,
+        "batch_size": batch_size,
+        "median_ms": median_ms,
+        "ratio_to_plain": ratio_to_plain,
+        "peak_rss_mb": peak_rss_mb,
+        **extra,
+    }
+
+
+def write_json(rows: list[dict], path: str | None) -> None:
+    """Write the benchmark's records to ``path`` (the ``--json`` option); nothing if None."""
+    for r in rows:
+        missing = [k for k in COMMON_KEYS if k not in r]
+        if missing:
+            raise ValueError(f"benchmark record {r} lacks {missing}; build it with record().")
     if path:
         with open(path, "w") as fh:
             json.dump(rows, fh, indent=2)

@@ -17,7 +17,7 @@ import argparse
 import time
 
 import torch
-from _common import write_json
+from _common import record, write_json
 
 import attreg_sc as asc
 from attreg_sc.metrics import fssf
@@ -55,15 +55,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         res = fssf(model, gt, "cell_type", resolution=args.resolution, n_random=n_random, fast=fast)
         sec = time.perf_counter() - t0
         rows.append(
-            {
-                "benchmark": "fssf",
-                "variant": variant,
-                "cells": args.cells,
-                "pairs": len(res.table),
-                "n_random": n_random,
-                "seconds": sec,
-                "seconds_per_repetition": sec / (n_random + 1),
-            }
+            record(
+                "fssf",
+                variant,
+                median_ms=1000 * sec,  # one timed run: all repetitions
+                cells=args.cells,
+                pairs=len(res.table),
+                n_random=n_random,
+                seconds=sec,
+                seconds_per_repetition=sec / (n_random + 1),
+            )
         )
     base = rows[0]["seconds_per_repetition"]
     for r in rows:

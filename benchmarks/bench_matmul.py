@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import median_ms, write_json
+from _common import median_ms, record, write_json
 
 from attreg import cpu_matmul
 
@@ -51,15 +51,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
             t_ours = median_ms(lambda a=a, b=b: cpu_matmul.matmul(a, b), args.repeats)
             diff = float((cpu_matmul.matmul(a, b) - a @ b).abs().max())
             rows.append(
-                {
-                    "benchmark": "matmul",
-                    "variant": name,
-                    "batch_size": n,
-                    "torch_mm_ms": t_mm,
-                    "attreg_ms": t_ours,
-                    "speedup": t_mm / t_ours,
-                    "max_abs_diff": diff,
-                }
+                record(
+                    "matmul",
+                    name,
+                    batch_size=n,
+                    median_ms=t_ours,  # attreg.cpu_matmul
+                    torch_mm_ms=t_mm,
+                    speedup=t_mm / t_ours,
+                    max_abs_diff=diff,
+                )
             )
     print(
         f"CPU, torch {torch.__version__}, threads={args.threads}, {args.genes} genes x "
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for r in rows:
         print(
             f"{r['batch_size']:>5} {r['variant']:<28} {r['torch_mm_ms']:>11.2f} "
-            f"{r['attreg_ms']:>9.2f} {r['speedup']:>7.2f}"
+            f"{r['median_ms']:>9.2f} {r['speedup']:>7.2f}"
         )
     write_json(rows, args.json)
     return rows

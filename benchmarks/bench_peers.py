@@ -39,7 +39,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from _common import interleaved_median_ms, write_json
+from _common import interleaved_median_ms, record, write_json
 
 import attreg
 import attreg_sc as asc
@@ -116,13 +116,7 @@ def bench_eg(module, x, b, gt, ks, n_steps) -> list[dict]:
         base = ms["attreg EG (LinearPrefix)"]
         for name, v in ms.items():
             rows.append(
-                {
-                    "benchmark": f"EG k={k}",
-                    "variant": name,
-                    "batch_size": len(x),
-                    "median_ms": v,
-                    "peer_over_attreg": v / base,
-                }
+                record(f"EG k={k}", name, batch_size=len(x), median_ms=v, peer_over_attreg=v / base)
             )
     return rows
 
@@ -243,13 +237,13 @@ def bench_attributionpriors(module, x, b, gt, ks, n_steps, threads) -> list[dict
         finally:
             ap_ops.tf = real_tf
         rows.append(
-            {
-                "benchmark": f"EG k={k}",
-                "variant": f"attributionpriors {version} AttributionPriorExplainer (TF1)",
-                "batch_size": len(x),
-                "median_ms": ms["peer"],
-                "peer_over_attreg": ms["peer"] / ms["attreg"],
-            }
+            record(
+                f"EG k={k}",
+                f"attributionpriors {version} AttributionPriorExplainer (TF1)",
+                batch_size=len(x),
+                median_ms=ms["peer"],
+                peer_over_attreg=ms["peer"] / ms["attreg"],
+            )
         )
     if 1 in ks:
         x4 = tf.constant(x.numpy().reshape(len(x), -1, 1, 1))  # the op expects image shapes
@@ -270,13 +264,13 @@ def bench_attributionpriors(module, x, b, gt, ks, n_steps, threads) -> list[dict
             {"peer": step, "attreg": _attreg_eg_step(module, x, b, gt, 1)}, n_steps, block=10
         )
         rows.append(
-            {
-                "benchmark": "EG k=1",
-                "variant": f"attributionpriors {version} eager_ops (not EG)",
-                "batch_size": len(x),
-                "median_ms": ms["peer"],
-                "peer_over_attreg": ms["peer"] / ms["attreg"],
-            }
+            record(
+                "EG k=1",
+                f"attributionpriors {version} eager_ops (not EG)",
+                batch_size=len(x),
+                median_ms=ms["peer"],
+                peer_over_attreg=ms["peer"] / ms["attreg"],
+            )
         )
     return rows
 
@@ -318,13 +312,7 @@ def bench_ig(module, x, b, gt, n_steps) -> list[dict]:
     )
     base = ms["attreg IG (LinearPrefix)"]
     return [
-        {
-            "benchmark": "IG m=20",
-            "variant": name,
-            "batch_size": len(x),
-            "median_ms": v,
-            "peer_over_attreg": v / base,
-        }
+        record("IG m=20", name, batch_size=len(x), median_ms=v, peer_over_attreg=v / base)
         for name, v in ms.items()
     ]
 
@@ -360,20 +348,20 @@ def bench_scvi(adata, epochs: int) -> list[dict]:
     )
     t_scvi = (time.perf_counter() - t0) / epochs
     return [
-        {
-            "benchmark": "plain cVAE epoch",
-            "variant": "attreg_sc SCARE (w_attr=0)",
-            "batch_size": 128,
-            "median_ms": 1000 * t_ours,
-            "peer_over_attreg": 1.0,
-        },
-        {
-            "benchmark": "plain cVAE epoch",
-            "variant": f"scvi-tools {scvi.__version__} SCVI",
-            "batch_size": 128,
-            "median_ms": 1000 * t_scvi,
-            "peer_over_attreg": t_scvi / t_ours,
-        },
+        record(
+            "plain cVAE epoch",
+            "attreg_sc SCARE (w_attr=0)",
+            batch_size=128,
+            median_ms=1000 * t_ours,
+            peer_over_attreg=1.0,
+        ),
+        record(
+            "plain cVAE epoch",
+            f"scvi-tools {scvi.__version__} SCVI",
+            batch_size=128,
+            median_ms=1000 * t_scvi,
+            peer_over_attreg=t_scvi / t_ours,
+        ),
     ]
 
 

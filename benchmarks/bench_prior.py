@@ -17,7 +17,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ import sys
 import time
 
 import torch
+from _common import record, write_json
 from torch import nn
 
 import attreg
@@ -113,7 +113,7 @@ def peak_rss_mb(kind: str, batch: int, args) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=[128, 512])
     p.add_argument("--features", type=int, default=3346)
@@ -131,16 +131,17 @@ def main(argv: list[str] | None = None) -> dict:
     for batch in args.batches:
         ms = time_configs(batch, args)
         for kind in ("plain", "eg", "ig"):
-            row = {
-                "batch": batch,
-                "config": {"plain": "plain", "eg": "EG k=1", "ig": "IG m=20"}[kind],
-                "ms_per_step": ms[kind],
-                "ratio_to_plain": ms[kind] / ms["plain"],
-            }
-            if args.memory:
-                row["peak_rss_mb"] = peak_rss_mb(kind, batch, args)
-            rows.append(row)
-    header = f"{'batch':>5} {'config':<8} {'ms/step':>9} {'x plain':>8}"
+            rows.append(
+                record(
+                    "prior_mlp",
+                    {"plain": "plain", "eg": "EG k=1", "ig": "IG m=20"}[kind],
+                    batch_size=batch,
+                    median_ms=ms[kind],
+                    ratio_to_plain=ms[kind] / ms["plain"],
+                    peak_rss_mb=peak_rss_mb(kind, batch, args) if args.memory else None,
+                )
+            )
+    header = f"{'batch':>5} {'variant':<8} {'ms/step':>9} {'x plain':>8}"
     header += f" {'peak RSS MB':>12}" if args.memory else ""
     print(
         f"torch {torch.__version__}, threads={args.threads}, features={args.features}, "
@@ -150,20 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(header)
     for r in rows:
         line = (
-            f"{r['batch']:>5} {r['config']:<8} {r['ms_per_step']:>9.2f} {r['ratio_to_plain']:>8.2f}"
+            f"{r['batch_size']:>5} {r['variant']:<8} {r['median_ms']:>9.2f} "
+            f"{r['ratio_to_plain']:>8.2f}"
         )
         if args.memory:
             line += f" {r['peak_rss_mb']:>12.0f}"
         print(line)
-    result = {
-        "settings": vars(args),
-        "rows": rows,
-        "rss_this_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
-    return result
+    write_json(rows, args.json)
+    return rows
 
 
 if __name__ == "__main__":

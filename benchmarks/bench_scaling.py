@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import record, write_json
+
 import attreg_sc as asc
 
 CHILD = """
@@ -73,15 +75,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 del adata
             res = run_child(path, w, args.threads)
             rows.append(
-                {
-                    "benchmark": f"scaling_{axis}",
-                    "variant": "EG k=1" if w else "plain",
-                    "cells": n_cells,
-                    "genes": n_genes,
-                    "nnz": nnz,
-                    "dense_mb": n_cells * n_genes * 4 / 2**20,
-                    **res,
-                }
+                record(
+                    f"scaling_{axis}",
+                    "EG k=1" if w else "plain",
+                    batch_size=128,  # SCARE.train's default
+                    median_ms=1000 * res["seconds_per_epoch"],  # one timed epoch
+                    peak_rss_mb=res["peak_rss_mb"],
+                    cells=n_cells,
+                    genes=n_genes,
+                    nnz=nnz,
+                    dense_mb=n_cells * n_genes * 4 / 2**20,
+                    seconds_per_epoch=res["seconds_per_epoch"],
+                )
             )
             r = rows[-1]
             print(
@@ -100,8 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if len(cells) > 1:
         per = [r["seconds_per_epoch"] / r["cells"] * 1e4 for r in cells]
         print("seconds per epoch per 10k cells: " + ", ".join(f"{v:.2f}" for v in per))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    write_json(rows, args.json)
     if args.plot:
         plot(rows, args.plot)
     return rows

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import torch
-from _common import write_json
+from _common import record, write_json
 
 import attreg
 import attreg_sc as asc
@@ -110,14 +110,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for v, ts in times.items():
             med = statistics.median(ts)
             rows.append(
-                {
-                    "benchmark": "scare_step",
-                    "variant": v,
-                    "batch_size": batch,
-                    "median_ms": 1000 * med,
-                    "ratio_to_plain": med / plain,
-                    "n_steps": len(ts),
-                }
+                record(
+                    "scare_step",
+                    v,
+                    batch_size=batch,
+                    median_ms=1000 * med,
+                    ratio_to_plain=med / plain,
+                    n_steps=len(ts),
+                )
             )
     print(
         f"scARE step, synthetic {args.cells} x {args.genes}, 2 batches, device={args.device}, "

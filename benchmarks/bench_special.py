@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import median_ms, write_json
+from _common import median_ms, record, write_json
 
 import attreg
 from attreg_sc import special
@@ -71,14 +71,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         }
         for name, (_, baseline) in timed.items():
             rows.append(
-                {
-                    "benchmark": "special",
-                    "variant": name,
-                    "batch_size": n,
-                    "median_ms": ms[name],
-                    "speedup": ms[baseline] / ms[name] if baseline else None,
-                    "theta_grad_rel_err": errors.get(name),
-                }
+                record(
+                    "special",
+                    name,
+                    batch_size=n,
+                    median_ms=ms[name],
+                    speedup=ms[baseline] / ms[name] if baseline else None,
+                    theta_grad_rel_err=errors.get(name),
+                )
             )
     print(f"CPU, torch {torch.__version__}, threads={args.threads}, {args.genes} genes")
     print(f"{'batch':>5} {'function':<27} {'median ms':>9} {'speedup':>7} {'grad err':>8}")

@@ -21,6 +21,14 @@ def test_run_all_quick(tmp_path):
     errors = {r["variant"]: r["theta_grad_rel_err"] for r in res["special"]}
     assert errors["log_gamma_ratio + grad"] <= max(errors["lgamma ratio + grad, torch"], 1e-6)
     assert out.exists()
+    # every record of every benchmark has the common layout (benchmarks/_common.py)
+    from _common import COMMON_KEYS
+
+    for name, records in res.items():
+        assert records, name
+        for r in records:
+            assert list(r)[: len(COMMON_KEYS)] == list(COMMON_KEYS), (name, r)
+            assert r["median_ms"] is None or r["median_ms"] > 0, (name, r)
     rows = res["scare_step"]
     assert {r["variant"] for r in rows} == {"plain", "EG k=1", "IG m=20"}
     assert all(r["median_ms"] > 0 for r in rows)
