@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 import attreg_sc as asc
 from attreg_sc.train.distributed import shard, train_data_parallel
-from attreg_sc.train.trainer import TrainingPlan, _split
+from attreg_sc.train.trainer import TrainingPlan, _split, make_optimizer
 
 WORLD, EPOCHS, BATCH, SEED = 2, 2, 32, 0
 
@@ -51,7 +51,7 @@ def single_process_reference():
         torch.manual_seed(p.seed + 1000 * r)
         torch_states.append(torch.get_rng_state())
         gen_states.append(torch.Generator().manual_seed(p.seed + 1000 * r).get_state())
-    opt = torch.optim.Adam(module.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    opt = make_optimizer(module.parameters(), p, fused=False)  # as DDP on the CPU
     codes = torch.from_numpy(m.data.batch_codes)
     for epoch in range(p.max_epochs):
         module.train()

@@ -415,3 +415,27 @@ def test_all_zero_genes_are_accepted():
     m = asc.SCARE(a, batch_key="batch", gt=a.var["is_gt"].to_numpy(), n_latent=2)
     m.train(max_epochs=2, progress_bar=False)
     assert np.isfinite(m.history["loss"]).all()
+
+
+def test_make_optimizer_fuses_adam_where_it_can():
+    from attreg_sc.train.trainer import TrainingPlan, make_optimizer
+
+    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(2))]
+    plan = TrainingPlan(lr=0.01, weight_decay=0.1)
+    opt = make_optimizer(params, plan)
+    assert opt.defaults["fused"] is True
+    assert opt.defaults["lr"] == 0.01 and opt.defaults["weight_decay"] == 0.1
+    assert not make_optimizer(params, plan, fused=False).defaults["fused"]
+    # the fused step equals the per-tensor loop's (same update, float rounding only)
+    grads = [torch.randn_like(p) for p in params]
+    results = []
+    for fused in (True, False):
+        ps = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        o = make_optimizer(ps, plan, fused=fused)
+        for _ in range(3):
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = g.clone()
+            o.step()
+        results.append(ps)
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
