@@ -89,8 +89,7 @@ def digamma(y: torch.Tensor) -> torch.Tensor:
     """
     if not _fast_path(y) or (y.requires_grad and torch.is_grad_enabled()):
         return torch.digamma(y)
-    with torch.no_grad():
-        return _digamma_without_log(y).add_(torch.log(y + _SHIFT))
+    return _digamma_without_log(y).add_(torch.log(y + _SHIFT))
 
 
 def digamma_difference(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -103,9 +102,9 @@ def digamma_difference(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad)
     ):
         return torch.digamma(x + theta) - torch.digamma(theta)
-    with torch.no_grad():
-        out = _digamma_without_log(x + theta).sub_(_digamma_without_log(theta))
-        return out.add_(torch.div(x, theta + _SHIFT).log1p_())
+    # no graph is recorded here: nothing requires grad, or grad mode is off
+    out = _digamma_without_log(x + theta).sub_(_digamma_without_log(theta))
+    return out.add_(torch.div(x, theta + _SHIFT).log1p_())
 
 
 class _LogGammaRatio(torch.autograd.Function):

@@ -47,14 +47,11 @@ def _differences(inputs: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
     return inputs.unsqueeze(0) - refs
 
 
-def _average_terms(
-    delta: torch.Tensor, grads: torch.Tensor, multiply_by_inputs: bool
-) -> torch.Tensor:
-    """``mean_s (x - r_s) * g_s`` (or ``mean_s g_s``) over the ``k`` draws of dim 0; views
-    (``squeeze``, not ``[0]``, whose backward copies into zeros) for ``k = 1``."""
-    if delta.shape[0] == 1:
-        return delta.squeeze(0) * grads.squeeze(0) if multiply_by_inputs else grads.squeeze(0)
-    return (delta * grads).mean(dim=0) if multiply_by_inputs else grads.mean(dim=0)
+def _average_terms(grads: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
+    """``mean_s (x - r_s) * g_s`` (``mean_s g_s`` without ``delta``) over the ``k`` draws
+    of dim 0; views (``squeeze``, not ``[0]``, whose backward copies into zeros) for k = 1."""
+    terms = grads if delta is None else delta * grads
+    return terms.squeeze(0) if terms.shape[0] == 1 else terms.mean(dim=0)
 
 
 def draw_references(
@@ -131,7 +128,7 @@ def expected_gradients_from_draws(
         create_graph=create_graph,
         internal_batch_size=internal_batch_size,
     ).reshape(k, *inputs.shape)
-    return _average_terms(delta, grads, multiply_by_inputs)
+    return _average_terms(grads, delta if multiply_by_inputs else None)
 
 
 class ExpectedGradients(Attribution):
@@ -300,6 +297,5 @@ def _eg_linear_prefix(
             create_graph=create_graph,
         ).reshape(k, n, -1)
         grad_x = target.input_gradient(g)
-    delta = _differences(inputs, refs) if multiply_by_inputs else refs
-    out = _average_terms(delta, grad_x, multiply_by_inputs)
+    out = _average_terms(grad_x, _differences(inputs, refs) if multiply_by_inputs else None)
     return out if create_graph else out.detach()
