@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -76,6 +77,20 @@ def record(
         "peak_rss_mb": peak_rss_mb,
         **extra,
     }
+
+
+def print_table(title: str, rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """Print ``title`` and one line per record; ``columns`` are ``(key, header, format
+    spec)``, e.g. ``("median_ms", "median ms", ">10.2f")``; ``None`` values print blank."""
+    widths = [re.match(r"[<>^]?\d*", spec).group() for _, _, spec in columns]
+    print(title)
+    print(" ".join(f"{head:{w}}" for (_, head, _), w in zip(columns, widths, strict=True)))
+    for r in rows:
+        cells = [
+            f"{'':{w}}" if r[key] is None else format(r[key], spec)
+            for (key, _, spec), w in zip(columns, widths, strict=True)
+        ]
+        print(" ".join(cells).rstrip())
 
 
 def write_json(rows: list[dict], path: str | None) -> None:

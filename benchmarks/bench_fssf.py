@@ -17,7 +17,7 @@ import argparse
 import time
 
 import torch
-from _common import record, write_json
+from _common import print_table, record, write_json
 
 import attreg_sc as asc
 from attreg_sc.metrics import fssf
@@ -69,16 +69,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base = rows[0]["seconds_per_repetition"]
     for r in rows:
         r["ratio_per_repetition_to_fast"] = r["seconds_per_repetition"] / base
-    print(
+    print_table(
         f"synthetic {args.cells} cells x {args.genes} genes, threads={args.threads}, "
-        f"training 3 epochs: {train_s:.1f} s"
+        f"training 3 epochs: {train_s:.1f} s",
+        rows,
+        [
+            ("variant", "variant", "<28"),
+            ("pairs", "pairs", ">5"),
+            ("n_random", "n_random", ">8"),
+            ("seconds", "seconds", ">8.1f"),
+            ("seconds_per_repetition", "s/rep", ">7.2f"),
+            ("ratio_per_repetition_to_fast", "x fast", ">7.1f"),
+        ],
     )
-    print(f"{'variant':<28} {'pairs':>5} {'n_random':>8} {'seconds':>8} {'s/rep':>7} {'x fast':>7}")
-    for r in rows:
-        print(
-            f"{r['variant']:<28} {r['pairs']:>5} {r['n_random']:>8} {r['seconds']:>8.1f} "
-            f"{r['seconds_per_repetition']:>7.2f} {r['ratio_per_repetition_to_fast']:>7.1f}"
-        )
     write_json(rows, args.json)
     return rows
 

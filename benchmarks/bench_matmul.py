@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import median_ms, record, write_json
+from _common import median_ms, print_table, record, write_json
 
 from attreg import cpu_matmul
 
@@ -61,16 +61,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     max_abs_diff=diff,
                 )
             )
-    print(
+    print_table(
         f"CPU, torch {torch.__version__}, threads={args.threads}, {args.genes} genes x "
-        f"{args.hidden} hidden; attreg.cpu_matmul backend: {backend}"
+        f"{args.hidden} hidden; attreg.cpu_matmul backend: {backend}",
+        rows,
+        [
+            ("batch_size", "rows", ">5"),
+            ("variant", "product", "<28"),
+            ("torch_mm_ms", "torch.mm ms", ">11.2f"),
+            ("median_ms", "attreg ms", ">9.2f"),
+            ("speedup", "speedup", ">7.2f"),
+        ],
     )
-    print(f"{'rows':>5} {'product':<28} {'torch.mm ms':>11} {'attreg ms':>9} {'speedup':>7}")
-    for r in rows:
-        print(
-            f"{r['batch_size']:>5} {r['variant']:<28} {r['torch_mm_ms']:>11.2f} "
-            f"{r['median_ms']:>9.2f} {r['speedup']:>7.2f}"
-        )
     write_json(rows, args.json)
     return rows
 

@@ -39,7 +39,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from _common import interleaved_median_ms, record, write_json
+from _common import interleaved_median_ms, print_table, record, write_json
 
 import attreg
 import attreg_sc as asc
@@ -394,16 +394,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows += bench_ig(module, x, b, gt, args.steps)
     if args.scvi:
         rows += bench_scvi(adata, args.scvi_epochs)
-    print(
+    print_table(
         f"CPU, torch {torch.__version__}, threads={args.threads}, batch={args.batch}, "
-        f"{args.genes} genes; median of {args.steps} steps; ratio = peer / attreg"
+        f"{args.genes} genes; median of {args.steps} steps; ratio = peer / attreg",
+        rows,
+        [
+            ("benchmark", "benchmark", "<17"),
+            ("variant", "variant", "<58"),
+            ("median_ms", "median ms", ">10.1f"),
+            ("peer_over_attreg", "peer/attreg", ">12.2f"),
+        ],
     )
-    print(f"{'benchmark':<17} {'variant':<58} {'median ms':>10} {'peer/attreg':>12}")
-    for r in rows:
-        print(
-            f"{r['benchmark']:<17} {r['variant']:<58} {r['median_ms']:>10.1f} "
-            f"{r['peer_over_attreg']:>12.2f}"
-        )
     write_json(rows, args.json)
     return rows
 

@@ -24,7 +24,7 @@ import sys
 import time
 
 import torch
-from _common import record, write_json
+from _common import print_table, record, write_json
 from torch import nn
 
 import attreg
@@ -141,22 +141,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     peak_rss_mb=peak_rss_mb(kind, batch, args) if args.memory else None,
                 )
             )
-    header = f"{'batch':>5} {'variant':<8} {'ms/step':>9} {'x plain':>8}"
-    header += f" {'peak RSS MB':>12}" if args.memory else ""
-    print(
+    columns = [
+        ("batch_size", "batch", ">5"),
+        ("variant", "variant", "<8"),
+        ("median_ms", "ms/step", ">9.2f"),
+        ("ratio_to_plain", "x plain", ">8.2f"),
+    ]
+    print_table(
         f"torch {torch.__version__}, threads={args.threads}, features={args.features}, "
         f"hidden={args.hidden}, latent={args.latent}, median of {args.steps} steps "
-        f"({args.ig_steps} for IG)"
+        f"({args.ig_steps} for IG)",
+        rows,
+        columns + ([("peak_rss_mb", "peak RSS MB", ">12.0f")] if args.memory else []),
     )
-    print(header)
-    for r in rows:
-        line = (
-            f"{r['batch_size']:>5} {r['variant']:<8} {r['median_ms']:>9.2f} "
-            f"{r['ratio_to_plain']:>8.2f}"
-        )
-        if args.memory:
-            line += f" {r['peak_rss_mb']:>12.0f}"
-        print(line)
     write_json(rows, args.json)
     return rows
 

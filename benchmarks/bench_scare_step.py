@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import torch
-from _common import record, write_json
+from _common import print_table, record, write_json
 
 import attreg
 import attreg_sc as asc
@@ -119,16 +119,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     n_steps=len(ts),
                 )
             )
-    print(
+    print_table(
         f"scARE step, synthetic {args.cells} x {args.genes}, 2 batches, device={args.device}, "
-        f"threads={args.threads}, torch {torch.__version__}"
+        f"threads={args.threads}, torch {torch.__version__}",
+        rows,
+        [
+            ("batch_size", "batch", ">5"),
+            ("variant", "variant", "<8"),
+            ("median_ms", "median ms", ">10.2f"),
+            ("ratio_to_plain", "x plain", ">8.2f"),
+            ("n_steps", "steps", ">6"),
+        ],
     )
-    print(f"{'batch':>5} {'variant':<8} {'median ms':>10} {'x plain':>8} {'steps':>6}")
-    for r in rows:
-        print(
-            f"{r['batch_size']:>5} {r['variant']:<8} {r['median_ms']:>10.2f} "
-            f"{r['ratio_to_plain']:>8.2f} {r['n_steps']:>6}"
-        )
     write_json(rows, args.json)
     return rows
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import median_ms, record, write_json
+from _common import median_ms, print_table, record, write_json
 
 import attreg
 from attreg_sc import special
@@ -80,13 +80,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     theta_grad_rel_err=errors.get(name),
                 )
             )
-    print(f"CPU, torch {torch.__version__}, threads={args.threads}, {args.genes} genes")
-    print(f"{'batch':>5} {'function':<27} {'median ms':>9} {'speedup':>7} {'grad err':>8}")
-    for r in rows:
-        speed = f"{r['speedup']:>7.2f}" if r["speedup"] else f"{'':>7}"
-        err = r["theta_grad_rel_err"]
-        err = f"{err:>8.1e}" if err is not None else ""
-        print(f"{r['batch_size']:>5} {r['variant']:<27} {r['median_ms']:>9.3f} {speed} {err}")
+    print_table(
+        f"CPU, torch {torch.__version__}, threads={args.threads}, {args.genes} genes",
+        rows,
+        [
+            ("batch_size", "batch", ">5"),
+            ("variant", "function", "<27"),
+            ("median_ms", "median ms", ">9.3f"),
+            ("speedup", "speedup", ">7.2f"),
+            ("theta_grad_rel_err", "grad err", ">8.1e"),
+        ],
+    )
     write_json(rows, args.json)
     return rows
 
