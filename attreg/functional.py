@@ -311,21 +311,27 @@ _ORDERED_BITS = {
 }
 
 
-def _row_min_max(mag: torch.Tensor):
-    """Row minima and maxima of a non-negative matrix with their (first) positions.
-
-    Reduces the float bits viewed as integers (same order for non-negative floats, same
-    result): on the CPU an integer arg-max is about twice as fast as a float one.
-    """
+def _ordered_bits(mag: torch.Tensor) -> torch.Tensor:
+    """``mag`` (non-negative floats) viewed as same-size integers where that keeps the
+    order (contiguous float16/32/64, bfloat16); otherwise ``mag`` itself. On the CPU
+    integer reductions are about twice as fast as float ones, with the same result."""
     bits_type = _ORDERED_BITS.get(mag.dtype)
-    if bits_type is None or not mag.is_contiguous():
-        lo, lo_idx = mag.min(dim=1, keepdim=True)
-        hi, hi_idx = mag.max(dim=1, keepdim=True)
-        return lo, lo_idx, hi, hi_idx
-    bits = mag.view(bits_type)
-    lo, lo_idx = bits.min(dim=1, keepdim=True)
-    hi, hi_idx = bits.max(dim=1, keepdim=True)
-    return lo.view(mag.dtype), lo_idx, hi.view(mag.dtype), hi_idx
+    return mag.view(bits_type) if bits_type is not None and mag.is_contiguous() else mag
+
+
+def _row_extremes(mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row minima and maxima of a non-negative matrix, values only (a value reduction is
+    5-10x faster than one that also returns positions)."""
+    bits = _ordered_bits(mag)
+    return bits.amin(dim=1, keepdim=True).view(mag.dtype), bits.amax(dim=1, keepdim=True).view(
+        mag.dtype
+    )
+
+
+def _may_be_nonzero(t: torch.Tensor) -> bool:
+    """``False`` only when ``t`` is known to be all zeros: checked on the CPU (cheap), never
+    on an accelerator (a device-to-host copy would stall the step)."""
+    return t.device.type != "cpu" or bool(t.any())
 
 
 class _AbsMinMaxMSE(torch.autograd.Function):
@@ -336,6 +342,12 @@ class _AbsMinMaxMSE(torch.autograd.Function):
     ``m``, which need only the row sums ``sum d`` and ``sum d s = sum d^2 + sum d gt``
     (the latter a matrix-vector product when ``gt`` is one vector).
 
+    The forward takes the extremes' values only; the backward finds the arg-max, and the
+    arg-min only for rows whose minimum is not zero: where ``|a|`` is 0 its gradient is
+    multiplied by ``sign(a) = 0`` (as in the composition's autograd), so the arg-min term
+    vanishes. Attributions of sparse data (``x - x'`` is 0 wherever both are) are zero
+    somewhere in nearly every row, which saves the slowest reduction of the step.
+
     Only the first derivative is provided (the loss is never differentiated twice); the
     graph of ``a`` itself (e.g. attributions built with ``create_graph=True``) is kept.
     """
@@ -343,28 +355,34 @@ class _AbsMinMaxMSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, gt: torch.Tensor, eps: float) -> torch.Tensor:
         mag = a.abs()
-        lo, lo_idx, hi, hi_idx = _row_min_max(mag)
+        lo, hi = _row_extremes(mag)
         span = hi - lo
         inv = torch.where(span > eps, 1.0 / span, torch.zeros_like(span))
+        nonzero_lo = _may_be_nonzero(lo)
+        if nonzero_lo:
+            mag.sub_(lo)  # m - lo (>= 0: same arg-max and arg-min positions as m)
         neg_gt = (-gt[0]).expand_as(gt) if gt.stride(0) == 0 else -gt
-        diff = torch.addcmul(neg_gt, mag.sub_(lo), inv)  # s - gt
+        diff = torch.addcmul(neg_gt, mag, inv)  # s - gt
         row_sq = torch.linalg.vector_norm(diff, dim=1, keepdim=True).square()
-        ctx.save_for_backward(a, gt, diff, row_sq, inv, lo_idx, hi_idx)
+        ctx.save_for_backward(a, gt, mag, diff, row_sq, inv, lo if nonzero_lo else None)
         return row_sq.sum() / diff.numel()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        a, gt, diff, row_sq, inv, lo_idx, hi_idx = ctx.saved_tensors
+        a, gt, shifted, diff, row_sq, inv, lo = ctx.saved_tensors
         c = grad_out * 2.0 / diff.numel()  # dL/ds = c d
         if gt.stride(0) == 0:  # one ground-truth vector for all rows
             d_gt = (diff @ gt[0]).unsqueeze(1)
         else:
             d_gt = (diff * gt).sum(dim=1, keepdim=True)
-        sum_r = c * diff.sum(dim=1, keepdim=True)  # sum_j dL/ds_j
         sum_rs = c * (row_sq + d_gt)  # sum_j dL/ds_j s_j
         grad = diff * (c * inv)
-        grad.scatter_add_(1, lo_idx, (sum_rs - sum_r) * inv)
-        grad.scatter_add_(1, hi_idx, -sum_rs * inv)
+        bits = _ordered_bits(shifted)  # (argmax/argmin are 2x slower than max/min here)
+        grad.scatter_add_(1, bits.max(dim=1, keepdim=True).indices, -sum_rs * inv)
+        if lo is not None:
+            sum_r = c * diff.sum(dim=1, keepdim=True)  # sum_j dL/ds_j
+            lo_idx = bits.min(dim=1, keepdim=True).indices
+            grad.scatter_add_(1, lo_idx, (sum_rs - sum_r) * inv)
         return grad.mul_(a.sign()), None, None
 
 

@@ -172,12 +172,26 @@ def test_fused_loss_gradcheck():
         elements=st.sampled_from([0.0, 0.5, 1.0, 2.5, 1e-30, 7.0, float("inf")]),
     )
 )
-def test_row_min_max_by_bits_equals_float_reductions(dtype, a):
-    from attreg.functional import _row_min_max
+def test_row_extremes_by_bits_equal_float_reductions(dtype, a):
+    from attreg.functional import _ordered_bits, _row_extremes
 
     mag = torch.from_numpy(a).to(dtype)
-    lo, lo_idx, hi, hi_idx = _row_min_max(mag)
-    ref_lo, ref_hi = mag.min(dim=1, keepdim=True), mag.max(dim=1, keepdim=True)
-    assert torch.equal(lo, ref_lo.values) and torch.equal(hi, ref_hi.values)
-    # the positions hold the extremes (with ties any one of them is a valid choice)
+    lo, hi = _row_extremes(mag)
+    assert torch.equal(lo, mag.amin(dim=1, keepdim=True))
+    assert torch.equal(hi, mag.amax(dim=1, keepdim=True))
+    # the positions the backward takes from the bits hold the extremes (any one of ties)
+    bits = _ordered_bits(mag)
+    lo_idx, hi_idx = bits.min(1, keepdim=True).indices, bits.max(1, keepdim=True).indices
     assert torch.equal(mag.gather(1, lo_idx), lo) and torch.equal(mag.gather(1, hi_idx), hi)
+
+
+def test_fused_loss_with_and_without_zero_minima():
+    """Rows whose smallest |a| is 0 (sparse data) skip the arg-min term, rows with a
+    positive minimum keep it: both equal the composition, alone and mixed."""
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(3, 40)) + np.sign(rng.normal(size=(3, 40))) * 0.5
+    sparse = np.where(rng.random((3, 40)) < 0.6, 0.0, rng.normal(size=(3, 40)))
+    gt = torch.from_numpy((rng.random(40) < 0.3).astype(np.float64))
+    for rows in (dense, sparse, np.vstack([dense, sparse])):
+        _assert_fused_equals_composition(torch.from_numpy(rows).requires_grad_(), gt)
+    assert (np.abs(dense).min(1) > 0).all() and (np.abs(sparse).min(1) == 0).all()

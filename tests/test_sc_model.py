@@ -439,3 +439,26 @@ def test_make_optimizer_fuses_adam_where_it_can():
         results.append(ps)
     for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_covariate_codes_equal_the_one_hot_product():
+    """Layers look the batch covariate up by code; the one-hot product gives the same
+    values and the same weight gradients (to second order, as the prior needs)."""
+    from attreg_sc.nn.layers import FCLayers
+
+    torch.manual_seed(0)
+    layer = FCLayers(7, 5, n_cat=3, dropout=0.0).double()
+    x = torch.randn(6, 7, dtype=torch.float64, requires_grad=True)
+    codes = torch.tensor([0, 2, 1, 2, 0, 1])
+    one_hot = torch.nn.functional.one_hot(codes, 3).double()
+
+    def second_order(cat):
+        out = layer(x, cat)
+        (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        return out, torch.autograd.grad(gx.square().sum(), layer.covariate.weight)[0]
+
+    (out_codes, g_codes), (out_hot, g_hot) = second_order(codes), second_order(one_hot)
+    assert torch.allclose(out_codes, out_hot, atol=1e-12)
+    assert torch.allclose(g_codes, g_hot, atol=1e-12) and g_codes.abs().sum() > 0
+    with pytest.raises(IndexError):
+        layer(x, torch.tensor([0, 1, 2, 3, 0, 1]))  # a code beyond the covariate width

@@ -90,7 +90,8 @@ def gradients_at(
     with torch.enable_grad():
         for start in range(0, repeats, per_chunk):
             stop = min(repeats, start + per_chunk)
-            chunk = points[start * n : stop * n]
+            # the whole stack when it is one chunk (a slice's backward zero-fills a copy)
+            chunk = points if per_chunk >= repeats else points[start * n : stop * n]
             if not create_graph:
                 chunk = chunk.detach()
             if not chunk.requires_grad:

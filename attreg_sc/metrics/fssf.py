@@ -328,9 +328,10 @@ class _ScareFirstLayer:
     def finish(self, h: torch.Tensor, batch: np.ndarray) -> np.ndarray:
         m = self.m
         h = h + self.b
-        cat = m.one_hot(torch.from_numpy(batch).to(self.device))
         if m.encoder.body.covariate is not None:
-            h = h + m.encoder.body.covariate(cat)
+            h = h + m.encoder.body.covariate_term(
+                m.batch_covariate(torch.from_numpy(batch).to(self.device))
+            )
         return m.encoder.mean(m.encoder.body.rest(h)).cpu().numpy()
 
 

@@ -109,9 +109,16 @@ class SCAREModule(nn.Module):
 
     # -- pieces ----------------------------------------------------------------------
     def one_hot(self, batch_index: torch.Tensor) -> torch.Tensor | None:
+        """The batch one-hot ``(n, n_batches)`` (``None`` with a single batch)."""
         if self.n_batches <= 1:
             return None
         return F.one_hot(batch_index.long(), self.n_batches).to(torch.get_default_dtype())
+
+    def batch_covariate(self, batch_index: torch.Tensor) -> torch.Tensor | None:
+        """What the layers take as the batch covariate: the integer codes, which they
+        look up as columns of their covariate weights (same values as the one-hot
+        product); ``None`` with a single batch."""
+        return None if self.n_batches <= 1 else batch_index.long()
 
     def encoder_input(self, counts: torch.Tensor) -> torch.Tensor:
         """The tensor that enters the encoder (and whose attributions the prior takes)."""
@@ -123,14 +130,14 @@ class SCAREModule(nn.Module):
     @torch.no_grad()
     def latent_mean(self, counts: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
         """``E[z | x, c]`` for a block of cells (no graph)."""
-        return self.encoder(self.encoder_input(counts), self.one_hot(batch_index))[0]
+        return self.encoder(self.encoder_input(counts), self.batch_covariate(batch_index))[0]
 
     def inference(
         self, counts: torch.Tensor, batch_index: torch.Tensor, x_in: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """``q(z, l | x, c)``: means, variances, samples and the log library size."""
         x_in = self.encoder_input(counts) if x_in is None else x_in
-        cat = self.one_hot(batch_index)
+        cat = self.batch_covariate(batch_index)
         h_first = self.encoder.body.first(x_in)
         qz_m, qz_v = self.encoder.from_first(h_first, cat)
         z = qz_m + qz_v.sqrt() * torch.randn_like(qz_m) if self.training else qz_m
@@ -149,7 +156,7 @@ class SCAREModule(nn.Module):
         self, z: torch.Tensor, log_library: torch.Tensor, batch_index: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """``p(x | z, l, c)``: NB mean ``rate``, inverse dispersion ``theta`` (+ ZI logits)."""
-        cat = self.one_hot(batch_index)
+        cat = self.batch_covariate(batch_index)
         out = self.decoder(z, cat)
         out["rate"] = torch.exp(log_library) * out["scale"]
         if self.dispersion == "gene":
@@ -235,21 +242,21 @@ class _EncoderMean(nn.Module):
         self.module_ = module
 
     def forward(self, x_in: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
-        return self.module_.encoder(x_in, self.module_.one_hot(batch_index))[0]
+        return self.module_.encoder(x_in, self.module_.batch_covariate(batch_index))[0]
 
 
 class _EncoderRest(_EncoderMean):
     """The encoder's mean after its first linear layer: ``(h_first, batch) -> qz_m``."""
 
     def forward(self, h_first: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
-        m = self.module_
-        return m.encoder.from_first(h_first, m.one_hot(batch_index))[0]
+        enc = self.module_.encoder  # the mean only: no variance head on the path points
+        return enc.mean(enc.body.after_first(h_first, self.module_.batch_covariate(batch_index)))
 
 
 class _LogReconstruction(_EncoderMean):
     def forward(self, x_in: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
         m = self.module_
-        cat = m.one_hot(batch_index)
+        cat = m.batch_covariate(batch_index)
         qz_m = m.encoder(x_in, cat)[0]
         if m.library_encoder is None:
             log_lib = torch.zeros(x_in.shape[0], 1, device=x_in.device, dtype=x_in.dtype)
