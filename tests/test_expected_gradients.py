@@ -114,3 +114,48 @@ def test_bad_references():
         eg.attribute(x, "dataset")
     with pytest.raises(ValueError, match="n_samples"):
         eg.attribute(x, n_samples=0)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("fast", [True, False])
+def test_k_draws_and_their_gradients_equal_a_per_draw_loop(k, fast):
+    """Attributions, and the gradients of a loss on them with respect to the parameters
+    and the inputs, equal a plain loop over the draws (same references and alphas)."""
+    from attreg import LinearPrefix
+    from attreg.attr.expected_gradients import batch_reference_index
+
+    torch.manual_seed(0)
+    model = LinearPrefix(
+        torch.nn.Linear(6, 5), torch.nn.Sequential(torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    ).double()
+    x = torch.rand(7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(7, 6, dtype=torch.float64)
+
+    def loss_and_grads(attr):
+        loss = (w * attr.square()).sum()
+        grads = torch.autograd.grad(loss, [x, *model.parameters()], materialize_grads=True)
+        return [attr.detach(), *grads]
+
+    eg = ExpectedGradients(model, differentiable=True, use_linear_prefix=fast)
+    ours = loss_and_grads(eg.attribute(x, n_samples=k, generator=torch.Generator().manual_seed(1)))
+    g = torch.Generator().manual_seed(1)
+    index = batch_reference_index(7, k, g, x.device)
+    alphas = torch.rand((k, 7), generator=g).double()  # drawn in float32, as attribute() does
+    terms = []
+    for s in range(k):
+        r = x[index[s]]
+        p = r + alphas[s].unsqueeze(1) * (x - r)
+        (grad,) = torch.autograd.grad(model(p).sum(), p, create_graph=True)
+        terms.append((x - r) * grad)
+    loop = loss_and_grads(torch.stack(terms).mean(0))
+    for a, b in zip(ours, loop, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_mean_of_products_is_twice_differentiable():
+    from attreg.attr.expected_gradients import _MeanOfProducts
+
+    d = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(_MeanOfProducts.apply, (d, g))
+    assert torch.allclose(_MeanOfProducts.apply(d, g), (d * g).mean(0), atol=1e-15)

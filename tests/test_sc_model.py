@@ -462,3 +462,22 @@ def test_covariate_codes_equal_the_one_hot_product():
     assert torch.allclose(g_codes, g_hot, atol=1e-12) and g_codes.abs().sum() > 0
     with pytest.raises(IndexError):
         layer(x, torch.tensor([0, 1, 2, 3, 0, 1]))  # a code beyond the covariate width
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keeps_units_with_probability_one_minus_p(p):
+    from attreg_sc.nn.layers import Dropout
+
+    torch.manual_seed(0)
+    layer = Dropout(p)
+    x = torch.rand(400, 500, requires_grad=True)
+    y = layer(x)
+    kept = y != 0
+    # 200,000 Bernoulli(1 - p) draws: the rate is within 5 standard errors of 1 - p
+    assert abs(float(kept.float().mean()) - (1 - p)) < 5 * (p * (1 - p) / kept.numel()) ** 0.5
+    assert torch.allclose(y[kept], x[kept] / (1 - p))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(g, kept.float() / (1 - p))  # the gradient is the scaled mask
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
