@@ -294,6 +294,8 @@ def aggregate(losses: list[torch.Tensor], mode: str = "sum") -> torch.Tensor:
     """
     if not losses:
         raise ValueError("no prior losses to aggregate.")
+    if mode == "sum" and len(losses) == 1:
+        return torch.as_tensor(losses[0]).reshape(())
     stacked = torch.stack([torch.as_tensor(v).reshape(()) for v in losses])
     if mode == "sum":
         return stacked.sum()

@@ -332,7 +332,7 @@ def _eg_linear_prefix(
             )
         h_r = _gather_rows(h_x, ref_index) if ref_index is not None else target.linear(refs)
         a = alphas.to(h_x.dtype).unsqueeze(-1)
-        points = (h_r + a * (h_x.unsqueeze(0) - h_r)).reshape(k * n, -1)
+        points = torch.lerp(h_r, h_x.expand_as(h_r), a).reshape(k * n, -1)  # h_r + a (h_x - h_r)
         g = gradients_at(
             target.rest,
             points,
