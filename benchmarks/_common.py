@@ -81,13 +81,14 @@ def record(
 
 def print_table(title: str, rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     """Print ``title`` and one line per record; ``columns`` are ``(key, header, format
-    spec)``, e.g. ``("median_ms", "median ms", ">10.2f")``; ``None`` values print blank."""
+    spec)``, e.g. ``("median_ms", "median ms", ">10.2f")``; ``None`` or absent values print
+    blank."""
     widths = [re.match(r"[<>^]?\d*", spec).group() for _, _, spec in columns]
     print(title)
     print(" ".join(f"{head:{w}}" for (_, head, _), w in zip(columns, widths, strict=True)))
     for r in rows:
         cells = [
-            f"{'':{w}}" if r[key] is None else format(r[key], spec)
+            f"{'':{w}}" if r.get(key) is None else format(r[key], spec)
             for (key, _, spec), w in zip(columns, widths, strict=True)
         ]
         print(" ".join(cells).rstrip())
