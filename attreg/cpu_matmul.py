@@ -35,7 +35,7 @@ import os
 import torch
 from torch import nn
 
-__all__ = ["Linear", "cpu_matmul_backend", "linear", "matmul", "set_cpu_matmul"]
+__all__ = ["Linear", "cpu_matmul_backend", "linear", "linear_mul", "matmul", "set_cpu_matmul"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,52 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     flat = x.reshape(-1, x.shape[-1])
     flat = _OneDNNLinear.apply(flat if flat.is_contiguous() else flat.contiguous(), weight, bias)
     return flat.reshape(*x.shape[:-1], weight.shape[0])
+
+
+class _OneDNNLinearMul(torch.autograd.Function):
+    """``(x @ weight.T) * other`` with the product's output multiplied in place by oneDNN
+    (one kernel: the product is never written out on its own). The backward is made of
+    :func:`linear` and products, so it is differentiable again."""
+
+    @staticmethod
+    def forward(ctx, x, weight, other):
+        ctx.save_for_backward(x, weight, other)
+        if x.dtype == torch.float32:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, None, "mul")
+        return torch.nn.functional.linear(x, weight) * other  # (tests run it in float64)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, other = ctx.saved_tensors
+        g_prod = grad * other
+        gx = linear(g_prod, weight.t()) if ctx.needs_input_grad[0] else None
+        gw = linear(g_prod.t(), x.t()) if ctx.needs_input_grad[1] else None
+        go = grad * linear(x, weight) if ctx.needs_input_grad[2] else None
+        return gx, gw, go
+
+
+def linear_mul(x: torch.Tensor, weight: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``linear(x, weight) * other`` for a 2-D ``x`` and ``other`` of the output's shape.
+
+    On the oneDNN path the multiplication is fused into the product (saves writing and
+    re-reading the ``rows x out_features`` product, e.g. ``(dF/dh) W`` before it is
+    multiplied by ``x - x'``); elsewhere it is the plain composition. Differentiable to
+    any order.
+    """
+    expected = (x.shape[0], weight.shape[0]) if x.ndim == 2 else None
+    fused = (
+        expected is not None
+        and tuple(other.shape) == expected
+        and other.dtype == torch.float32
+        and other.device.type == "cpu"
+        and other.is_contiguous()
+        and x.is_contiguous()
+        and _dense(weight)
+        and _use_onednn(x, weight)
+    )
+    if not fused:
+        return linear(x, weight) * other
+    return _OneDNNLinearMul.apply(x, weight, other)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

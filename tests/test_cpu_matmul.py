@@ -106,6 +106,51 @@ def test_matmul_batched_input_and_broadcast_gradient():
     assert torch.allclose(b.grad, a.detach().reshape(-1, 7).t() @ torch.ones(15, 11), atol=1e-4)
 
 
+@needs_onednn
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    k=st.integers(1, 30),
+    m=st.integers(1, 30),
+    transposed_weight=st.booleans(),
+    seed=st.integers(0, 99),
+)
+def test_linear_mul_matches_the_composition_to_second_order(n, k, m, transposed_weight, seed):
+    """``linear_mul(x, w, o) = linear(x, w) * o`` in one oneDNN kernel: values, gradients of
+    all three inputs, and a second-order gradient."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, k, generator=g).requires_grad_()
+    w = _matrix(m, k, "t" if transposed_weight else "c", g).detach().requires_grad_()
+    o = torch.randn(n, m, generator=g).requires_grad_()
+    with onednn_everywhere():
+        ours = cpu_matmul.linear_mul(x, w, o)
+        assert type(ours.grad_fn).__name__ == "_OneDNNLinearMulBackward"
+    ref = torch.nn.functional.linear(x, w) * o
+    assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-4)
+    v = torch.randn_like(ref)
+    with onednn_everywhere():
+        g1 = torch.autograd.grad((ours * v).sum(), (x, w, o), create_graph=True)
+        (g2,) = torch.autograd.grad((g1[0] ** 2).sum() + (g1[2] ** 2).sum(), w)
+    r1 = torch.autograd.grad((ref * v).sum(), (x, w, o), create_graph=True)
+    for a, c in zip(g1, r1, strict=True):
+        assert torch.allclose(a, c, atol=1e-4, rtol=1e-4)
+    (r2,) = torch.autograd.grad((r1[0] ** 2).sum() + (r1[2] ** 2).sum(), w)
+    assert torch.allclose(g2, r2, atol=1e-3, rtol=1e-4)
+
+
+def test_linear_mul_function_gradgradcheck_and_fallbacks():
+    """The fused function's backward formulas (run in float64, where its forward is the
+    composition), and the unfused fallbacks: float64 and a factor of another shape."""
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    o = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(cpu_matmul._OneDNNLinearMul.apply, (x, w, o))
+    assert type(cpu_matmul.linear_mul(x, w, o).grad_fn).__name__ == "MulBackward0"
+    row = torch.randn(1, 5)  # broadcast factor: the composition, same value
+    a, b = torch.randn(4, 3), torch.randn(5, 3)
+    assert torch.allclose(cpu_matmul.linear_mul(a, b, row), (a @ b.t()) * row, atol=1e-5)
+
+
 def test_other_dtypes_devices_and_backend_torch_use_torch(monkeypatch):
     monkeypatch.setattr(cpu_matmul, "MIN_MACS", 0)
     x64 = torch.randn(4, 3, dtype=torch.float64)
@@ -145,8 +190,10 @@ def test_linear_module_is_a_drop_in_for_nn_linear():
 
 
 @needs_onednn
-def test_eg_prior_gradients_equal_under_both_backends(monkeypatch):
-    """The LinearPrefix EG path: same attributions and parameter gradients either way."""
+@pytest.mark.parametrize("method", ["eg", "ig"])
+def test_prior_gradients_equal_under_both_backends(monkeypatch, method):
+    """The LinearPrefix EG and IG paths (with oneDNN: the input gradient times x - x' in
+    one fused product): same attributions and parameter gradients either way."""
     monkeypatch.setattr(cpu_matmul, "MIN_MACS", 0)
     torch.manual_seed(0)
     enc = attreg.LinearPrefix(nn.Linear(40, 16), nn.Sequential(nn.Tanh(), nn.Linear(16, 3)))
@@ -159,12 +206,14 @@ def test_eg_prior_gradients_equal_under_both_backends(monkeypatch):
         prior = attreg.AttributionPrior(
             enc,
             gt,
-            method="eg",
+            method=method,
             reparameterizer="abs_minmax",
             generator=torch.Generator().manual_seed(1),
         )
         loss = prior(x)
         loss.backward()
+        if backend == "onednn":  # (after the loss: this draws from the same generator)
+            assert type(prior.attributions(x).grad_fn).__name__ == "_OneDNNLinearMulBackward"
         grads = [
             torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in enc.parameters()
         ]

@@ -341,12 +341,15 @@ def _eg_linear_prefix(
             additional_forward_args=additional_forward_args,
             create_graph=create_graph,
         ).reshape(k, n, -1)
-        grad_x = target.input_gradient(g)
-    if not multiply_by_inputs:
-        delta = None
-    elif ref_index is not None:
-        delta = _batch_differences(inputs, ref_index)
-    else:
-        delta = _differences(inputs, refs)
-    out = _average_terms(grad_x, delta)
+        if not multiply_by_inputs:
+            delta = None
+        elif ref_index is not None:
+            delta = _batch_differences(inputs, ref_index)
+        else:
+            delta = _differences(inputs, refs)
+        if k == 1 and delta is not None and inputs.ndim == 2:
+            # one draw: (dF/dh) W times x - x' in one fused product
+            out = target.input_gradient_times(g.squeeze(0), delta.squeeze(0))
+        else:
+            out = _average_terms(target.input_gradient(g), delta)
     return out if create_graph else out.detach()

@@ -162,9 +162,15 @@ class IntegratedGradients(Attribution):
                     create_graph=self.differentiable,
                     internal_batch_size=internal_batch_size,
                 ).reshape(n_steps, n, -1)
-                avg_grad = target.input_gradient((weights.view(n_steps, 1, 1) * g).sum(dim=0))
+                hidden = (weights.view(n_steps, 1, 1) * g).sum(dim=0)
+                # (x - x') * (sum_s w_s g_s) W in one fused product
+                attr = (
+                    target.input_gradient_times(hidden, delta)
+                    if self.multiply_by_inputs
+                    else target.input_gradient(hidden)
+                )
             if not self.differentiable:
-                avg_grad = avg_grad.detach()
+                attr = attr.detach()
         else:
             points = (base.unsqueeze(0) + alphas.view(shape) * delta.unsqueeze(0)).reshape(
                 n_steps * n, *inputs.shape[1:]
@@ -179,7 +185,7 @@ class IntegratedGradients(Attribution):
                 internal_batch_size=internal_batch_size,
             ).reshape(n_steps, *inputs.shape)
             avg_grad = (weights.view(shape) * grads).sum(dim=0)
-        attr = delta * avg_grad if self.multiply_by_inputs else avg_grad
+            attr = delta * avg_grad if self.multiply_by_inputs else avg_grad
         if not return_convergence_delta:
             return attr
         with torch.no_grad():

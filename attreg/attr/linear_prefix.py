@@ -70,3 +70,10 @@ class LinearPrefix(nn.Module):
     def input_gradient(self, hidden_gradient: torch.Tensor) -> torch.Tensor:
         """``dF/dx = (dF/dh) W`` for hidden gradients of shape ``(..., n_hidden)``."""
         return cpu_matmul.matmul(hidden_gradient, self.linear.weight)
+
+    def input_gradient_times(
+        self, hidden_gradient: torch.Tensor, factor: torch.Tensor
+    ) -> torch.Tensor:
+        """``((dF/dh) W) * factor`` for ``(n, n_hidden)`` hidden gradients and an ``(n,
+        n_features)`` factor (``x - x'`` in EG/IG), fused into one product on the CPU."""
+        return cpu_matmul.linear_mul(hidden_gradient, self.linear.weight.t(), factor)
