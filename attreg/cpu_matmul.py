@@ -218,6 +218,12 @@ def linear_mul(x: torch.Tensor, weight: torch.Tensor, other: torch.Tensor) -> to
     re-reading the ``rows x out_features`` product, e.g. ``(dF/dh) W`` before it is
     multiplied by ``x - x'``); elsewhere it is the plain composition. Differentiable to
     any order.
+
+    Examples
+    --------
+    >>> x, w, o = torch.randn(64, 32), torch.randn(300, 32), torch.randn(64, 300)
+    >>> torch.allclose(linear_mul(x, w, o), (x @ w.T) * o, atol=1e-4)
+    True
     """
     expected = (x.shape[0], weight.shape[0]) if x.ndim == 2 else None
     fused = (
