@@ -225,10 +225,9 @@ def linear_mul(x: torch.Tensor, weight: torch.Tensor, other: torch.Tensor) -> to
     >>> torch.allclose(linear_mul(x, w, o), (x @ w.T) * o, atol=1e-4)
     True
     """
-    expected = (x.shape[0], weight.shape[0]) if x.ndim == 2 else None
     fused = (
-        expected is not None
-        and tuple(other.shape) == expected
+        x.ndim == 2
+        and other.shape == (x.shape[0], weight.shape[0])
         and other.dtype == torch.float32
         and other.device.type == "cpu"
         and other.is_contiguous()

@@ -71,16 +71,16 @@ class _MeanOfProducts(torch.autograd.Function):
         ctx.save_for_backward(
             d if ctx.needs_input_grad[1] else None, g if ctx.needs_input_grad[0] else None
         )
+        ctx.k = d.shape[0]
         out = d[0] * g[0]
-        for s in range(1, d.shape[0]):
+        for s in range(1, ctx.k):
             out.addcmul_(d[s], g[s])
-        return out.div_(d.shape[0]) if d.shape[0] > 1 else out
+        return out.div_(ctx.k) if ctx.k > 1 else out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         d, g = ctx.saved_tensors
-        k = (d if d is not None else g).shape[0]
-        scaled = (grad / k if k > 1 else grad).unsqueeze(0)
+        scaled = (grad / ctx.k if ctx.k > 1 else grad).unsqueeze(0)
         return (
             g * scaled if ctx.needs_input_grad[0] else None,
             d * scaled if ctx.needs_input_grad[1] else None,
@@ -347,7 +347,7 @@ def _eg_linear_prefix(
             delta = _batch_differences(inputs, ref_index)
         else:
             delta = _differences(inputs, refs)
-        if k == 1 and delta is not None and inputs.ndim == 2:
+        if k == 1 and delta is not None:
             # one draw: (dF/dh) W times x - x' in one fused product
             out = target.input_gradient_times(g.squeeze(0), delta.squeeze(0))
         else:

@@ -327,12 +327,8 @@ class _ScareFirstLayer:
     @torch.no_grad()
     def finish(self, h: torch.Tensor, batch: np.ndarray) -> np.ndarray:
         m = self.m
-        h = h + self.b
-        if m.encoder.body.covariate is not None:
-            h = h + m.encoder.body.covariate_term(
-                m.batch_covariate(torch.from_numpy(batch).to(self.device))
-            )
-        return m.encoder.mean(m.encoder.body.rest(h)).cpu().numpy()
+        codes = m.batch_covariate(torch.from_numpy(batch).to(self.device))
+        return m.encoder.mean_from_first(h + self.b, codes).cpu().numpy()
 
 
 def fssf(

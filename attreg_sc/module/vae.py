@@ -249,8 +249,8 @@ class _EncoderRest(_EncoderMean):
     """The encoder's mean after its first linear layer: ``(h_first, batch) -> qz_m``."""
 
     def forward(self, h_first: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
-        enc = self.module_.encoder  # the mean only: no variance head on the path points
-        return enc.mean(enc.body.after_first(h_first, self.module_.batch_covariate(batch_index)))
+        m = self.module_
+        return m.encoder.mean_from_first(h_first, m.batch_covariate(batch_index))
 
 
 class _LogReconstruction(_EncoderMean):

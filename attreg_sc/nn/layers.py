@@ -34,10 +34,8 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.inplace:
+        if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu" or self.inplace:
             return super().forward(x)
-        if self.p == 1.0:
-            return x * 0.0
         keep = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
         return x * keep
 
@@ -129,6 +127,12 @@ class Encoder(nn.Module):
         """``(mean, var)`` from the first linear layer's output ``body.first(x)``."""
         h = self.body.after_first(h_first, cat)
         return self.mean(h), torch.exp(self.log_var(h)) + self.var_eps
+
+    def mean_from_first(
+        self, h_first: torch.Tensor, cat: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The mean only (no variance head) from the first linear layer's output."""
+        return self.mean(self.body.after_first(h_first, cat))
 
 
 class LibraryEncoder(Encoder):
