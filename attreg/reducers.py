@@ -62,6 +62,15 @@ class Reducer:
     def reduce(self, out: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def output_weights(self, n_outputs: int) -> torch.Tensor | None:
+        """``w`` with ``F(out) = out @ w`` for a 2-D output ``(n, n_outputs)`` when the
+        reduction is that linear map (and no output is selected); else ``None``.
+
+        A forward function with a closed-form gradient (see
+        :func:`attreg.attr.gradients_at`) needs ``dF/dout = w`` to be one constant vector.
+        """
+        return None
+
     def __call__(self, out: Any) -> torch.Tensor:
         return self.reduce(self.select(out))
 
@@ -80,12 +89,18 @@ class Sum(Reducer):
     def reduce(self, out: torch.Tensor) -> torch.Tensor:
         return _flat(out).sum(dim=1)
 
+    def output_weights(self, n_outputs: int) -> torch.Tensor | None:
+        return torch.ones(n_outputs) if self.output is None else None
+
 
 class Mean(Reducer):
     """Mean over all non-batch dimensions."""
 
     def reduce(self, out: torch.Tensor) -> torch.Tensor:
         return _flat(out).mean(dim=1)
+
+    def output_weights(self, n_outputs: int) -> torch.Tensor | None:
+        return torch.full((n_outputs,), 1.0 / n_outputs) if self.output is None else None
 
 
 class L2Norm(Reducer):
@@ -111,6 +126,12 @@ class Index(Reducer):
         sel = out[:, self.index]
         return sel if isinstance(self.index, int) and sel.ndim == 1 else _flat(sel).sum(dim=1)
 
+    def output_weights(self, n_outputs: int) -> torch.Tensor | None:
+        if self.output is not None:
+            return None
+        units = torch.arange(n_outputs)[self.index]  # IndexError where reduce() would fail
+        return torch.zeros(n_outputs).index_add_(0, units.reshape(-1), torch.ones(units.numel()))
+
 
 class TargetReducer(Reducer):
     """Captum's ``target``: one output unit per sample (an int or a tensor ``(n,)``)."""
@@ -130,6 +151,11 @@ class TargetReducer(Reducer):
                 f"steps/samples) has {out.shape[0]}; give one target per input sample."
             )
         return out.gather(1, target.long().unsqueeze(1)).squeeze(1)
+
+    def output_weights(self, n_outputs: int) -> torch.Tensor | None:
+        if self.output is not None or not isinstance(self.target, int):
+            return None  # a target per sample is no single weight vector
+        return torch.zeros(n_outputs).index_fill_(0, torch.tensor([self.target]), 1.0)
 
 
 class CallableReducer(Reducer):

@@ -2,6 +2,7 @@
 ``Method(forward_func, ...).attribute(inputs, ...)``."""
 
 from attreg.attr._base import Attribution
+from attreg.attr._gradients import gradients_at
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
@@ -16,5 +17,6 @@ __all__ = [
     "InputXGradient",
     "LinearPrefix",
     "QUADRATURE_RULES",
+    "gradients_at",
     "quadrature",
 ]

@@ -4,6 +4,13 @@ Samples must be independent (no BatchNorm in train mode): then the gradient of
 ``sum_i F(x_i)`` with respect to the stacked points equals the per-sample gradients
 ``dF(x_i)/dx_i`` (what ``torch.func.vmap(torch.func.grad(F))`` computes), at the cost
 of one forward and one backward pass for the whole stack.
+
+A forward function may also know its gradient in closed form: an object with a method
+``reduced_gradient(points, reducer, *args, create_graph) -> Tensor | None`` returns
+``dF/dpoints`` itself (with its graph to the parameters when ``create_graph``), or
+``None`` where it cannot (an unsupported reducer or architecture), and ``gradients_at``
+then uses autograd. attreg_sc's encoder does this for its LayerNorm -> ReLU -> Dropout
+block (a handful of row operations instead of an autograd graph differentiated twice).
 """
 
 from __future__ import annotations
@@ -86,6 +93,13 @@ def gradients_at(
         if internal_batch_size < 1:
             raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}.")
         per_chunk = max(1, internal_batch_size // n)
+    closed_form = getattr(forward_func, "reduced_gradient", None)
+    if closed_form is not None and per_chunk >= repeats:
+        args = expand_additional_args(additional_forward_args, n, repeats)
+        with torch.enable_grad() if create_graph else torch.no_grad():
+            grad = closed_form(points, reducer, *args, create_graph=create_graph)
+        if grad is not None:
+            return grad if create_graph else grad.detach()
     grads = []
     with torch.enable_grad():
         for start in range(0, repeats, per_chunk):

@@ -252,6 +252,23 @@ class _EncoderRest(_EncoderMean):
         m = self.module_
         return m.encoder.mean_from_first(h_first, m.batch_covariate(batch_index))
 
+    def reduced_gradient(
+        self,
+        h_first: torch.Tensor,
+        reducer: Callable,
+        batch_index: torch.Tensor,
+        *,
+        create_graph: bool = False,
+    ) -> torch.Tensor | None:
+        """``dF/dh_first`` in closed form for a linear reducer (sum, mean, unit) and a
+        one-block encoder; ``None`` otherwise (see :func:`attreg.attr.gradients_at`)."""
+        output_weights = getattr(reducer, "output_weights", None)
+        weights = None if output_weights is None else output_weights(self.module_.n_latent)
+        if weights is None:
+            return None
+        m = self.module_
+        return m.encoder.mean_gradient_from_first(h_first, weights, m.batch_covariate(batch_index))
+
 
 class _LogReconstruction(_EncoderMean):
     def forward(self, x_in: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from attreg import cpu_matmul
+from attreg_sc.nn.closed_form_gradient import norm_relu_input_gradient
 
 __all__ = ["Dropout", "FCLayers", "Encoder", "LibraryEncoder", "Decoder"]
 
@@ -36,8 +37,16 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu" or self.inplace:
             return super().forward(x)
-        keep = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-        return x * keep
+        return x * self.mask_like(x)
+
+    def mask_like(self, x: torch.Tensor) -> torch.Tensor | None:
+        """A fresh scaled mask for ``x`` (``x * mask`` is this layer's output, drawn as on
+        the CPU on every device), or ``None`` where the layer is the identity (eval, p = 0)."""
+        if not self.training or self.p == 0.0:
+            return None
+        if self.p == 1.0:
+            return torch.zeros_like(x)
+        return (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 class FCLayers(nn.Module):
@@ -133,6 +142,37 @@ class Encoder(nn.Module):
     ) -> torch.Tensor:
         """The mean only (no variance head) from the first linear layer's output."""
         return self.mean(self.body.after_first(h_first, cat))
+
+    def mean_gradient_from_first(
+        self, h_first: torch.Tensor, weights: torch.Tensor, cat: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """``dF/dh_first`` of ``F = mean_from_first(h_first, cat) @ weights``, row by row, in
+        closed form (:mod:`attreg_sc.nn.closed_form_gradient`; with the graph to the
+        parameters where grad mode is on), or ``None`` where the body is not one
+        LayerNorm -> ReLU -> Dropout block (then use autograd)."""
+        rest = self.body.rest
+        if len(rest) != 3 or not (
+            isinstance(rest[0], nn.LayerNorm)
+            and rest[0].elementwise_affine
+            and rest[0].weight is not None
+            and rest[0].bias is not None
+            and isinstance(rest[1], nn.ReLU)
+            and isinstance(rest[2], Dropout)
+            and not rest[2].inplace
+        ):
+            return None
+        norm = rest[0]
+        h = h_first
+        if self.body.covariate is not None:
+            if cat is None:
+                raise ValueError(
+                    "this layer was built with covariates; pass the batch codes or one-hot."
+                )
+            h = h + self.body.covariate_term(cat)
+        c = weights.to(self.mean.weight) @ self.mean.weight
+        return norm_relu_input_gradient(
+            h, norm.weight, norm.bias, c, rest[2].mask_like(h), eps=norm.eps
+        )
 
 
 class LibraryEncoder(Encoder):

@@ -1,0 +1,214 @@
+"""The encoder's closed-form input gradient equals autograd's, to the second order."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import attreg
+from attreg import functional as AF
+from attreg.attr import gradients_at
+from attreg.reducers import CallableReducer, Index, L2Norm, Mean, Sum, TargetReducer
+from attreg_sc.module import SCAREModule
+from attreg_sc.module import vae as vae_module
+from attreg_sc.nn.closed_form_gradient import NormReLUInputGradient, norm_relu_input_gradient
+
+
+def _autograd_input_gradient(h, gamma, beta, c, drop, eps):
+    y = torch.nn.functional.layer_norm(h, (h.shape[-1],), gamma, beta, eps)
+    out = torch.relu(y) if drop is None else torch.relu(y) * drop
+    (g,) = torch.autograd.grad((out @ c).sum(), h, create_graph=True)
+    return g
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 6),
+    width=st.integers(2, 9),
+    seed=st.integers(0, 2**16),
+    with_dropout=st.booleans(),
+)
+def test_closed_form_equals_autograd_values_and_vjps(n, width, seed, with_dropout):
+    """Value and vector-Jacobian products (h, gamma, c) equal autograd's on the composition."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, width, generator=g, dtype=torch.float64, requires_grad=True)
+    gamma = torch.randn(width, generator=g, dtype=torch.float64, requires_grad=True)
+    beta = 0.5 * torch.randn(width, generator=g, dtype=torch.float64)
+    c = torch.randn(width, generator=g, dtype=torch.float64, requires_grad=True)
+    drop = (torch.rand(n, width, generator=g) > 0.3).double() / 0.7 if with_dropout else None
+    cotangent = torch.randn(n, width, generator=g, dtype=torch.float64)
+
+    auto = _autograd_input_gradient(h, gamma, beta, c, drop, 1e-5)
+    closed = norm_relu_input_gradient(h, gamma, beta, c, drop, 1e-5)
+    assert torch.allclose(closed, auto, atol=1e-10)
+    vjp_auto = torch.autograd.grad((auto * cotangent).sum(), (h, gamma, c), allow_unused=True)
+    vjp_closed = torch.autograd.grad((closed * cotangent).sum(), (h, gamma, c))
+    for a, b in zip(vjp_auto, vjp_closed, strict=True):
+        assert torch.allclose(b, torch.zeros_like(b) if a is None else a, atol=1e-9)
+
+
+def test_closed_form_passes_gradcheck_and_is_differentiable_once():
+    torch.manual_seed(0)
+    h = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    gamma = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    beta = 0.3 * torch.randn(7, dtype=torch.float64)
+    drop = (torch.rand(5, 7) > 0.2).double() / 0.8
+
+    def fn(h, gamma, c):
+        return NormReLUInputGradient.apply(h, gamma, beta, c, drop, 1e-5)
+
+    assert torch.autograd.gradcheck(fn, (h, gamma, c))
+    out = fn(h, gamma, c)
+    (gh,) = torch.autograd.grad(out.square().sum(), h, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gh.sum().backward()  # a third derivative is refused, not silently wrong
+
+
+def _module(n_layers=1, dropout=0.2, n_batches=2):
+    torch.manual_seed(0)
+    return (
+        SCAREModule(
+            n_genes=30,
+            n_batches=n_batches,
+            n_hidden=12,
+            n_latent=4,
+            n_layers=n_layers,
+            dropout=dropout,
+        )
+        .double()
+        .train()
+    )
+
+
+@pytest.mark.parametrize("reducer", [Sum(), Mean(), Index(2), Index([0, 3, 3]), TargetReducer(1)])
+@pytest.mark.parametrize(
+    ("dropout", "train"), [(0.2, True), (0.2, False), (0.0, True), (1.0, True)]
+)
+def test_encoder_mean_gradient_equals_autograd(reducer, dropout, train):
+    """Same dropout draws (the same RNG calls in the same order), same gradient and the
+    same second-order parameter gradients as autograd through ``mean_from_first``."""
+    module = _module(dropout=dropout).train(train)
+    enc = module.encoder
+    h = torch.randn(8, 12, dtype=torch.float64, requires_grad=True)
+    codes = torch.tensor([0, 1] * 4)
+    weights = reducer.output_weights(4)
+    params = [
+        enc.body.first.bias,
+        enc.body.covariate.weight,
+        enc.body.rest[0].weight,
+        enc.mean.weight,
+    ]
+
+    torch.manual_seed(1)
+    out = enc.mean_from_first(h, codes)
+    (auto,) = torch.autograd.grad(reducer(out).sum(), h, create_graph=True)
+    torch.manual_seed(1)
+    closed = enc.mean_gradient_from_first(h, weights, codes)
+    assert torch.allclose(closed, auto, atol=1e-10)
+    loss_auto, loss_closed = auto.square().sum(), closed.square().sum()
+    for a, b in zip(
+        torch.autograd.grad(loss_auto, [h, *params], allow_unused=True),
+        torch.autograd.grad(loss_closed, [h, *params], allow_unused=True),
+        strict=True,
+    ):
+        if a is None:
+            assert b is None or not b.any()
+        else:
+            assert torch.allclose(a, b, atol=1e-9)
+            assert a.abs().sum() > 0 or dropout == 1.0
+
+
+def test_encoder_without_the_one_block_shape_falls_back_to_autograd():
+    deep = _module(n_layers=2)
+    h = torch.randn(3, 12, dtype=torch.float64)
+    assert deep.encoder.mean_gradient_from_first(h, torch.ones(4), torch.tensor([0, 1, 0])) is None
+    rest = deep.attribution_target("encoder").rest
+    assert rest.reduced_gradient(h, Sum(), torch.tensor([0, 1, 0])) is None
+    shallow = _module().attribution_target("encoder").rest
+    for reducer in (
+        L2Norm(),
+        CallableReducer(lambda o: o.sum(1)),
+        Sum(output=0),
+        TargetReducer(torch.tensor([0, 1, 2])),
+    ):
+        assert shallow.reduced_gradient(h, reducer, torch.tensor([0, 1, 0])) is None
+
+
+@pytest.mark.parametrize(
+    "reducer", [Sum(), Mean(), Index(slice(1, 3)), Index(-1), TargetReducer(2)]
+)
+def test_output_weights_reproduce_the_reduction(reducer):
+    out = torch.randn(6, 5, dtype=torch.float64)
+    w = reducer.output_weights(5).double()
+    assert torch.allclose(out @ w, reducer(out))
+
+
+@pytest.mark.parametrize("method", ["eg", "ig"])
+@pytest.mark.parametrize("create_graph", [True, False])
+def test_attributions_and_parameter_gradients_equal_with_and_without_closed_form(
+    method, create_graph, monkeypatch
+):
+    """EG (k = 3) and IG on scARE's encoder: the closed form changes nothing but the cost."""
+    module = _module(dropout=0.1)
+    target = module.attribution_target("encoder")
+    x = torch.rand(10, 30, dtype=torch.float64) * 3
+    b = torch.tensor([0, 1] * 5)
+    gt = (torch.arange(30) < 8).double()
+
+    def run():
+        torch.manual_seed(3)
+        if method == "eg":
+            eg = attreg.ExpectedGradients(target, differentiable=create_graph)
+            a = eg.attribute(
+                x,
+                additional_forward_args=(b,),
+                n_samples=3,
+                generator=torch.Generator().manual_seed(0),
+            )
+        else:
+            ig = attreg.IntegratedGradients(target, differentiable=create_graph)
+            a = ig.attribute(x, additional_forward_args=(b,), n_steps=5)
+        if not create_graph:
+            return a, []
+        loss = AF.abs_minmax_mse_loss(a, gt)
+        params = [p for p in module.encoder.parameters()]
+        return a, torch.autograd.grad(loss, params, allow_unused=True)
+
+    a_closed, g_closed = run()
+    monkeypatch.delattr(vae_module._EncoderRest, "reduced_gradient")
+    a_auto, g_auto = run()
+    assert a_closed.requires_grad == create_graph
+    assert torch.allclose(a_closed, a_auto, atol=1e-10) and a_auto.abs().sum() > 0
+    for x_c, x_a in zip(g_closed, g_auto, strict=True):
+        if x_a is None or x_c is None:
+            assert (x_a is None or not x_a.any()) and (x_c is None or not x_c.any())
+        else:
+            assert torch.allclose(x_c, x_a, atol=1e-9)
+
+
+def test_gradients_at_uses_a_reduced_gradient_and_falls_back_on_none():
+    calls = []
+
+    class Quadratic(torch.nn.Module):
+        def __init__(self, answer):
+            super().__init__()
+            self.answer = answer
+
+        def forward(self, x):
+            return x.square()
+
+        def reduced_gradient(self, points, reducer, *, create_graph):
+            calls.append(create_graph)
+            return None if self.answer is None else 2 * points
+
+    x = torch.randn(4, 3)
+    for answer in (None, "closed"):
+        got = gradients_at(Quadratic(answer), x, Sum(), n=4)
+        assert torch.allclose(got, 2 * x)
+    assert calls == [False, False]
+    # chunks (internal_batch_size) bypass the closed form
+    assert torch.allclose(
+        gradients_at(Quadratic("closed"), x, Sum(), n=2, internal_batch_size=2), 2 * x
+    )
+    assert calls == [False, False]
