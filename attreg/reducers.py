@@ -155,7 +155,7 @@ class TargetReducer(Reducer):
     def output_weights(self, n_outputs: int) -> torch.Tensor | None:
         if self.output is not None or not isinstance(self.target, int):
             return None  # a target per sample is no single weight vector
-        return torch.zeros(n_outputs).index_fill_(0, torch.tensor([self.target]), 1.0)
+        return torch.zeros(n_outputs).index_fill_(0, torch.arange(n_outputs)[[self.target]], 1.0)
 
 
 class CallableReducer(Reducer):

@@ -136,7 +136,7 @@ def test_encoder_without_the_one_block_shape_falls_back_to_autograd():
 
 
 @pytest.mark.parametrize(
-    "reducer", [Sum(), Mean(), Index(slice(1, 3)), Index(-1), TargetReducer(2)]
+    "reducer", [Sum(), Mean(), Index(slice(1, 3)), Index(-1), TargetReducer(2), TargetReducer(-1)]
 )
 def test_output_weights_reproduce_the_reduction(reducer):
     out = torch.randn(6, 5, dtype=torch.float64)

@@ -82,7 +82,21 @@ def gradients_at(
         with respect to the model parameters (``True`` while training a prior).
     internal_batch_size
         At most this many rows per forward/backward pass (rounded to whole repeats of
-        ``n``, at least one repeat); ``None`` processes all rows at once.
+        ``n``, at least one repeat); ``None`` processes all rows at once. Chunked calls
+        always use autograd.
+
+    Returns
+    -------
+    torch.Tensor
+        ``dF/dpoints``, shaped like ``points``.
+
+    Examples
+    --------
+    >>> from attreg.reducers import Sum
+    >>> points = torch.randn(6, 3)            # two repeats of n = 3 samples
+    >>> g = gradients_at(lambda x: x.square(), points, Sum(), n=3)
+    >>> torch.allclose(g, 2 * points)
+    True
     """
     total = points.shape[0]
     if total % n:
