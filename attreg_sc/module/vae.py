@@ -262,11 +262,11 @@ class _EncoderRest(_EncoderMean):
     ) -> torch.Tensor | None:
         """``dF/dh_first`` in closed form for a linear reducer (sum, mean, unit) and a
         one-block encoder; ``None`` otherwise (see :func:`attreg.attr.gradients_at`)."""
+        m = self.module_
         output_weights = getattr(reducer, "output_weights", None)
-        weights = None if output_weights is None else output_weights(self.module_.n_latent)
+        weights = None if output_weights is None else output_weights(m.n_latent)
         if weights is None:
             return None
-        m = self.module_
         return m.encoder.mean_gradient_from_first(h_first, weights, m.batch_covariate(batch_index))
 
 

@@ -47,8 +47,9 @@ class NormReLUInputGradient(torch.autograd.Function):
         u = gate * (c * gamma)
         u_mean = _row_mean(u)
         m = _row_mean(u * xhat)
-        grad = (u - u_mean).sub_(xhat * m).mul_(rstd)
-        ctx.save_for_backward(xhat, rstd, gate, u.sub_(u_mean), m, grad, gamma, c)
+        u_centered = u.sub_(u_mean)
+        grad = (xhat * m).neg_().add_(u_centered).mul_(rstd)  # r (u - mean u - xhat m)
+        ctx.save_for_backward(xhat, rstd, gate, u_centered, m, grad, gamma, c)
         return grad
 
     @staticmethod

@@ -89,13 +89,35 @@ class FCLayers(nn.Module):
 
     def after_first(self, h: torch.Tensor, cat: torch.Tensor | None = None) -> torch.Tensor:
         """The block from the output ``h = first(x)`` of the first linear layer on."""
-        if self.covariate is not None:
-            if cat is None:
-                raise ValueError(
-                    "this layer was built with covariates; pass the batch codes or one-hot."
-                )
-            h = h + self.covariate_term(cat)
-        return self.rest(h)
+        return self.rest(self.with_covariate(h, cat))
+
+    def with_covariate(self, h: torch.Tensor, cat: torch.Tensor | None = None) -> torch.Tensor:
+        """``h + W_c c``: the first layer's output with the covariate term added (``h``
+        itself for a layer built without covariates)."""
+        if self.covariate is None:
+            return h
+        if cat is None:
+            raise ValueError(
+                "this layer was built with covariates; pass the batch codes or one-hot."
+            )
+        return h + self.covariate_term(cat)
+
+    def single_block(self) -> tuple[nn.LayerNorm, Dropout] | None:
+        """``(norm, dropout)`` when the part after the first layer is exactly one affine
+        LayerNorm -> ReLU -> (this module's, not in-place) Dropout block, else ``None``."""
+        if len(self.rest) != 3:
+            return None
+        norm, relu, dropout = self.rest
+        if (
+            isinstance(norm, nn.LayerNorm)
+            and norm.weight is not None
+            and norm.bias is not None
+            and isinstance(relu, nn.ReLU)
+            and isinstance(dropout, Dropout)
+            and not dropout.inplace
+        ):
+            return norm, dropout
+        return None
 
     def covariate_term(self, cat: torch.Tensor) -> torch.Tensor:
         """``W_c c`` for a one-hot (or any float) matrix ``c``, or for integer codes ``b``
@@ -150,28 +172,14 @@ class Encoder(nn.Module):
         closed form (:mod:`attreg_sc.nn.closed_form_gradient`; with the graph to the
         parameters where grad mode is on), or ``None`` where the body is not one
         LayerNorm -> ReLU -> Dropout block (then use autograd)."""
-        rest = self.body.rest
-        if len(rest) != 3 or not (
-            isinstance(rest[0], nn.LayerNorm)
-            and rest[0].elementwise_affine
-            and rest[0].weight is not None
-            and rest[0].bias is not None
-            and isinstance(rest[1], nn.ReLU)
-            and isinstance(rest[2], Dropout)
-            and not rest[2].inplace
-        ):
+        block = self.body.single_block()
+        if block is None:
             return None
-        norm = rest[0]
-        h = h_first
-        if self.body.covariate is not None:
-            if cat is None:
-                raise ValueError(
-                    "this layer was built with covariates; pass the batch codes or one-hot."
-                )
-            h = h + self.body.covariate_term(cat)
+        norm, dropout = block
+        h = self.body.with_covariate(h_first, cat)
         c = weights.to(self.mean.weight) @ self.mean.weight
         return norm_relu_input_gradient(
-            h, norm.weight, norm.bias, c, rest[2].mask_like(h), eps=norm.eps
+            h, norm.weight, norm.bias, c, dropout.mask_like(h), norm.eps
         )
 
 
