@@ -15,7 +15,7 @@ Examples
 >>> loss.backward()
 """
 
-from attreg import cpu_matmul, functional, losses, reducers, reparameterizers
+from attreg import cpu_matmul, functional, losses, reducers, reparameterizers, transfer
 from attreg._validation import validate_ground_truth
 from attreg.attr import (
     Attribution,
@@ -47,5 +47,6 @@ __all__ = [
     "reparameterizers",
     "retain_freed_cpu_memory",
     "set_cpu_matmul",
+    "transfer",
     "validate_ground_truth",
 ]

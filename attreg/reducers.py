@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from attreg.transfer import to_device
+
 __all__ = [
     "Reducer",
     "Sum",
@@ -62,12 +64,15 @@ class Reducer:
     def reduce(self, out: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def output_weights(self, n_outputs: int) -> torch.Tensor | None:
+    def output_weights(
+        self, n_outputs: int, device: torch.device | str | None = None
+    ) -> torch.Tensor | None:
         """``w`` with ``F(out) = out @ w`` for a 2-D output ``(n, n_outputs)`` when the
         reduction is that linear map (and no output is selected); else ``None``.
 
         A forward function with a closed-form gradient (see
         :func:`attreg.attr.gradients_at`) needs ``dF/dout = w`` to be one constant vector.
+        ``w`` is made on ``device`` (default: the CPU), without a host synchronisation.
         """
         return None
 
@@ -89,8 +94,10 @@ class Sum(Reducer):
     def reduce(self, out: torch.Tensor) -> torch.Tensor:
         return _flat(out).sum(dim=1)
 
-    def output_weights(self, n_outputs: int) -> torch.Tensor | None:
-        return torch.ones(n_outputs) if self.output is None else None
+    def output_weights(
+        self, n_outputs: int, device: torch.device | str | None = None
+    ) -> torch.Tensor | None:
+        return torch.ones(n_outputs, device=device) if self.output is None else None
 
 
 class Mean(Reducer):
@@ -99,8 +106,12 @@ class Mean(Reducer):
     def reduce(self, out: torch.Tensor) -> torch.Tensor:
         return _flat(out).mean(dim=1)
 
-    def output_weights(self, n_outputs: int) -> torch.Tensor | None:
-        return torch.full((n_outputs,), 1.0 / n_outputs) if self.output is None else None
+    def output_weights(
+        self, n_outputs: int, device: torch.device | str | None = None
+    ) -> torch.Tensor | None:
+        if self.output is not None:
+            return None
+        return torch.full((n_outputs,), 1.0 / n_outputs, device=device)
 
 
 class L2Norm(Reducer):
@@ -126,11 +137,14 @@ class Index(Reducer):
         sel = out[:, self.index]
         return sel if isinstance(self.index, int) and sel.ndim == 1 else _flat(sel).sum(dim=1)
 
-    def output_weights(self, n_outputs: int) -> torch.Tensor | None:
+    def output_weights(
+        self, n_outputs: int, device: torch.device | str | None = None
+    ) -> torch.Tensor | None:
         if self.output is not None:
             return None
         units = torch.arange(n_outputs)[self.index]  # IndexError where reduce() would fail
-        return torch.zeros(n_outputs).index_add_(0, units.reshape(-1), torch.ones(units.numel()))
+        w = torch.zeros(n_outputs).index_add_(0, units.reshape(-1), torch.ones(units.numel()))
+        return w if device is None else to_device(w, device)
 
 
 class TargetReducer(Reducer):
@@ -152,10 +166,13 @@ class TargetReducer(Reducer):
             )
         return out.gather(1, target.long().unsqueeze(1)).squeeze(1)
 
-    def output_weights(self, n_outputs: int) -> torch.Tensor | None:
+    def output_weights(
+        self, n_outputs: int, device: torch.device | str | None = None
+    ) -> torch.Tensor | None:
         if self.output is not None or not isinstance(self.target, int):
             return None  # a target per sample is no single weight vector
-        return torch.zeros(n_outputs).index_fill_(0, torch.arange(n_outputs)[[self.target]], 1.0)
+        w = torch.zeros(n_outputs).index_fill_(0, torch.arange(n_outputs)[[self.target]], 1.0)
+        return w if device is None else to_device(w, device)
 
 
 class CallableReducer(Reducer):

@@ -14,6 +14,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from attreg.transfer import to_device
+
 __all__ = ["CountData", "validate_counts", "get_counts_matrix", "row_totals"]
 
 logger = logging.getLogger(__name__)
@@ -184,7 +186,7 @@ class CountData:
         """Dense float32 counts of the cells ``idx`` (a minibatch)."""
         block = self.matrix[idx]
         block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
+        return to_device(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)), device)
 
     def library_log_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-batch mean and variance of the log library size (the scVI library prior)."""

@@ -15,11 +15,12 @@ import torch
 import attreg
 from attreg.prior import AttributionPrior, PriorSet, make_method
 from attreg.reducers import resolve_reducer
+from attreg.transfer import to_device
 from attreg_sc._io import load_versioned, save_versioned
 from attreg_sc.data import CountData
 from attreg_sc.gt import CellGroundTruth, GroupedGroundTruth, from_cell_matrix, from_genes
 from attreg_sc.module.vae import SCAREModule
-from attreg_sc.train.trainer import TrainingPlan, train_module
+from attreg_sc.train.trainer import TrainingPlan, minibatch, train_module
 
 __all__ = ["SCARE", "FORMAT_VERSION"]
 
@@ -281,7 +282,7 @@ class SCARE:
         h_first: torch.Tensor | None = None,
     ):
         gts = {
-            name: torch.from_numpy(g.rows(idx)).to(x_in.device)
+            name: to_device(torch.from_numpy(g.rows(idx)), x_in.device)
             for name, g in self.ground_truths.items()
             if not isinstance(g, np.ndarray)
         }
@@ -401,7 +402,7 @@ class SCARE:
         codes = torch.from_numpy(data.batch_codes)
         for start in range(0, data.n_cells, batch_size):
             idx = np.arange(start, min(start + batch_size, data.n_cells))
-            qz_m = self.module.latent_mean(data.rows(idx, self.device), codes[idx].to(self.device))
+            qz_m = self.module.latent_mean(*minibatch(data, codes, idx, self.device))
             out.append(qz_m.cpu().numpy())
         return np.concatenate(out)
 
@@ -465,8 +466,8 @@ class SCARE:
         starts = range(0, data.n_cells, batch_size)
         for start in tqdm(starts, desc="attributions", disable=not progress_bar):
             idx = np.sort(order[start : start + batch_size])
-            x_in = self.module.encoder_input(data.rows(idx, self.device))
-            b = codes[idx].to(self.device)
+            counts, b = minibatch(data, codes, idx, self.device)
+            x_in = self.module.encoder_input(counts)
             kw = {"additional_forward_args": (b,), "internal_batch_size": internal_batch_size}
             if method == "eg":
                 a = explainer.attribute(x_in, n_samples=n_samples, generator=g, **kw)

@@ -24,7 +24,7 @@ from _common import print_table, record, write_json
 
 import attreg
 import attreg_sc as asc
-from attreg_sc.train.trainer import TrainingPlan, make_optimizer, training_step
+from attreg_sc.train.trainer import TrainingPlan, make_optimizer, minibatch, training_step
 
 VARIANTS = {"plain": {}, "EG k=1": {"attribution": "eg"}, "IG m=20": {"attribution": "ig"}}
 
@@ -57,8 +57,7 @@ def make_runner(adata, variant: str, device: str):
         out = training_step(
             module,
             opt,
-            model.data.rows(idx, model.device),
-            codes[idx].to(model.device),
+            *minibatch(model.data, codes, idx, model.device),  # as the trainer does
             idx,
             plan,
             1.0,

@@ -10,6 +10,7 @@ import torch
 from attreg.attr._base import Attribution
 from attreg.attr._gradients import gradients_at
 from attreg.attr.linear_prefix import LinearPrefix
+from attreg.transfer import to_device
 
 __all__ = [
     "ExpectedGradients",
@@ -31,7 +32,7 @@ def batch_reference_index(
         return torch.zeros((n_samples, 1), dtype=torch.long, device=device)
     dev = generator.device if generator is not None else device
     offset = torch.randint(1, n, (n_samples, n), generator=generator, device=dev)
-    return ((torch.arange(n, device=dev) + offset) % n).to(device)
+    return to_device((torch.arange(n, device=dev) + offset) % n, device)
 
 
 def _gather_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -127,7 +128,9 @@ def draw_references(
             raise ValueError("background references are empty; give at least one row.")
         dev = _rand_device(generator, inputs)
         idx = torch.randint(0, references.shape[0], (n_samples, n), generator=generator, device=dev)
-        return references.to(inputs.device, inputs.dtype)[idx.to(references.device)]
+        # gather where the background lives, then move only the drawn rows
+        rows = _gather_rows(references, to_device(idx, references.device))
+        return to_device(rows, inputs.device).to(inputs.dtype)
     if callable(references):
         refs = references(inputs, n_samples, generator)
         if refs.shape != (n_samples, *inputs.shape):
@@ -255,9 +258,12 @@ class ExpectedGradients(Attribution):
         if isinstance(references, str) and references == "noise":
             if noise_std is None or noise_std <= 0:
                 raise ValueError("references='noise' needs a positive noise_std.")
-            eps = torch.randn(
-                (n_samples, *inputs.shape), generator=generator, device=dev, dtype=inputs.dtype
-            ).to(inputs.device)
+            eps = to_device(
+                torch.randn(
+                    (n_samples, *inputs.shape), generator=generator, device=dev, dtype=inputs.dtype
+                ),
+                inputs.device,
+            )
             points = (inputs.unsqueeze(0) + noise_std * eps).reshape(-1, *inputs.shape[1:])
             grads = gradients_at(
                 self.forward_func,
@@ -279,7 +285,8 @@ class ExpectedGradients(Attribution):
             refs = draw_references(inputs, references, n_samples, generator)
         if not self.differentiable and refs is not None:
             refs = refs.detach()
-        alphas = torch.rand((n_samples, n), generator=generator, device=dev).to(inputs.device)
+        alphas = torch.rand((n_samples, n), generator=generator, device=dev)
+        alphas = to_device(alphas, inputs.device)
         if prefix and inputs.ndim == 2:
             return _eg_linear_prefix(
                 self.forward_func,

@@ -11,6 +11,7 @@ from attreg.attr._base import Attribution
 from attreg.attr._gradients import expand_additional_args, forward_reduced, gradients_at
 from attreg.attr.linear_prefix import LinearPrefix
 from attreg.attr.quadrature import quadrature
+from attreg.transfer import to_device
 
 __all__ = ["IntegratedGradients", "resolve_baselines"]
 
@@ -135,8 +136,8 @@ class IntegratedGradients(Attribution):
         if not self.differentiable:
             base = base.detach()
         alphas, weights = quadrature(method, n_steps, dtype=inputs.dtype)
-        alphas = alphas.to(inputs.device)
-        weights = weights.to(inputs.device)
+        alphas = to_device(alphas, inputs.device)
+        weights = to_device(weights, inputs.device)
         n = inputs.shape[0]
         delta = inputs - base
         shape = (n_steps,) + (1,) * inputs.ndim

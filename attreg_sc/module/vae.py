@@ -264,7 +264,7 @@ class _EncoderRest(_EncoderMean):
         one-block encoder; ``None`` otherwise (see :func:`attreg.attr.gradients_at`)."""
         m = self.module_
         output_weights = getattr(reducer, "output_weights", None)
-        weights = None if output_weights is None else output_weights(m.n_latent)
+        weights = None if output_weights is None else output_weights(m.n_latent, h_first.device)
         if weights is None:
             return None
         return m.encoder.mean_gradient_from_first(h_first, weights, m.batch_covariate(batch_index))

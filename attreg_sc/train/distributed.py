@@ -29,7 +29,13 @@ import logging
 import numpy as np
 import torch
 
-from attreg_sc.train.trainer import TrainingPlan, _split, make_optimizer, training_step
+from attreg_sc.train.trainer import (
+    TrainingPlan,
+    _split,
+    make_optimizer,
+    minibatch,
+    training_step,
+)
 
 __all__ = ["shard", "train_data_parallel"]
 
@@ -89,8 +95,7 @@ def train_data_parallel(model, plan: TrainingPlan) -> dict[str, list[float]]:
                 training_step(
                     ddp,
                     opt,
-                    data.rows(idx, device),
-                    codes[idx].to(device),
+                    *minibatch(data, codes, idx, device),
                     idx,
                     plan,
                     plan.kl_weight(epoch),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attreg.transfer import to_device
 from attreg_sc._io import load_versioned, save_versioned
 from attreg_sc.data import CountData
 
@@ -115,6 +116,14 @@ def make_optimizer(
     return torch.optim.Adam(
         params, lr=plan.lr, weight_decay=plan.weight_decay, fused=True if fused else None
     )
+
+
+def minibatch(
+    data: CountData, codes: torch.Tensor, idx: np.ndarray, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts and batch codes of the cells ``idx`` on ``device``, copied without a host
+    synchronisation (:func:`attreg.transfer.to_device`)."""
+    return data.rows(idx, device), to_device(codes[idx], device)
 
 
 def training_step(
@@ -236,8 +245,7 @@ def train_module(
                 training_step(
                     module,
                     opt,
-                    data.rows(idx, device),
-                    codes[idx].to(device),
+                    *minibatch(data, codes, idx, device),
                     idx,
                     plan,
                     kl_weight,
@@ -312,10 +320,12 @@ def _validation_loss(module, data, idx, codes, plan, device) -> float:
     if len(idx) == 0:
         return float("nan")
     module.eval()
-    total = 0.0
+    chunks, sizes = [], []
     for start in range(0, len(idx), 1024):
         rows = idx[start : start + 1024]
-        terms = module.loss(data.rows(rows, device), codes[rows].to(device), 1.0)
-        total += float(terms["reconstruction"] + terms["kl_z"] + terms["kl_l"]) * len(rows)
+        terms = module.loss(*minibatch(data, codes, rows, device), 1.0)
+        chunks.append(terms["reconstruction"] + terms["kl_z"] + terms["kl_l"])
+        sizes.append(len(rows))
     module.train()
-    return total / len(idx)
+    means = torch.stack(chunks).cpu().tolist()  # one host sync per validation pass
+    return sum(m * s for m, s in zip(means, sizes, strict=True)) / len(idx)

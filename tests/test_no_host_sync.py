@@ -1,0 +1,157 @@
+"""A training step queues its work without host synchronisation (issue #4's GPU rule).
+
+No GPU here, so the ``meta`` device stands in for the accelerator: meta tensors hold no
+data, so a step that reads a device value on the host (``.item()``, ``bool(t)``,
+``nonzero``) cannot run on it, and a dispatch mode records every copy from the CPU to
+the device. :func:`attreg.transfer.to_device` is told to treat ``meta`` as it treats CUDA
+(pinning is skipped: a pinned buffer needs CUDA); every host-to-device copy of the step
+must then be a non-blocking one. Where CUDA is present, the last test runs real steps
+under ``torch.cuda.set_sync_debug_mode("error")``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import attreg
+import attreg_sc as asc
+from attreg import transfer
+from attreg.transfer import to_device
+from attreg_sc.train.trainer import TrainingPlan, make_optimizer, minibatch, training_step
+
+_DATA_DEPENDENT = ("nonzero", "masked_select", "_unique", "unique_consecutive", "_local_scalar")
+
+
+class HostSyncRecorder(TorchDispatchMode):
+    """Records blocking host-to-device copies and host reads of device data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func)
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        devices = {t.device.type for t in tensors}
+        if any(k in name for k in _DATA_DEPENDENT) and devices - {"cpu"}:
+            self.events.append(f"{name} reads a device tensor on the host")
+        if name.startswith("aten._to_copy") and args[0].device.type == "cpu":
+            target = kwargs.get("device")
+            if target is not None and torch.device(target).type != "cpu":
+                if not kwargs.get("non_blocking", False):
+                    self.events.append(f"blocking copy of {tuple(args[0].shape)} to {target}")
+        if name.startswith("aten.copy_") and devices == {"cpu", "meta"} and not args[2:]:
+            self.events.append(f"blocking copy_ of {tuple(args[1].shape)}")
+        return func(*args, **kwargs)
+
+
+@pytest.fixture
+def meta_as_accelerator(monkeypatch):
+    monkeypatch.setattr(transfer, "ASYNC_DEVICE_TYPES", ("cuda", "meta"))
+    monkeypatch.setattr(transfer, "_pinned", lambda t: t)
+
+
+@pytest.fixture(scope="module")
+def adata():
+    return asc.datasets.synthetic(n_cells=120, n_genes=40, n_cell_types=3, n_gt_genes=8, seed=0)
+
+
+def _ground_truth(adata, kind: str):
+    if kind == "vector":
+        return adata.var["is_gt"].to_numpy()
+    if kind == "per cell":
+        rng = np.random.default_rng(0)
+        return asc.gt.from_cell_matrix(adata, rng.random(adata.shape) < 0.2)
+    genes = list(adata.var_names)
+    groups = sorted(adata.obs["cell_type"].astype(str).unique())
+    return asc.gt.from_groups(
+        adata, "cell_type", {g: genes[3 * i : 3 * i + 5] for i, g in enumerate(groups)}
+    )
+
+
+def _step_events(adata, device, gt_kind="vector", sync_debug=None, **prior) -> list[str]:
+    """Events of two training steps (after one unrecorded step: lazy initialisation,
+    e.g. Adam's state, happens once per run, not per step)."""
+    model = asc.SCARE(
+        adata, batch_key="batch", gt=_ground_truth(adata, gt_kind), w_attr=1.0,
+        accelerator=device, **prior,
+    )  # fmt: skip
+    plan = TrainingPlan(w_attribution=1.0, grad_clip=10.0)
+    opt = make_optimizer(model.module.parameters(), plan)
+    codes = torch.from_numpy(model.data.batch_codes)
+    recorder = HostSyncRecorder()
+
+    def step(idx: np.ndarray) -> None:
+        counts, batch = minibatch(model.data, codes, idx, device)
+        training_step(model.module, opt, counts, batch, idx, plan, 1.0, model._prior_loss)
+
+    step(np.arange(64, 96))
+    if sync_debug is not None:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode(sync_debug)
+    try:
+        with recorder:
+            for start in (0, 32):
+                step(np.arange(start, start + 32))
+    finally:
+        if sync_debug is not None:
+            torch.cuda.set_sync_debug_mode("default")
+    return recorder.events
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [
+        {},
+        {"attribution": "ig", "n_steps": 5},
+        {"attribution": "eg", "n_samples": 3, "reducer": "mean", "reparameterizer": "sigmoid"},
+        {"target": "model", "loss": "mae"},
+        {"reducer": "l2"},
+    ],
+    ids=["eg", "ig", "eg-k3-mean", "model-target", "l2-autograd"],
+)
+def test_training_step_makes_no_host_synchronisation(adata, meta_as_accelerator, prior):
+    assert _step_events(adata, "meta", **prior) == []
+
+
+@pytest.mark.parametrize("gt_kind", ["per cell", "per cell type"])
+def test_per_cell_ground_truth_rows_move_without_synchronisation(
+    adata, meta_as_accelerator, gt_kind
+):
+    assert _step_events(adata, "meta", gt_kind) == []
+
+
+def test_the_recorder_sees_a_blocking_copy_and_a_host_read(adata):
+    # without the accelerator setting, to_device falls back to a blocking Tensor.to
+    events = _step_events(adata, "meta")
+    assert events and all("blocking copy" in e for e in events)
+    recorder = HostSyncRecorder()
+    with recorder, pytest.raises((RuntimeError, NotImplementedError)):
+        bool(torch.ones(3, device="meta").any())
+    assert recorder.events == ["aten._local_scalar_dense.default reads a device tensor on the host"]
+
+
+def test_to_device_keeps_values_and_skips_tensors_already_there():
+    t = torch.arange(6.0).reshape(2, 3)
+    assert to_device(t, "cpu") is t
+    moved = to_device(t, "meta")
+    assert moved.device.type == "meta" and moved.shape == t.shape and moved.dtype == t.dtype
+
+
+def test_output_weights_are_made_on_the_requested_device():
+    for reducer in (attreg.reducers.Sum(), attreg.reducers.Mean(), attreg.reducers.Index(1)):
+        w = reducer.output_weights(4, "meta")
+        assert w.device.type == "meta" and w.shape == (4,)
+        assert torch.equal(reducer.output_weights(4), reducer.output_weights(4, "cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("prior", [{}, {"attribution": "ig", "n_steps": 5}], ids=["eg", "ig"])
+def test_cuda_training_steps_under_sync_debug_mode_error(adata, prior):
+    # a synchronising CUDA call inside the two steps raises
+    assert _step_events(adata, "cuda", "per cell", sync_debug="error", **prior) == []
