@@ -155,3 +155,26 @@ def test_output_weights_are_made_on_the_requested_device():
 def test_cuda_training_steps_under_sync_debug_mode_error(adata, prior):
     # a synchronising CUDA call inside the two steps raises
     assert _step_events(adata, "cuda", "per cell", sync_debug="error", **prior) == []
+
+
+@pytest.mark.parametrize("method", ["eg", "ig", "input_x_gradient"])
+@pytest.mark.parametrize("per_sample_gt", [False, True], ids=["gt-vector", "gt-matrix"])
+def test_core_prior_on_any_module_makes_no_host_synchronisation(
+    meta_as_accelerator, method, per_sample_gt
+):
+    model = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    vector = (torch.arange(20) < 5).float()
+    prior = attreg.AttributionPrior(
+        model.to("meta"),
+        None if per_sample_gt else vector,
+        method=method,
+        check_inputs=False,  # validation reads the data: done once, before training
+        generator=torch.Generator().manual_seed(0),  # draws on the CPU, copied async
+    ).to("meta")
+    x = torch.randn(8, 20, device="meta")
+    gt = vector.expand(8, 20).to("meta") if per_sample_gt else None
+    recorder = HostSyncRecorder()
+    with recorder:
+        loss = prior(x) if gt is None else prior(x, gt=gt)
+        loss.backward()
+    assert recorder.events == []
