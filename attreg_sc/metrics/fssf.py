@@ -32,6 +32,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from attreg.transfer import to_device
+
 __all__ = ["FSSFResult", "fssf", "fssf_from_encoder", "leiden_subclusters"]
 
 logger = logging.getLogger(__name__)
@@ -313,7 +315,7 @@ class _ScareFirstLayer:
         self.b = module.encoder.body.first.bias.detach()
 
     def transform(self, counts: np.ndarray) -> torch.Tensor:
-        return torch.log1p(torch.from_numpy(counts).to(self.device))
+        return torch.log1p(to_device(torch.from_numpy(counts), self.device))
 
     @torch.no_grad()
     def project(self, x_in: torch.Tensor) -> torch.Tensor:
@@ -321,13 +323,13 @@ class _ScareFirstLayer:
 
     @torch.no_grad()
     def project_subset(self, x_in: torch.Tensor, genes: np.ndarray) -> torch.Tensor:
-        g = torch.from_numpy(genes).to(self.device)
+        g = to_device(torch.from_numpy(genes), self.device)
         return x_in[:, g] @ self.w[:, g].T
 
     @torch.no_grad()
     def finish(self, h: torch.Tensor, batch: np.ndarray) -> np.ndarray:
         m = self.m
-        codes = m.batch_covariate(torch.from_numpy(batch).to(self.device))
+        codes = m.batch_covariate(to_device(torch.from_numpy(batch), self.device))
         return m.encoder.mean_from_first(h + self.b, codes).cpu().numpy()
 
 
