@@ -325,9 +325,8 @@ def _row_extremes(mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row minima and maxima of a non-negative matrix, values only (a value reduction is
     5-10x faster than one that also returns positions)."""
     bits = _ordered_bits(mag)
-    return bits.amin(dim=1, keepdim=True).view(mag.dtype), bits.amax(dim=1, keepdim=True).view(
-        mag.dtype
-    )
+    lo, hi = bits.amin(dim=1, keepdim=True), bits.amax(dim=1, keepdim=True)
+    return lo.view(mag.dtype), hi.view(mag.dtype)
 
 
 def _may_be_nonzero(t: torch.Tensor) -> bool:

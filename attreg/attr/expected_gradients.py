@@ -258,12 +258,9 @@ class ExpectedGradients(Attribution):
         if isinstance(references, str) and references == "noise":
             if noise_std is None or noise_std <= 0:
                 raise ValueError("references='noise' needs a positive noise_std.")
-            eps = to_device(
-                torch.randn(
-                    (n_samples, *inputs.shape), generator=generator, device=dev, dtype=inputs.dtype
-                ),
-                inputs.device,
-            )
+            shape = (n_samples, *inputs.shape)
+            eps = torch.randn(shape, generator=generator, device=dev, dtype=inputs.dtype)
+            eps = to_device(eps, inputs.device)
             points = (inputs.unsqueeze(0) + noise_std * eps).reshape(-1, *inputs.shape[1:])
             grads = gradients_at(
                 self.forward_func,
