@@ -27,13 +27,14 @@ from attreg.attr import (
 )
 from attreg.cpu_allocator import retain_freed_cpu_memory
 from attreg.cpu_matmul import set_cpu_matmul
-from attreg.prior import AttributionPrior, PriorSet
+from attreg.prior import AttributionPrior, ExclusionPrior, PriorSet
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Attribution",
     "AttributionPrior",
+    "ExclusionPrior",
     "ExpectedGradients",
     "InputGradient",
     "InputXGradient",

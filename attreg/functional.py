@@ -156,6 +156,33 @@ def softmax(attributions: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     return torch.softmax(a, dim=1).reshape(attributions.shape)
 
 
+def share(attributions: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """``|a| / sum |a|`` per sample: each feature's share of the attribution (sums to 1;
+    all-zero rows map to 0). Scale- and sign-invariant, and smooth in every feature: no
+    feature's gradient vanishes because another holds the row's maximum (unlike
+    ``abs_max``/``abs_minmax``, whose scores of the maximum feature are constant)."""
+    eps = _tiny(attributions, eps)
+    a = _rows(attributions.abs())
+    total = a.sum(dim=1, keepdim=True)
+    total = torch.where(total > eps, total, torch.full_like(total, float("inf")))
+    return (a / total).reshape(attributions.shape)
+
+
+def excluded_share_loss(scores: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of the share of attribution on the ``excluded`` features:
+    ``mean_i sum_j excluded_j * s_ij`` for shares ``s`` (see :func:`share`). 0 when the
+    excluded features get no attribution, 1 when they get all of it.
+
+    Examples
+    --------
+    >>> s = share(torch.tensor([[3.0, 1.0, 0.0]]))
+    >>> float(excluded_share_loss(s, torch.tensor([0.0, 1.0, 1.0])))
+    0.25
+    """
+    flat = _rows(scores)
+    return (flat * excluded.to(flat.dtype)).sum(dim=-1).mean()
+
+
 def identity(attributions: torch.Tensor) -> torch.Tensor:
     """No reparameterization (the attributions must already be in ``[0, 1]``)."""
     return attributions
@@ -166,6 +193,7 @@ _REPARAMETERIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "abs_minmax": abs_minmax,
     "abs_max": abs_max,
     "softmax": softmax,
+    "share": share,
     "identity": identity,
     "none": identity,
 }

@@ -17,7 +17,7 @@ from torch import nn
 
 from attreg import functional as AF
 
-__all__ = ["MSELoss", "MAELoss", "resolve_loss"]
+__all__ = ["MSELoss", "MAELoss", "ExcludedShareLoss", "resolve_loss"]
 
 
 class _FeatureWeightedLoss(nn.Module):
@@ -41,6 +41,16 @@ class MAELoss(_FeatureWeightedLoss):
 
     def forward(self, scores: torch.Tensor, ground_truth: torch.Tensor) -> torch.Tensor:
         return AF.mae_loss(scores, ground_truth, self.feature_weight)
+
+
+class ExcludedShareLoss(nn.Module):
+    """Mean share of attribution on the features marked 1 in the "ground truth" (here: the
+    features to stay insensitive to); see :func:`attreg.functional.excluded_share_loss`."""
+
+    feature_weight = None
+
+    def forward(self, scores: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+        return AF.excluded_share_loss(scores, excluded)
 
 
 def resolve_loss(

@@ -14,10 +14,10 @@ from attreg.attr._base import Attribution
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
-from attreg.losses import MSELoss, resolve_loss
+from attreg.losses import ExcludedShareLoss, MSELoss, resolve_loss
 from attreg.reparameterizers import AbsMinMax, resolve_reparameterizer
 
-__all__ = ["AttributionPrior", "PriorSet", "make_method"]
+__all__ = ["AttributionPrior", "ExclusionPrior", "PriorSet", "make_method"]
 
 _METHODS: dict[str, type[Attribution]] = {
     "eg": ExpectedGradients,
@@ -248,10 +248,26 @@ class AttributionPrior(nn.Module):
         gt: torch.Tensor | None = None,
         index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``weight * loss(reparameterize(attributions), gt)``."""
-        n = attributions.shape[0]
-        flat = attributions.reshape(n, -1)
+        """``weight * loss(reparameterize(attributions), gt)``.
+
+        Attributions of a reducer with ``m > 1`` directions, ``(m, n, ...)``, are compared
+        map by map with the same ground-truth rows; the loss is their mean over the
+        directions (the losses average over rows).
+        """
+        m = getattr(self.method.reducer, "n_directions", 1)
+        if m > 1:
+            if attributions.shape[0] != m:
+                raise ValueError(
+                    f"attributions have shape {tuple(attributions.shape)}; the reducer's "
+                    f"{m} directions need a leading axis of size {m}."
+                )
+            attributions = attributions.flatten(0, 1)
+        n = attributions.shape[0] // m
+        flat = attributions.reshape(n * m, -1)
         rows = self._ground_truth_rows(n, gt, index).to(flat.device)
+        if m > 1 and rows.ndim == 2:
+            rows = rows.repeat(m, 1)
+        n = n * m
         if gt is not None and self.check_inputs:
             rows = validate_ground_truth(rows, flat.shape[1], n, allow_all_ones=self.allow_all_ones)
         else:  # stored (validated at construction) or trusted rows: shapes only, no sync
@@ -278,6 +294,38 @@ class AttributionPrior(nn.Module):
     def extra_repr(self) -> str:
         gt = None if self.ground_truth is None else tuple(self.ground_truth.shape)
         return f"method={self.method!r}, weight={self.weight}, ground_truth={gt}"
+
+
+class ExclusionPrior(AttributionPrior):
+    r"""Keep a target insensitive to a set of features: ``weight * mean_i sum_{j in S}
+    |a_ij| / sum_j |a_ij|``, the mean share of attribution on the excluded features ``S``.
+
+    The counterpart of :class:`AttributionPrior` for disjoint latent blocks: the block a
+    gene set owns carries a prior toward the set, and an exclusion prior on the other
+    blocks (a :class:`~attreg.reducers.RandomDirections` or
+    :class:`~attreg.reducers.OutputUnits` reducer over their units) keeps them off it.
+    Takes the arguments of :class:`AttributionPrior`; ``excluded`` replaces the ground
+    truth, and the reparameterizer (``share``) and loss are fixed.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from attreg.reducers import OutputUnits
+    >>> enc = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
+    >>> keep_off = ExclusionPrior(enc, torch.tensor([1., 1., 0, 0, 0, 0]),
+    ...                           reducer=OutputUnits([2, 3]), method="input_x_gradient")
+    >>> 0.0 <= float(keep_off(torch.randn(32, 6))) <= 1.0
+    True
+    """
+
+    def __init__(self, target: Callable, excluded: torch.Tensor, **kwargs: Any) -> None:
+        for fixed in ("reparameterizer", "loss", "feature_weight"):
+            if fixed in kwargs:
+                raise TypeError(f"ExclusionPrior fixes {fixed}; do not pass it.")
+        super().__init__(
+            target, excluded, reparameterizer="share", loss=ExcludedShareLoss(), **kwargs
+        )
 
 
 class PriorSet(nn.Module):

@@ -26,6 +26,7 @@ __all__ = [
     "AbsMinMax",
     "AbsMax",
     "Softmax",
+    "Share",
     "Identity",
     "Compose",
     "resolve_reparameterizer",
@@ -70,6 +71,13 @@ class Softmax(nn.Module):
         return AF.softmax(attributions, self.temperature)
 
 
+class Share(nn.Module):
+    """``|a| / sum |a|`` per sample (see :func:`attreg.functional.share`)."""
+
+    def forward(self, attributions: torch.Tensor) -> torch.Tensor:
+        return AF.share(attributions)
+
+
 class Identity(nn.Module):
     """No change."""
 
@@ -86,13 +94,15 @@ _NAMED: dict[str, Callable[[], nn.Module]] = {
     "abs_minmax": AbsMinMax,
     "abs_max": AbsMax,
     "softmax": Softmax,
+    "share": Share,
     "identity": Identity,
     "none": Identity,
 }
 
 
 def resolve_reparameterizer(spec: str | Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Name (``"sigmoid"``, ``"abs_minmax"``, ``"abs_max"``, ``"softmax"``, ``"identity"``),
+    """Name (``"sigmoid"``, ``"abs_minmax"``, ``"abs_max"``, ``"softmax"``, ``"share"``,
+    ``"identity"``),
     callable or ``None`` (identity) -> a callable."""
     if spec is None:
         return Identity()

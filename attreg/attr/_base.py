@@ -8,9 +8,30 @@ from typing import Any
 import torch
 
 from attreg._validation import check_finite, check_no_batchnorm_in_train_mode, coupling_modules
-from attreg.reducers import Reducer, TargetReducer, resolve_reducer
+from attreg.reducers import DirectionReducer, Reducer, TargetReducer, resolve_reducer
 
-__all__ = ["Attribution"]
+__all__ = ["Attribution", "n_directions", "tile_rows", "untile_rows"]
+
+
+def n_directions(reducer: Any) -> int:
+    """How many attribution maps one call with ``reducer`` returns (``m``; 1 for a
+    scalar reducer)."""
+    return int(getattr(reducer, "m", 1)) if isinstance(reducer, Reducer) else 1
+
+
+def tile_rows(t: torch.Tensor | None, m: int, dim: int = 0) -> torch.Tensor | None:
+    """``m`` copies of ``t`` stacked along ``dim`` (direction-major), for ``m`` directions
+    that share one set of draws."""
+    if t is None or m == 1:
+        return t
+    reps = [1] * t.ndim
+    reps[dim] = m
+    return t.repeat(*reps)
+
+
+def untile_rows(attr: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """``(m * n, ...)`` attributions -> ``(m, n, ...)`` (unchanged for ``m = 1``)."""
+    return attr if m == 1 else attr.reshape(m, n, *attr.shape[1:])
 
 
 class Attribution:
@@ -77,8 +98,15 @@ class Attribution:
         check_no_batchnorm_in_train_mode(self._coupling)
         reducer = self.reducer
         if target is not None:
+            if isinstance(reducer, DirectionReducer):
+                raise ValueError(
+                    f"target= selects one output unit per sample; the reducer {reducer!r} "
+                    "already chooses directions. Pass one of them, not both."
+                )
             output = reducer.output if isinstance(reducer, Reducer) else None
             reducer = _RepeatedTarget(target, output, inputs.shape[0])
+        elif isinstance(reducer, Reducer):
+            reducer = reducer.for_call(inputs.shape[0])  # draws a direction reducer's v
         if not self.differentiable:
             inputs = inputs.detach()
         return inputs, reducer

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from attreg.attr._base import Attribution
-from attreg.attr._gradients import gradients_at
+from attreg.attr._base import Attribution, n_directions, tile_rows, untile_rows
+from attreg.attr._gradients import expand_additional_args, gradients_at
 from attreg.attr.linear_prefix import LinearPrefix
 from attreg.transfer import to_device
 
@@ -247,32 +247,36 @@ class ExpectedGradients(Attribution):
     ) -> torch.Tensor:
         """Attributions shaped like ``inputs`` (see the class docstring for arguments).
 
+        With a :class:`~attreg.reducers.DirectionReducer` of ``m > 1`` directions the
+        result is ``(m, *inputs.shape)``: one map per direction, all from the same draws.
+
         ``input_activations``: for a :class:`~attreg.attr.LinearPrefix` target, the
         first-layer output ``linear(inputs)`` the caller already computed (saves a pass).
         """
-        if not isinstance(n_samples, int) or n_samples < 1:
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         inputs, reducer = self._prepare(inputs, target)
-        n = inputs.shape[0]
+        n, m = inputs.shape[0], n_directions(reducer)
         dev = _rand_device(generator, inputs)
         if isinstance(references, str) and references == "noise":
             if noise_std is None or noise_std <= 0:
                 raise ValueError("references='noise' needs a positive noise_std.")
             shape = (n_samples, *inputs.shape)
             eps = torch.randn(shape, generator=generator, device=dev, dtype=inputs.dtype)
-            eps = to_device(eps, inputs.device)
-            points = (inputs.unsqueeze(0) + noise_std * eps).reshape(-1, *inputs.shape[1:])
+            eps = tile_rows(to_device(eps, inputs.device), m, dim=1)
+            tiled = tile_rows(inputs, m)
+            points = (tiled.unsqueeze(0) + noise_std * eps).reshape(-1, *inputs.shape[1:])
             grads = gradients_at(
                 self.forward_func,
                 points,
                 reducer,
-                n=n,
-                additional_forward_args=additional_forward_args,
+                n=n * m,
+                additional_forward_args=expand_additional_args(additional_forward_args, n, m),
                 create_graph=self.differentiable,
                 internal_batch_size=internal_batch_size,
-            ).reshape(n_samples, *inputs.shape)
+            ).reshape(n_samples, *tiled.shape)
             avg = grads.mean(dim=0)
-            return inputs * avg if self.multiply_by_inputs else avg
+            return untile_rows(tiled * avg if self.multiply_by_inputs else avg, m, n)
         prefix = self.use_linear_prefix and isinstance(self.forward_func, LinearPrefix)
         if prefix and isinstance(references, str) and references == "batch":
             ref_index = batch_reference_index(n, n_samples, generator, inputs.device)
@@ -284,8 +288,15 @@ class ExpectedGradients(Attribution):
             refs = refs.detach()
         alphas = torch.rand((n_samples, n), generator=generator, device=dev)
         alphas = to_device(alphas, inputs.device)
+        if m > 1:  # m directions share the draws: the batch is tiled m times
+            if ref_index is not None:
+                shift = n * torch.arange(m, device=ref_index.device).view(1, m, 1)
+                ref_index = (ref_index.unsqueeze(1) + shift).reshape(n_samples, m * n)
+            refs, alphas = tile_rows(refs, m, dim=1), tile_rows(alphas, m, dim=1)
+            inputs, input_activations = tile_rows(inputs, m), tile_rows(input_activations, m)
+            additional_forward_args = expand_additional_args(additional_forward_args, n, m)
         if prefix and inputs.ndim == 2:
-            return _eg_linear_prefix(
+            attr = _eg_linear_prefix(
                 self.forward_func,
                 inputs,
                 refs,
@@ -297,17 +308,19 @@ class ExpectedGradients(Attribution):
                 self.multiply_by_inputs,
                 input_activations,
             )
-        return expected_gradients_from_draws(
-            self.forward_func,
-            inputs,
-            refs,
-            alphas,
-            reducer,
-            additional_forward_args=additional_forward_args,
-            create_graph=self.differentiable,
-            internal_batch_size=internal_batch_size,
-            multiply_by_inputs=self.multiply_by_inputs,
-        )
+        else:
+            attr = expected_gradients_from_draws(
+                self.forward_func,
+                inputs,
+                refs,
+                alphas,
+                reducer,
+                additional_forward_args=additional_forward_args,
+                create_graph=self.differentiable,
+                internal_batch_size=internal_batch_size,
+                multiply_by_inputs=self.multiply_by_inputs,
+            )
+        return untile_rows(attr, m, n)
 
 
 def _eg_linear_prefix(

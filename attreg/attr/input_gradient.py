@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from attreg.attr._base import Attribution
-from attreg.attr._gradients import gradients_at
+from attreg.attr._base import Attribution, n_directions, tile_rows, untile_rows
+from attreg.attr._gradients import expand_additional_args, gradients_at
 
 __all__ = ["InputGradient", "InputXGradient"]
 
@@ -32,17 +32,20 @@ class InputGradient(Attribution):
         target: int | torch.Tensor | None = None,
         additional_forward_args: Any = None,
     ) -> torch.Tensor:
-        """Attributions shaped like ``inputs``."""
+        """Attributions shaped like ``inputs`` (``(m, *inputs.shape)`` for a reducer with
+        ``m > 1`` directions)."""
         inputs, reducer = self._prepare(inputs, target)
+        n, m = inputs.shape[0], n_directions(reducer)
+        points = tile_rows(inputs, m)
         grad = gradients_at(
             self.forward_func,
-            inputs,
+            points,
             reducer,
-            n=inputs.shape[0],
-            additional_forward_args=additional_forward_args,
+            n=n * m,
+            additional_forward_args=expand_additional_args(additional_forward_args, n, m),
             create_graph=self.differentiable,
         )
-        return inputs * grad if self.multiply_by_inputs else grad
+        return untile_rows(points * grad if self.multiply_by_inputs else grad, m, n)
 
 
 class InputXGradient(InputGradient):

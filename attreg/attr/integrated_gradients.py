@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from attreg.attr._base import Attribution
+from attreg.attr._base import Attribution, n_directions, tile_rows, untile_rows
 from attreg.attr._gradients import expand_additional_args, forward_reduced, gradients_at
 from attreg.attr.linear_prefix import LinearPrefix
 from attreg.attr.quadrature import quadrature
@@ -135,6 +135,11 @@ class IntegratedGradients(Attribution):
         base = resolve_baselines(baselines, inputs)
         if not self.differentiable:
             base = base.detach()
+        n0, m = inputs.shape[0], n_directions(reducer)
+        if m > 1:  # one map per direction: the batch tiled m times, direction-major
+            inputs, base = tile_rows(inputs, m), tile_rows(base, m)
+            input_activations = tile_rows(input_activations, m)
+            additional_forward_args = expand_additional_args(additional_forward_args, n0, m)
         alphas, weights = quadrature(method, n_steps, dtype=inputs.dtype)
         alphas = to_device(alphas, inputs.device)
         weights = to_device(weights, inputs.device)
@@ -188,9 +193,9 @@ class IntegratedGradients(Attribution):
             avg_grad = (weights.view(shape) * grads).sum(dim=0)
             attr = delta * avg_grad if self.multiply_by_inputs else avg_grad
         if not return_convergence_delta:
-            return attr
+            return untile_rows(attr, m, n0)
         with torch.no_grad():
             args = expand_additional_args(additional_forward_args, n, 2)
             ends = forward_reduced(self.forward_func, torch.cat([inputs, base]), reducer, args)
             err = attr.detach().reshape(n, -1).sum(1) - (ends[:n] - ends[n:])
-        return attr, err
+        return untile_rows(attr, m, n0), untile_rows(err, m, n0)
