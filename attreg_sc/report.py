@@ -29,7 +29,9 @@ import pandas as pd
 
 from attreg_sc._io import atomic_path, atomic_write_text
 from attreg_sc.metrics import (
+    active_dimensions,
     attribution_share,
+    dimension_shares,
     fssf,
     gt_polarization,
     integration_metrics,
@@ -55,6 +57,8 @@ class Evaluation:
     attributions: dict = field(default_factory=dict)
     label_separation: dict = field(default_factory=dict)
     integration: dict = field(default_factory=dict)
+    dimension_shares: dict = field(default_factory=dict)
+    active_dimensions: dict = field(default_factory=dict)
     label_key: str | None = None
 
     def summary(self) -> pd.DataFrame:
@@ -68,9 +72,17 @@ class Evaluation:
                 "n_pairs": len(t),
                 "gt_polarization": self.polarization[name].abs_corr_pc1.mean(),
                 "reconstruction": self.models[name].history["reconstruction"][-1],
+                "max_subclusters": self.fssf[name].summary()["n_subclusters"].max()
+                if len(t)
+                else 0,
+                "move_median": t.move_median.median() if len(t) else np.nan,
+                "active_dimensions": self.active_dimensions.get(name, np.nan),
             }
             if name in self.gt_share:
                 row["gt_attribution_share"] = float(self.gt_share[name].mean())
+            if name in self.dimension_shares:
+                shares = self.dimension_shares[name]["gt_share"]
+                row["gt_share_per_dimension"] = float(shares.drop(index="sum").mean())
             if name in self.label_separation:
                 row["label_purity_over_chance"] = self.label_separation[
                     name
@@ -95,8 +107,9 @@ def evaluate(
     seed: int = 0,
     progress_bar: bool = False,
 ) -> Evaluation:
-    """FSSF (GT and random control), GT polarization, GT attribution share per cell type,
-    label separation (``label_key``) and integration metrics (when there are batches)."""
+    """FSSF (GT and random control, latent-structure diagnostics), GT polarization, GT
+    attribution share per cell type and per latent dimension, active dimensions, label
+    separation (``label_key``) and integration metrics (when there are batches)."""
     ev = Evaluation(dict(models), np.asarray(gt, dtype=bool), cell_type_key, label_key=label_key)
     for name, model in models.items():
         a = model.adata if adata is None else adata
@@ -121,6 +134,10 @@ def evaluate(
             ev.attributions[name] = attr
             share = attribution_share(attr, ev.gt, cell_types)
             ev.gt_share[name] = share.groupby("group").share.mean()
+            ev.dimension_shares[name] = dimension_shares(
+                model, ev.gt, a, n_samples=attribution_samples, seed=seed
+            )
+        ev.active_dimensions[name] = active_dimensions(latent)
         if label_key is not None:
             ev.label_separation[name] = label_separation(
                 latent, a.obs[label_key].to_numpy(), cell_types
@@ -186,7 +203,16 @@ def write_report(ev: Evaluation, out: str | os.PathLike, plots: bool = True) -> 
         "non-GT gene sets.</p>",
         "<h2>Summary</h2>",
         summary.to_html(float_format=lambda v: f"{v:.3f}"),
+        "<p>gt_attribution_share: share of |EG attribution| of the latent's sum on the GT "
+        "genes; gt_share_per_dimension: the same for each latent dimension, averaged; "
+        "max_subclusters: the most Leiden subclusters of one cell type; move_median: how far "
+        "a GT-swapped cell moves toward its donor (0 stays, 1 arrives).</p>",
     ]
+    for name, table in ev.dimension_shares.items():
+        body += [
+            f"<h2>GT share per latent dimension: {html.escape(name)}</h2>",
+            table.T.to_html(float_format=lambda v: f"{v:.3f}"),
+        ]
     for name, r in ev.fssf.items():
         body += [
             f"<h2>FSSF per cell type: {html.escape(name)}</h2>",

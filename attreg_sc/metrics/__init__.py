@@ -1,8 +1,10 @@
 """Evaluation of scARE models: FSSF and companions."""
 
 from attreg_sc.metrics.evaluation import (
+    active_dimensions,
     attribution_share,
     attribution_summary,
+    dimension_shares,
     gt_polarization,
     integration_metrics,
     label_separation,
@@ -15,7 +17,9 @@ __all__ = [
     "fssf",
     "fssf_from_encoder",
     "leiden_subclusters",
+    "active_dimensions",
     "attribution_share",
+    "dimension_shares",
     "attribution_summary",
     "gt_polarization",
     "label_separation",

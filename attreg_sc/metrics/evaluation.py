@@ -23,7 +23,9 @@ from sklearn.neighbors import NearestNeighbors
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "active_dimensions",
     "attribution_share",
+    "dimension_shares",
     "attribution_summary",
     "gt_polarization",
     "label_separation",
@@ -47,6 +49,70 @@ def attribution_share(
     if groups is not None:
         out["group"] = np.asarray(groups).astype(str)
     return out
+
+
+def dimension_shares(
+    model,
+    gt_genes: np.ndarray,
+    adata=None,
+    n_samples: int = 8,
+    seed: int = 0,
+    dims: list[int] | None = None,
+) -> pd.DataFrame:
+    """GT share of the attributions of every latent dimension and of their sum.
+
+    A prior on ``F = sum_k mu_k`` can be satisfied while each dimension stays driven by
+    other genes (their contributions cancel in the sum). This table shows it: one row
+    per latent dimension ``k`` (``F = mu_k``) and one row ``"sum"``, each with the mean
+    over cells of the share of absolute EG attribution on the GT genes, and the
+    dimension's variance across cells (``var``; collapsed dimensions have ~0).
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~attreg_sc.SCARE` model.
+    gt_genes
+        Boolean mask over the model's genes.
+    adata
+        Cells to explain (default: the training AnnData).
+    n_samples, seed
+        EG references per cell and their seed.
+    dims
+        Latent dimensions to explain (default: all).
+
+    Examples
+    --------
+    >>> import attreg_sc as asc
+    >>> adata = asc.datasets.synthetic(n_cells=100, n_genes=30, n_gt_genes=5, seed=0)
+    >>> m = asc.SCARE(adata, n_latent=2, seed=0); m.train(max_epochs=1, progress_bar=False)
+    >>> dimension_shares(m, adata.var["is_gt"].to_numpy(), n_samples=2).index.tolist()
+    ['0', '1', 'sum']
+    """
+    gt_genes = np.asarray(gt_genes, dtype=bool)
+    latent = model.get_latent_representation(adata)
+    dims = list(range(latent.shape[1])) if dims is None else list(dims)
+    rows = {}
+    for k in [*dims, "sum"]:
+        attr = model.get_attributions(adata, n_samples=n_samples, seed=seed, reducer=k)
+        rows[str(k)] = {
+            "gt_share": float(attribution_share(attr, gt_genes)["share"].mean()),
+            "var": float(latent[:, k].var()) if k != "sum" else float(latent.sum(1).var()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("dimension")
+
+
+def active_dimensions(latent: np.ndarray, threshold: float = 0.01) -> int:
+    """Number of active latent dimensions: variance of the latent mean across cells
+    above ``threshold`` (Burda et al., 2016's "active units"; collapse shows as few).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> z = np.c_[np.random.default_rng(0).normal(size=100), np.zeros(100)]
+    >>> active_dimensions(z)
+    1
+    """
+    return int((np.asarray(latent, dtype=np.float64).var(axis=0) > threshold).sum())
 
 
 def attribution_summary(

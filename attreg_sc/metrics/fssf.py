@@ -13,6 +13,26 @@ genes alone found the subclusters; ``-1``: the GT genes are ignored. The control
 repeats the computation with random gene subsets of the GT's size drawn from the
 non-GT genes.
 
+Variants (the paper's text admits more than one reading; the default is the strict one
+and every goal in this project is stated with it):
+
+* ``vote="all"`` (default, strict): a swapped cell is mapped by a vote among *all*
+  subclusters of its cell type, so a cell that lands in a third subcluster counts in
+  ``n_t`` but in neither ``n_g`` nor ``n_o``.
+* ``vote="pair"``: the vote is restricted to the two swapped subclusters (a third
+  subcluster cannot take the cell); always ``n_g + n_o = n_t``.
+* ``pairing="random"`` (default): every cell of A gets a random donor of B (with
+  replacement when B is smaller) and vice versa; ``pairing="exchange"``: a true
+  one-to-one exchange of ``min(|A|, |B|)`` random couples, both partners swapped.
+
+The pairing and the random-gene control draw from independent streams of ``seed``, so
+the GT score does not depend on ``n_random``.
+
+Diagnostics of the latent structure that bounds FSSF: the number of subclusters per
+cell type (:meth:`FSSFResult.summary`), the fraction of the way each GT-swapped cell
+moves from its own latent position toward its donor's (``move_median`` per pair: 1
+means it landed on the donor), and :func:`attreg_sc.metrics.active_dimensions`.
+
 Speed: when the encoder input is ``log1p(counts)`` (elementwise), the first layer of
 the encoder is linear in it, so a swapped cell's first-layer activation is
 ``h(base) - h_S(base) + h_S(donor)`` with ``h_S`` the contribution of the gene set
@@ -34,7 +54,10 @@ import torch
 
 from attreg.transfer import to_device
 
-__all__ = ["FSSFResult", "fssf", "fssf_from_encoder", "leiden_subclusters"]
+__all__ = ["FSSFResult", "fssf", "fssf_from_encoder", "leiden_subclusters", "VOTES", "PAIRINGS"]
+
+VOTES = ("all", "pair")
+PAIRINGS = ("random", "exchange")
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +86,34 @@ class FSSFResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> pd.DataFrame:
-        """Mean score per cell type for the GT and the random control."""
+        """Per cell type: mean score for the GT and the random control, the number of
+        pairs and subclusters, and the median fraction of the way to the donor."""
+        cols = ["fssf_gt", "fssf_random", "n_pairs", "n_subclusters", "move_median"]
         if self.table.empty:
-            return pd.DataFrame(columns=["fssf_gt", "fssf_random", "n_pairs"])
-        return self.table.groupby("cell_type", observed=True).agg(
+            return pd.DataFrame(columns=cols)
+        out = self.table.groupby("cell_type", observed=True).agg(
             fssf_gt=("score", "mean"),
             fssf_random=("random_mean", "mean"),
             n_pairs=("score", "size"),
+            move_median=("move_median", "median"),
         )
+        t = self.table
+        ends = pd.concat(
+            [
+                t[["cell_type", c]].set_axis(["cell_type", "sub"], axis=1)
+                for c in ("subcluster_a", "subcluster_b")
+            ]
+        )
+        out["n_subclusters"] = ends.groupby("cell_type", observed=True)["sub"].nunique()
+        return out[cols]
+
+    def score(self) -> float:
+        """The mean GT score over all pairs (NaN without pairs)."""
+        return float(self.table["score"].mean()) if len(self.table) else float("nan")
+
+    def random_score(self) -> float:
+        """The mean random-control score over all pairs."""
+        return float(self.table["random_mean"].mean()) if len(self.table) else float("nan")
 
 
 def leiden_subclusters(
@@ -136,6 +179,31 @@ def _vote(nn: _BruteKNN, ref_labels: np.ndarray, z: np.ndarray, n_labels: int) -
     return counts.argmax(1)
 
 
+def _vote_within_pairs(
+    z_ref: np.ndarray,
+    ref: np.ndarray,
+    z: np.ndarray,
+    pair_labels: list[tuple[int, int]],
+    bounds: np.ndarray,
+    k: int,
+    n_labels: int,
+) -> np.ndarray:
+    """``vote="pair"``: the swapped cells of each pair voted among that pair's cells only."""
+    mapped = np.empty(len(z), dtype=np.int64)
+    for (a, b), lo, hi in zip(pair_labels, bounds[:-1], bounds[1:], strict=True):
+        keep = np.flatnonzero((ref == a) | (ref == b))
+        mapped[lo:hi] = _vote(_BruteKNN(z_ref[keep], k), ref[keep], z[lo:hi], n_labels)
+    return mapped
+
+
+def _move_fraction(z_swapped: np.ndarray, z_base: np.ndarray, z_donor: np.ndarray) -> np.ndarray:
+    """How far each swapped cell moved from its own position toward its donor's:
+    the projection ``(z_s - z_b) . (z_d - z_b) / |z_d - z_b|^2`` (0: stayed, 1: donor)."""
+    step, gap = z_swapped - z_base, z_donor - z_base
+    norm = (gap * gap).sum(1)
+    return np.divide((step * gap).sum(1), norm, out=np.full(len(norm), np.nan), where=norm > 0)
+
+
 def _pair_counts(
     mapped: np.ndarray, donor_label: np.ndarray, base_label: np.ndarray, bounds: np.ndarray
 ) -> list[tuple[int, int, int]]:
@@ -169,6 +237,32 @@ class _SwapEncoder:
         return self.encode(swapped, self.batch[base])
 
 
+class _SwapScorer:
+    """Swap a gene set for all pairs of one cell type, vote, and count ``(n_g, n_o, n_t)``."""
+
+    def __init__(
+        self, swap, nn, z_ref, ref, n_labels, pair_codes, base, donor, bounds, k_vote, vote
+    ):  # fmt: skip
+        self.swap, self.nn, self.z_ref, self.ref, self.n_labels = swap, nn, z_ref, ref, n_labels
+        self.pair_codes, self.base, self.donor, self.bounds = pair_codes, base, donor, bounds
+        self.k_vote, self.vote = k_vote, vote
+
+    def __call__(self, gene_idx: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        z_swapped = self.swap(gene_idx, self.base, self.donor)
+        if self.vote == "all":
+            mapped = _vote(self.nn, self.ref, z_swapped, self.n_labels)
+        else:
+            mapped = _vote_within_pairs(
+                self.z_ref, self.ref, z_swapped, self.pair_codes, self.bounds, self.k_vote,
+                self.n_labels,
+            )  # fmt: skip
+        ref = self.ref
+        return z_swapped, _pair_counts(mapped, ref[self.donor], ref[self.base], self.bounds)
+
+    def counts(self, gene_idx: np.ndarray) -> list[tuple[int, int, int]]:
+        return self(gene_idx)[1]
+
+
 def fssf_from_encoder(
     encode: Callable[[np.ndarray, np.ndarray], np.ndarray],
     counts,
@@ -182,6 +276,8 @@ def fssf_from_encoder(
     seed: int = 0,
     first_layer=None,
     progress_bar: bool = False,
+    vote: str = "all",
+    pairing: str = "random",
 ) -> FSSFResult:
     """FSSF for any encoder ``encode(counts (m, G) float32, batch_codes (m,)) -> (m, d)``.
 
@@ -206,9 +302,17 @@ def fssf_from_encoder(
         Optional fast path (see the module docstring).
     progress_bar
         Show a tqdm bar over cell types.
+    vote
+        ``"all"`` (strict, default) or ``"pair"`` (see the module docstring).
+    pairing
+        ``"random"`` (default) or ``"exchange"`` (see the module docstring).
     """
     from tqdm.auto import tqdm
 
+    if vote not in VOTES:
+        raise ValueError(f"unknown vote {vote!r}; use one of {VOTES}.")
+    if pairing not in PAIRINGS:
+        raise ValueError(f"unknown pairing {pairing!r}; use one of {PAIRINGS}.")
     gt_genes = np.asarray(gt_genes, dtype=bool)
     n_cells, n_genes = counts.shape
     if gt_genes.shape != (n_genes,):
@@ -217,11 +321,13 @@ def fssf_from_encoder(
     if n_gt == 0 or n_gt == n_genes:
         raise ValueError("the GT must select some but not all genes.")
     batch_codes = np.zeros(n_cells, dtype=np.int64) if batch_codes is None else batch_codes
-    rng = np.random.default_rng(seed)
+    # independent streams: the pairing does not depend on how many control sets are drawn
+    pair_stream, control_stream = np.random.SeedSequence(seed).spawn(2)
+    rng, rng_control = np.random.default_rng(pair_stream), np.random.default_rng(control_stream)
     gt_idx = np.flatnonzero(gt_genes)
     others = np.flatnonzero(~gt_genes)
     random_sets = [
-        np.sort(rng.choice(others, size=min(n_gt, len(others)), replace=False))
+        np.sort(rng_control.choice(others, size=min(n_gt, len(others)), replace=False))
         for _ in range(n_random)
     ]
     rows, rand_rows = [], []
@@ -240,12 +346,16 @@ def fssf_from_encoder(
         nn = _BruteKNN(z_ref, k_vote)
         swap = _SwapEncoder(encode, first_layer, x, batch_codes[cells])
         pairs = [(a, b) for i, a in enumerate(subs) for b in subs[i + 1 :]]
-        # random pairing (seeded): each cell of A gets a donor from B and vice versa
         plan = []
         for a, b in pairs:
             ia, ib = np.flatnonzero(labels_ct == a), np.flatnonzero(labels_ct == b)
-            donors_a = rng.choice(ib, size=len(ia), replace=len(ib) < len(ia))
-            donors_b = rng.choice(ia, size=len(ib), replace=len(ia) < len(ib))
+            if pairing == "random":  # each cell of A gets a donor from B and vice versa
+                donors_a = rng.choice(ib, size=len(ia), replace=len(ib) < len(ia))
+                donors_b = rng.choice(ia, size=len(ib), replace=len(ia) < len(ib))
+            else:  # one-to-one exchange between min(|A|, |B|) random couples
+                size = min(len(ia), len(ib))
+                ia, ib = rng.permutation(ia)[:size], rng.permutation(ib)[:size]
+                donors_a, donors_b = ib, ia
             base = np.concatenate([ia, ib])
             donor = np.concatenate([donors_a, donors_b])
             plan.append((a, b, base, donor))
@@ -253,12 +363,13 @@ def fssf_from_encoder(
         all_donor = np.concatenate([p[3] for p in plan])
         bounds = np.cumsum([0] + [len(p[2]) for p in plan])
 
-        def scores_for(gene_idx: np.ndarray) -> list[tuple[int, int, int]]:
-            z_swapped = swap(gene_idx, all_base, all_donor)  # noqa: B023 (used at once)
-            mapped = _vote(nn, ref, z_swapped, len(subs))  # noqa: B023
-            return _pair_counts(mapped, ref[all_donor], ref[all_base], bounds)  # noqa: B023
-
-        gt_scores = scores_for(gt_idx)
+        scorer = _SwapScorer(
+            swap, nn, z_ref, ref, len(subs), [(code[a], code[b]) for a, b, _, _ in plan],
+            all_base, all_donor, bounds, k_vote, vote,
+        )  # fmt: skip
+        z_gt, gt_scores = scorer(gt_idx)
+        scores_for = scorer.counts
+        moved = _move_fraction(z_gt, z_ref[all_base], z_ref[all_donor])
         rand = np.array([[(g - o) / t for g, o, t in scores_for(s)] for s in random_sets]).reshape(
             len(random_sets), len(plan)
         )
@@ -274,6 +385,7 @@ def fssf_from_encoder(
                     n_o=n_o,
                     n_t=n_t,
                     score=(n_g - n_o) / n_t,
+                    move_median=float(np.nanmedian(moved[bounds[i] : bounds[i + 1]])),
                     random_mean=float(np.mean(r)),
                     random_std=float(np.std(r)),
                     random_q05=float(np.quantile(r, 0.05)),
@@ -294,6 +406,7 @@ def fssf_from_encoder(
             "n_o",
             "n_t",
             "score",
+            "move_median",
             "random_mean",
             "random_std",
             "random_q05",
@@ -347,6 +460,8 @@ def fssf(
     seed: int = 0,
     fast: bool = True,
     progress_bar: bool = False,
+    vote: str = "all",
+    pairing: str = "random",
 ) -> FSSFResult:
     """FSSF of a trained :class:`~attreg_sc.SCARE` model for one GT gene set.
 
@@ -374,6 +489,9 @@ def fssf(
         Use the linear-first-layer shortcut when the encoder input is ``log1p(counts)``.
     progress_bar
         Show a tqdm bar over cell types.
+    vote, pairing
+        The strict score (``"all"``, ``"random"``; default) or one of the named variants
+        (``vote="pair"``, ``pairing="exchange"``; see the module docstring).
     """
     from attreg_sc.gt import from_genes
 
@@ -431,6 +549,8 @@ def fssf(
         seed=seed,
         first_layer=first,
         progress_bar=progress_bar,
+        vote=vote,
+        pairing=pairing,
     )
     res.subclusters = pd.Series(sub, index=adata.obs_names, name="fssf_subcluster")
     res.skipped = skipped
