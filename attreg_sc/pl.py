@@ -30,7 +30,7 @@ _TERMS = [
     ("reconstruction", "L_R (reconstruction)"),
     ("kl", "L_D (KL)"),
     ("attribution", "L_A (attribution)"),
-    ("validation_loss", "validation ELBO loss"),
+    ("validation_loss", "validation objective"),
 ]
 
 

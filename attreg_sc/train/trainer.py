@@ -203,7 +203,15 @@ def train_module(
     opt = make_optimizer(module.parameters(), plan)
     history: dict[str, list[float]] = {
         k: []
-        for k in ("loss", "reconstruction", "kl", "attribution", "validation_loss", "kl_weight")
+        for k in (
+            "loss",
+            "reconstruction",
+            "kl",
+            "attribution",
+            "validation_loss",
+            "kl_weight",
+            "validation_elbo",
+        )
     }
     stopper, best_state = EarlyStopping(plan.patience), None
     first_epoch = 0
@@ -262,11 +270,18 @@ def train_module(
         for key, v in zip(_TERMS, terms.mean(0).tolist(), strict=True):
             history[key].append(v)
         history["kl_weight"].append(kl_weight)
-        val = _validation_loss(module, data, val_idx, codes, plan, device)
+        val, val_elbo = _validation_loss(
+            module, data, val_idx, codes, plan, device, prior_loss if use_prior else None
+        )
         history["validation_loss"].append(val)
+        history.setdefault("validation_elbo", []).append(val_elbo)
         bar.set_postfix(loss=f"{history['loss'][-1]:.1f}", val=f"{val:.1f}")
         logger.debug("epoch %d: %s", epoch, {k: v[-1] for k, v in history.items()})
-        if plan.early_stopping and len(val_idx) and kl_weight >= 1.0:
+        # the window opens once the objective is complete: KL warmed up, prior switched on
+        watching = kl_weight >= 1.0 and (
+            prior_loss is None or plan.w_attribution == 0 or epoch >= plan.prior_warmup_epochs
+        )
+        if plan.early_stopping and len(val_idx) and watching:
             stopper.step(val)
             if stopper.improved:
                 best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -286,12 +301,7 @@ def train_module(
                     "best_state": best_state,
                 },
             )
-        if (
-            plan.early_stopping
-            and len(val_idx)
-            and kl_weight >= 1.0
-            and stopper.waited >= (stopper.patience)
-        ):
+        if plan.early_stopping and len(val_idx) and watching and stopper.waited >= stopper.patience:
             logger.info("early stopping at epoch %d (best %.3f)", epoch, stopper.best)
             break
     if best_state is not None:
@@ -316,16 +326,35 @@ def load_checkpoint(path) -> dict:
 
 
 @torch.no_grad()
-def _validation_loss(module, data, idx, codes, plan, device) -> float:
+def _validation_loss(
+    module, data, idx, codes, plan, device, prior_loss: Callable | None = None
+) -> tuple[float, float]:
+    """``(objective, elbo)`` on the validation cells: the negative ELBO ``L_R + L_D`` and
+    the objective being trained, ``w_R L_R + w_D L_D + w_A L_A`` (``L_A`` when the prior
+    is on), which early stopping monitors: selecting by the ELBO alone would restore the
+    epoch that fits the data best whatever the prior, undoing it."""
     if len(idx) == 0:
-        return float("nan")
+        return float("nan"), float("nan")
     module.eval()
     chunks, sizes = [], []
     for start in range(0, len(idx), 1024):
         rows = idx[start : start + 1024]
-        terms = module.loss(*minibatch(data, codes, rows, device), 1.0)
-        chunks.append(terms["reconstruction"] + terms["kl_z"] + terms["kl_l"])
+        counts, batch_index = minibatch(data, codes, rows, device)
+        terms = module.loss(counts, batch_index, 1.0)
+        kl = terms["kl_z"] + terms["kl_l"]
+        l_a = torch.zeros((), device=kl.device)
+        if prior_loss is not None and len(rows) > 1:
+            with torch.enable_grad():  # attributions need gradients (no parameter update)
+                l_a = prior_loss(terms["x_in"], batch_index, rows, terms["h_first"]).detach()
+        objective = (
+            plan.w_reconstruction * terms["reconstruction"]
+            + plan.w_divergence * kl
+            + plan.w_attribution * l_a
+        )
+        chunks.append(torch.stack([objective, terms["reconstruction"] + kl]))
         sizes.append(len(rows))
     module.train()
     means = torch.stack(chunks).cpu().tolist()  # one host sync per validation pass
-    return sum(m * s for m, s in zip(means, sizes, strict=True)) / len(idx)
+    objective = sum(m[0] * s for m, s in zip(means, sizes, strict=True)) / len(idx)
+    elbo = sum(m[1] * s for m, s in zip(means, sizes, strict=True)) / len(idx)
+    return objective, elbo
