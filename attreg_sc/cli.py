@@ -74,6 +74,16 @@ def _ground_truths(adata, args) -> dict:
     return out
 
 
+def scare_defaults() -> dict:
+    """``SCARE``'s constructor defaults: the one source of the CLI's and the demo's."""
+    import inspect
+
+    from attreg_sc.model import SCARE
+
+    params = inspect.signature(SCARE.__init__).parameters
+    return {k: v.default for k, v in params.items() if v.default is not inspect.Parameter.empty}
+
+
 def _add_data_args(p: argparse.ArgumentParser, gt: bool = True) -> None:
     p.add_argument("data", help="AnnData .h5ad with raw counts")
     p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
@@ -87,6 +97,10 @@ def _add_data_args(p: argparse.ArgumentParser, gt: bool = True) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from attreg_sc.metrics.fssf import PAIRINGS, VOTES
+    from attreg_sc.model import REDUCERS
+
+    defaults = scare_defaults()
     parser = argparse.ArgumentParser(
         prog="attreg-sc", description="scARE: attribution-regularized single-cell VAEs."
     )
@@ -98,12 +112,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--markers-by", default=None, help="GT = MI markers of this obs label")
     t.add_argument("--markers-groupby", default=None, help="markers within each group")
     t.add_argument("--n-markers", type=int, default=40)
-    t.add_argument("--w-attr", type=float, default=100.0, help="weight w_A of L_A")
+    t.add_argument(
+        "--w-attr", type=float, default=defaults["w_attr"], help="weight w_A of L_A"
+    )
     t.add_argument("--attribution", choices=["eg", "ig"], default="eg")
+    t.add_argument(
+        "--reducer",
+        choices=REDUCERS,
+        default=defaults["reducer"],
+        help="F over the latent: random directions (default), every dimension, or the "
+        "paper's sum",
+    )
+    t.add_argument("--n-directions", type=int, default=defaults["n_directions"])
     t.add_argument("--target", choices=["encoder", "model"], default="encoder")
     t.add_argument("--reparameterizer", default="abs_minmax")
     t.add_argument("--loss", choices=["mse", "mae"], default="mse")
-    t.add_argument("--n-latent", type=int, default=10)
+    t.add_argument("--n-latent", type=int, default=defaults["n_latent"])
     t.add_argument("--max-epochs", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
@@ -116,6 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--cell-type-key", required=True)
     f.add_argument("--n-random", type=int, default=100)
     f.add_argument("--resolution", type=float, default=0.5)
+    f.add_argument("--vote", choices=VOTES, default="all", help="strict 'all' or 'pair'")
+    f.add_argument("--pairing", choices=PAIRINGS, default="random")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, help="CSV file for the FSSF table")
 
@@ -139,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="scare_demo", help="report folder")
     d.add_argument("--max-epochs", type=int, default=100)
     d.add_argument("--n-random", type=int, default=100)
-    d.add_argument("--w-attr", type=float, default=100.0)
+    d.add_argument("--w-attr", type=float, default=defaults["w_attr"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
     return parser
@@ -169,6 +195,8 @@ def _cmd_train(args) -> None:
         w_attr=args.w_attr,
         attribution=args.attribution,
         target=args.target,
+        reducer=args.reducer,
+        n_directions=args.n_directions,
         reparameterizer=args.reparameterizer,
         loss=args.loss,
         n_latent=args.n_latent,
@@ -217,6 +245,8 @@ def _cmd_fssf(args) -> None:
         resolution=args.resolution,
         n_random=args.n_random,
         seed=args.seed,
+        vote=args.vote,
+        pairing=args.pairing,
     )
     atomic_write_text(args.out, res.table.to_csv(index=False))
     print(res.summary().to_string(float_format=lambda v: f"{v:.3f}"))
@@ -276,7 +306,7 @@ def run_demo(
     synthetic: bool = False,
     max_epochs: int = 100,
     n_random: int = 100,
-    w_attr: float = 100.0,
+    w_attr: float | None = None,
     seed: int = 0,
     progress_bar: bool = True,
 ):
@@ -291,6 +321,7 @@ def run_demo(
     from attreg_sc.report import evaluate, write_report
 
     t0 = time.time()
+    w_attr = scare_defaults()["w_attr"] if w_attr is None else w_attr
     sets = asc.datasets.go_gene_sets()
     ref = asc.datasets.pbmc3k()
     if synthetic:

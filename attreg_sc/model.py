@@ -13,8 +13,8 @@ import scipy.sparse as sp
 import torch
 
 import attreg
-from attreg.prior import AttributionPrior, PriorSet, make_method
-from attreg.reducers import resolve_reducer
+from attreg.prior import AttributionPrior, ExclusionPrior, PriorSet, make_method
+from attreg.reducers import Index, OutputUnits, RandomDirections, Reducer, resolve_reducer
 from attreg.transfer import to_device
 from attreg_sc._io import load_versioned, save_versioned
 from attreg_sc.data import CountData
@@ -22,7 +22,7 @@ from attreg_sc.gt import CellGroundTruth, GroupedGroundTruth, from_cell_matrix, 
 from attreg_sc.module.vae import SCAREModule
 from attreg_sc.train.trainer import TrainingPlan, minibatch, train_module
 
-__all__ = ["SCARE", "FORMAT_VERSION"]
+__all__ = ["SCARE", "FORMAT_VERSION", "REDUCERS"]
 
 logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -80,6 +80,42 @@ def _normalize_ground_truths(adata, gt, gene_key: str | None) -> dict[str, Any]:
     return out
 
 
+REDUCERS = ("random_direction", "per_dimension", "sum", "mean", "l2")
+DIRECTION_REDUCERS = ("random_direction", "per_dimension")
+
+
+def _resolve_blocks(
+    blocks: Mapping[str, int | list[int]] | None, ground_truths: Mapping, n_latent: int
+) -> dict[str, list[int]]:
+    """``{gt name: latent dims}``; integer sizes are laid out consecutively from 0."""
+    if not blocks:
+        return {}
+    unknown = set(blocks) - set(ground_truths)
+    if unknown:
+        raise KeyError(
+            f"latent_blocks names {sorted(unknown)} are not GT names {list(ground_truths)}."
+        )
+    out: dict[str, list[int]] = {}
+    start = 0
+    for name, spec in blocks.items():
+        if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+            if spec < 1:
+                raise ValueError(f"latent block {name!r} needs at least one dimension.")
+            dims = list(range(start, start + int(spec)))
+            start += int(spec)
+        else:
+            dims = [int(d) for d in spec]
+        if not dims or any(not 0 <= d < n_latent for d in dims) or len(set(dims)) != len(dims):
+            raise ValueError(
+                f"latent block {name!r} = {dims} must be distinct dimensions in 0..{n_latent - 1}."
+            )
+        out[name] = dims
+    taken = [d for dims in out.values() for d in dims]
+    if len(set(taken)) != len(taken):
+        raise ValueError(f"latent blocks overlap: {out}; give each GT its own dimensions.")
+    return out
+
+
 _UNSET: Any = object()
 SETUP_KEY = "attreg_sc"
 
@@ -108,9 +144,25 @@ class SCARE:
     target
         ``"encoder"`` (``F`` over the latent mean, default) or ``"model"`` (``F`` over the
         log reconstructed mean).
-    reducer, reparameterizer, loss
-        See :class:`attreg.AttributionPrior` (defaults ``"sum"``, ``"abs_minmax"``,
-        ``"mse"``).
+    reducer
+        ``F`` for the encoder target. ``"random_direction"`` (default): ``F = v . mu`` for
+        ``n_directions`` fresh random unit directions ``v`` of the latent per step, so
+        that every latent direction, not only the sum, concentrates on the GT genes
+        (see docs/concepts.md, "the sum loophole"); ``"per_dimension"``: one prior per
+        latent dimension (``n_latent`` times the attribution cost); ``"sum"``: the
+        paper's ``F = sum_k mu_k`` (kept to reproduce the paper); ``"mean"``, ``"l2"``.
+    n_directions
+        Directions per step for ``reducer="random_direction"``.
+    latent_blocks
+        ``{gt_name: n_dims or [latent dims]}``: the prior of each named GT acts on its
+        own block of the latent (counts are laid out consecutively from dimension 0);
+        unnamed GTs act on the whole latent. With blocks, ``w_exclusion`` adds an
+        :class:`attreg.ExclusionPrior` per GT that keeps every other latent dimension off
+        its genes.
+    w_exclusion
+        Weight of each exclusion prior relative to a GT's weight (``latent_blocks`` only).
+    reparameterizer, loss
+        See :class:`attreg.AttributionPrior` (defaults ``"abs_minmax"``, ``"mse"``).
     gt_weights
         Per-GT weights (dict), default 1 each; ``aggregation`` ``"sum"`` or
         ``"squared_sum"``.
@@ -148,13 +200,16 @@ class SCARE:
         w_attr: float = 100.0,
         attribution: str = "eg",
         target: str = "encoder",
-        reducer: str = "sum",
+        reducer: str = "random_direction",
         reparameterizer: str = "abs_minmax",
         loss: str = "mse",
         gt_weights: Mapping[str, float] | None = None,
         aggregation: str = "sum",
         n_samples: int = 1,
         n_steps: int = 20,
+        n_directions: int = 1,
+        latent_blocks: Mapping[str, int | list[int]] | None = None,
+        w_exclusion: float = 1.0,
         w_reconstruction: float = 1.0,
         w_divergence: float = 1.0,
         n_hidden: int = 128,
@@ -199,7 +254,16 @@ class SCARE:
             aggregation=aggregation,
             n_samples=n_samples,
             n_steps=n_steps,
+            n_directions=n_directions,
+            w_exclusion=w_exclusion,
         )
+        if reducer not in REDUCERS:
+            raise ValueError(f"unknown reducer {reducer!r}; use one of {REDUCERS}.")
+        if not (isinstance(n_directions, int) and n_directions >= 1):
+            raise ValueError(f"n_directions must be a positive integer, got {n_directions!r}.")
+        if not np.isfinite(w_exclusion) or w_exclusion < 0:
+            raise ValueError(f"w_exclusion must be finite and >= 0, got {w_exclusion}.")
+        self.latent_blocks = _resolve_blocks(latent_blocks, self.ground_truths, n_latent)
         self.gt_weights = dict(gt_weights or {})
         unknown = set(self.gt_weights) - set(self.ground_truths)
         if unknown:
@@ -249,29 +313,76 @@ class SCARE:
         adata.uns[SETUP_KEY] = {k: v for k, v in settings.items() if v is not None}
 
     # -- priors --------------------------------------------------------------------------
+    @property
+    def priors_by_gt(self) -> dict[str, AttributionPrior]:
+        """The prior of each GT, by the GT's name (``{}`` for a plain cVAE). Exclusion
+        priors (``latent_blocks``) are in ``priors.priors`` as ``gt<i>_exclusion``."""
+        if self.priors is None:
+            return {}
+        return {name: self.priors.priors[f"gt{i}"] for i, name in enumerate(self.ground_truths)}
+
+    def _reducer(self, units: list[int] | None) -> Reducer:
+        """The prior's ``F`` over the latent dimensions ``units`` (``None``: all)."""
+        p, n_latent = self.prior_params, self.module.n_latent
+        name = p["reducer"]
+        if p["target"] == "model" or (units is None and name in ("sum", "mean", "l2")):
+            return resolve_reducer("sum" if name in DIRECTION_REDUCERS else name)
+        units = list(range(n_latent)) if units is None else units
+        if name == "random_direction":
+            return RandomDirections(p["n_directions"], units=units, generator=self._generator)
+        if name == "per_dimension":
+            return OutputUnits(units)
+        if name == "sum":
+            return Index(units)
+        raise ValueError(f"reducer {name!r} cannot act on a latent block; use a direction reducer.")
+
     def _build_priors(self) -> PriorSet:
         p = self.prior_params
         target = self.module.attribution_target(p["target"])
-        # counts and GTs were validated before training: no per-step checks (host syncs)
-        method = make_method(
-            target, p["attribution"], resolve_reducer(p["reducer"]), check_inputs=False
-        )
+        if p["target"] == "model" and p["reducer"] in DIRECTION_REDUCERS:
+            logger.info("target='model' explains the log reconstruction: reducer 'sum' is used")
         self._generator = torch.Generator().manual_seed(self.seed)
-        priors = {}
-        for name, g in self.ground_truths.items():
+        methods: dict[tuple | None, Any] = {}
+
+        def method_for(units: list[int] | None):
+            key = None if units is None else tuple(units)
+            if key not in methods:  # one attribution pass per distinct set of units
+                # counts and GTs were validated before training: no per-step checks
+                methods[key] = make_method(
+                    target, p["attribution"], self._reducer(units), check_inputs=False
+                )
+            return methods[key]
+
+        common = dict(
+            n_samples=p["n_samples"],
+            n_steps=p["n_steps"],
+            generator=self._generator,
+            check_inputs=False,
+        )
+        all_dims = list(range(self.module.n_latent))
+        priors: dict[str, AttributionPrior] = {}
+        for i, (name, g) in enumerate(self.ground_truths.items()):
             vector = torch.from_numpy(g.astype(np.float32)) if isinstance(g, np.ndarray) else None
-            priors[name] = AttributionPrior(
+            block = self.latent_blocks.get(name)
+            weight = self.gt_weights.get(name, 1.0)
+            priors[f"gt{i}"] = AttributionPrior(
                 target,
                 vector,
-                method=method,
+                method=method_for(block),
                 reparameterizer=p["reparameterizer"],
                 loss=p["loss"],
-                weight=self.gt_weights.get(name, 1.0),
-                n_samples=p["n_samples"],
-                n_steps=p["n_steps"],
-                generator=self._generator,
-                check_inputs=False,
+                weight=weight,
+                **common,
             )
+            rest = [d for d in all_dims if block is not None and d not in block]
+            if rest and vector is not None and p["w_exclusion"] > 0:
+                priors[f"gt{i}_exclusion"] = ExclusionPrior(
+                    target,
+                    vector,
+                    method=method_for(rest),
+                    weight=weight * p["w_exclusion"],
+                    **common,
+                )
         return PriorSet(priors, p["aggregation"]).to(self.device)
 
     def _prior_loss(
@@ -282,8 +393,8 @@ class SCARE:
         h_first: torch.Tensor | None = None,
     ):
         gts = {
-            name: to_device(torch.from_numpy(g.rows(idx)), x_in.device)
-            for name, g in self.ground_truths.items()
+            f"gt{i}": to_device(torch.from_numpy(g.rows(idx)), x_in.device)
+            for i, g in enumerate(self.ground_truths.values())
             if not isinstance(g, np.ndarray)
         }
         reuse = h_first if self.prior_params["target"] == "encoder" else None
@@ -419,6 +530,7 @@ class SCARE:
         progress_bar: bool = False,
         baselines: Any = None,
         internal_batch_size: int | None = None,
+        reducer: str | int | None = None,
     ) -> np.ndarray:
         """Post-hoc per-cell gene attributions ``(n_cells, n_genes)`` (not differentiable).
 
@@ -439,6 +551,11 @@ class SCARE:
             Show a tqdm bar over chunks.
         internal_batch_size
             captum's argument: rows per forward pass (bounds memory).
+        reducer
+            ``F`` to explain: a latent dimension (``int``), ``"sum"``, ``"mean"``, ``"l2"``;
+            default: the prior's reducer, or ``"sum"`` when the prior used random or
+            per-dimension directions (see :func:`attreg_sc.metrics.dimension_shares`
+            for every dimension).
 
         Examples
         --------
@@ -455,7 +572,13 @@ class SCARE:
         data = self._data_for(adata)
         self.module.eval()
         fn = self.module.attribution_target(target or self.prior_params["target"])
-        reducer = resolve_reducer(self.prior_params["reducer"])
+        if isinstance(reducer, (int, np.integer)) and not isinstance(reducer, bool):
+            reducer = Index(int(reducer))
+        elif reducer is None:
+            name = self.prior_params["reducer"]
+            reducer = resolve_reducer("sum" if name in DIRECTION_REDUCERS else name)
+        else:
+            reducer = resolve_reducer(reducer)
         cls = {"eg": attreg.ExpectedGradients, "ig": attreg.IntegratedGradients}[method]
         explainer = cls(fn, reducer)
         g = torch.Generator().manual_seed(seed)
@@ -516,6 +639,7 @@ class SCARE:
                 layer=self.layer,
                 batch_key=self.batch_key,
                 gene_key=self.gene_key,
+                latent_blocks=self.latent_blocks or None,
                 w_attr=self.w_attr,
                 w_reconstruction=self.w_reconstruction,
                 w_divergence=self.w_divergence,

@@ -112,8 +112,11 @@ def _step_events(adata, device, gt_kind="vector", sync_debug=None, **prior) -> l
         {"attribution": "eg", "n_samples": 3, "reducer": "mean", "reparameterizer": "sigmoid"},
         {"target": "model", "loss": "mae"},
         {"reducer": "l2"},
+        {"reducer": "sum"},
+        {"reducer": "per_dimension"},
+        {"reducer": "random_direction", "n_directions": 3, "attribution": "ig", "n_steps": 3},
     ],
-    ids=["eg", "ig", "eg-k3-mean", "model-target", "l2-autograd"],
+    ids=["eg", "ig", "eg-k3-mean", "model-target", "l2-autograd", "sum", "per-dim", "ig-3dirs"],
 )
 def test_training_step_makes_no_host_synchronisation(adata, meta_as_accelerator, prior):
     assert _step_events(adata, "meta", **prior) == []

@@ -19,11 +19,12 @@ def adata():
 
 @pytest.fixture(scope="module")
 def trained(adata):
-    """Baseline (w_attr=0) and scARE (w_attr=100) on the same data and seed."""
+    """Baseline (w_attr=0) and scARE (the paper's sum prior, w_attr=100) on the same data
+    and seed (the share of the sum's attributions is what this prior acts on)."""
     gt = adata.var["is_gt"].to_numpy()
     out = {}
     for w in (0.0, 100.0):
-        m = asc.SCARE(adata, batch_key="batch", gt=gt, w_attr=w, n_latent=5)
+        m = asc.SCARE(adata, batch_key="batch", gt=gt, w_attr=w, n_latent=5, reducer="sum")
         m.train(max_epochs=40, early_stopping=False, progress_bar=False)
         out[w] = m
     m = asc.SCARE(adata, batch_key=None, w_attr=0.0, n_latent=5)
@@ -198,9 +199,19 @@ def test_grouped_cell_and_multiple_ground_truths():
         n_latent=3,
     )
     m.train(max_epochs=2, progress_bar=False)
-    assert set(m.priors.priors) == {"vector", "grouped", "cell"}
-    assert m.priors.priors["cell"].weight == 0.5
+    assert set(m.priors_by_gt) == {"vector", "grouped", "cell"}
+    assert m.priors_by_gt["cell"].weight == 0.5
     assert np.isfinite(m.history["attribution"]).all()
+
+
+def test_any_string_is_a_gt_name():
+    """GT names are not module names: dots, reserved words and spaces all work."""
+    a = small()
+    genes = list(a.var_names)
+    names = ["mapk.v2", "train", "float", "HALLMARK X 2023"]
+    m = asc.SCARE(a, gt={n: genes[i : i + 5] for i, n in enumerate(names)}, n_latent=2)
+    m.train(max_epochs=1, progress_bar=False)
+    assert list(m.priors_by_gt) == names
 
 
 def test_post_hoc_attributions(trained, adata):

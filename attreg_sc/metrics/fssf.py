@@ -422,8 +422,8 @@ def fssf_from_encoder(
 class _ScareFirstLayer:
     """Linear-first-layer fast path for a :class:`~attreg_sc.module.SCAREModule`."""
 
-    def __init__(self, module, device):
-        self.m, self.device = module, device
+    def __init__(self, module, device, dims=slice(None)):
+        self.m, self.device, self.dims = module, device, dims
         self.w = module.encoder.body.first.weight.detach()  # (H, G)
         self.b = module.encoder.body.first.bias.detach()
 
@@ -443,7 +443,7 @@ class _ScareFirstLayer:
     def finish(self, h: torch.Tensor, batch: np.ndarray) -> np.ndarray:
         m = self.m
         codes = m.batch_covariate(to_device(torch.from_numpy(batch), self.device))
-        return m.encoder.mean_from_first(h + self.b, codes).cpu().numpy()
+        return m.encoder.mean_from_first(h + self.b, codes).cpu().numpy()[:, self.dims]
 
 
 def fssf(
@@ -462,6 +462,7 @@ def fssf(
     progress_bar: bool = False,
     vote: str = "all",
     pairing: str = "random",
+    latent_dims: list[int] | None = None,
 ) -> FSSFResult:
     """FSSF of a trained :class:`~attreg_sc.SCARE` model for one GT gene set.
 
@@ -492,6 +493,10 @@ def fssf(
     vote, pairing
         The strict score (``"all"``, ``"random"``; default) or one of the named variants
         (``vote="pair"``, ``pairing="exchange"``; see the module docstring).
+    latent_dims
+        Score on these latent dimensions only (e.g. the block a GT owns with
+        ``SCARE(latent_blocks=...)``): subclusters, swapped cells and votes all live in
+        that subspace. ``None``: the whole latent.
     """
     from attreg_sc.gt import from_genes
 
@@ -504,7 +509,8 @@ def fssf(
     if isinstance(gt, (list, tuple)):
         gt = from_genes(adata, gt, model.gene_key)
     gt = np.asarray(gt, dtype=bool)
-    latent = model.get_latent_representation(adata)
+    dims = slice(None) if latent_dims is None else np.asarray(latent_dims, dtype=np.int64)
+    latent = model.get_latent_representation(adata)[:, dims]
     cell_types = adata.obs[cell_type_key].astype(str).to_numpy()
     sub = np.full(adata.n_obs, "", dtype=object)
     skipped = {}
@@ -533,9 +539,12 @@ def fssf(
             .numpy()
             for s in range(0, len(counts), 4096)
         ]
-        return np.concatenate(out) if out else np.zeros((0, module.n_latent), np.float32)
+        z = np.concatenate(out) if out else np.zeros((0, module.n_latent), np.float32)
+        return z[:, dims]
 
-    first = _ScareFirstLayer(module, model.device) if fast and not module.normalize_input else None
+    first = None
+    if fast and not module.normalize_input:
+        first = _ScareFirstLayer(module, model.device, dims)
     res = fssf_from_encoder(
         encode,
         data.matrix,

@@ -260,11 +260,15 @@ class _EncoderRest(_EncoderMean):
         *,
         create_graph: bool = False,
     ) -> torch.Tensor | None:
-        """``dF/dh_first`` in closed form for a linear reducer (sum, mean, unit) and a
-        one-block encoder; ``None`` otherwise (see :func:`attreg.attr.gradients_at`)."""
+        """``dF/dh_first`` in closed form for a linear reducer (sum, mean, unit, random or
+        per-unit directions) and a one-block encoder; ``None`` otherwise (see
+        :func:`attreg.attr.gradients_at`)."""
         m = self.module_
-        output_weights = getattr(reducer, "output_weights", None)
-        weights = None if output_weights is None else output_weights(m.n_latent, h_first.device)
+        if hasattr(reducer, "row_output_weights") and reducer.m > 1 and reducer.output is None:
+            weights = reducer.row_output_weights(h_first.shape[0], m.n_latent, h_first.device)
+        else:
+            output_weights = getattr(reducer, "output_weights", None)
+            weights = None if output_weights is None else output_weights(m.n_latent, h_first.device)
         if weights is None:
             return None
         return m.encoder.mean_gradient_from_first(h_first, weights, m.batch_covariate(batch_index))

@@ -34,8 +34,9 @@ def _row_mean(t: torch.Tensor) -> torch.Tensor:
 class NormReLUInputGradient(torch.autograd.Function):
     """``dF/dh`` of ``F = c . (relu(layer_norm(h) * gamma + beta) * drop)`` per row.
 
-    Inputs: ``h`` ``(n, H)``, ``gamma``, ``beta``, ``c`` ``(H,)``, ``drop`` ``(n, H)`` (the
-    scaled dropout mask, or ``None``) and the LayerNorm ``eps``. Differentiable once (its
+    Inputs: ``h`` ``(n, H)``, ``gamma``, ``beta``, ``c`` ``(H,)`` or one per row
+    ``(n, H)``, ``drop`` ``(n, H)`` (the scaled dropout mask, or ``None``) and the
+    LayerNorm ``eps``. Differentiable once (its
     backward is hand-written): enough to train on a loss of the gradient.
     """
 
@@ -62,9 +63,14 @@ class NormReLUInputGradient(torch.autograd.Function):
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
             # dL/du = r (G - mean G - xhat mean(G xhat)); u = gate * c * gamma
             d_u = (grad_out - g_mean).sub_(xhat * g_xhat).mul_(rstd)
-            d_cg = (d_u * gate).sum(dim=0)
-            d_gamma = d_cg * c if ctx.needs_input_grad[1] else None
-            d_c = d_cg * gamma if ctx.needs_input_grad[3] else None
+            d_ug = d_u.mul_(gate)
+            if c.ndim == 1:  # one c for every row
+                d_cg = d_ug.sum(dim=0)
+                d_gamma = d_cg * c if ctx.needs_input_grad[1] else None
+                d_c = d_cg * gamma if ctx.needs_input_grad[3] else None
+            else:  # a c per row (one output direction per row)
+                d_gamma = (d_ug * c).sum(dim=0) if ctx.needs_input_grad[1] else None
+                d_c = d_ug * gamma if ctx.needs_input_grad[3] else None
         if ctx.needs_input_grad[0]:
             # dL/dh = -r [xhat (mean(G g) - 2 r m mean(G xhat))
             #             + r (m (G - mean G) + mean(G xhat) (u - mean u))]
@@ -91,7 +97,8 @@ def norm_relu_input_gradient(
     gamma, beta
         The LayerNorm's affine parameters ``(H,)``.
     c
-        ``(H,)``: the output layer folded with the reducer's weights, ``w @ W``.
+        ``(H,)``: the output layer folded with the reducer's weights, ``w @ W``; or
+        ``(n, H)``, one per row (a reducer with a direction per row).
     drop
         The dropout mask scaled by ``1 / (1 - p)`` (``(n, H)``), or ``None``.
     eps
