@@ -1,14 +1,28 @@
-"""Atomic writes: a temporary file in the same folder, then ``os.replace``."""
+"""Atomic writes (a temporary file in the same folder, then ``os.replace``) and the safe,
+checksummed file format of saved models and checkpoints."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "save_versioned", "load_versioned"]
+import numpy as np
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_text",
+    "save_versioned",
+    "load_versioned",
+    "to_safe",
+    "from_safe",
+]
 
 
 def _umask() -> int:
@@ -43,25 +57,92 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def save_versioned(path: str | os.PathLike, payload: dict) -> None:
-    """``torch.save`` a dict (holding its ``format_version``) atomically, synced to disk."""
+# A saved file is ``MAGIC + sha256 hex digest + "\n" + torch.save bytes``. The payload holds
+# tensors, numbers, strings, lists, tuples and dicts only (numpy arrays are stored as
+# tensors or string lists and restored on load), so it loads with
+# ``torch.load(weights_only=True)``: no file can run code when it is read. The digest
+# covers every byte of the payload: a flipped byte is refused with the file's name.
+MAGIC = b"attreg-file 1 sha256:"
+_NDARRAY, _STRARRAY = "__attreg_ndarray__", "__attreg_str_array__"
+
+
+def to_safe(obj: Any) -> Any:
+    """``obj`` with numpy arrays and scalars replaced by tensors / Python values (what a
+    ``weights_only`` load accepts); :func:`from_safe` undoes it."""
     import torch
 
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "biuf":
+            return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(obj)).clone()}
+        return {_STRARRAY: [str(v) for v in obj.ravel().tolist()], "shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_safe(v) for v in obj)
+    return obj
+
+
+def from_safe(obj: Any) -> Any:
+    """Inverse of :func:`to_safe`."""
+    if isinstance(obj, dict):
+        if _NDARRAY in obj:
+            return obj[_NDARRAY].numpy()
+        if _STRARRAY in obj:
+            return np.array(obj[_STRARRAY], dtype=object).reshape(obj["shape"])
+        return {k: from_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(from_safe(v) for v in obj)
+    return obj
+
+
+def save_versioned(path: str | os.PathLike, payload: dict) -> None:
+    """Write a dict (holding its ``format_version``) atomically, synced to disk, in the
+    safe checksummed format (see :data:`MAGIC`)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(to_safe(payload), buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest().encode()
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(payload, fh)
+        fh.write(MAGIC + digest + b"\n")
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
 
 
 def load_versioned(path: str | os.PathLike | None, version: int, kind: str, hint: str = "") -> dict:
     """Read a file written by :func:`save_versioned`; clear errors for a missing,
-    truncated/corrupt or other-version file (``kind`` names it in the messages)."""
+    truncated/corrupt (checksum), unsafe or other-version file (``kind`` names it).
+
+    Loading never executes code from the file (``torch.load(weights_only=True)``)."""
     import torch
 
     if path is None or not os.path.exists(path):
         raise FileNotFoundError(f"no {kind} at {str(path)!r}.{' ' + hint if hint else ''}")
+    raw = Path(path).read_bytes()
+    if not raw.startswith(MAGIC):
+        raise ValueError(
+            f"{path} is not a {kind} written by this attreg_sc (no attreg header): files of "
+            "attreg 0.1 and other pickles are not loaded, because unpickling them could run "
+            "code. Re-train, or re-save it with the version that wrote it in a trusted session."
+        )
+    header_end = raw.find(b"\n", len(MAGIC))
+    digest, data = raw[len(MAGIC) : header_end], raw[header_end + 1 :]
+    if header_end < 0 or hashlib.sha256(data).hexdigest().encode() != digest:
+        raise ValueError(
+            f"{path} is truncated or corrupt: its checksum does not match its contents "
+            f"(the {kind} was damaged after it was written). Use another copy or re-train."
+        )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds objects a safe load refuses (it could run code when unpickled); "
+            f"it was not written by attreg_sc: {err}"
+        ) from err
     except Exception as err:
         raise ValueError(f"{path} is not a readable {kind} (truncated or corrupt?): {err}") from err
     found = payload.get("format_version") if isinstance(payload, dict) else None
@@ -70,4 +151,4 @@ def load_versioned(path: str | os.PathLike | None, version: int, kind: str, hint
             f"{path} has format version {found!r}; this attreg_sc reads {kind} version "
             f"{version}. Re-save it with the attreg version that wrote it."
         )
-    return payload
+    return from_safe(payload)

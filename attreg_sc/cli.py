@@ -112,16 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--markers-by", default=None, help="GT = MI markers of this obs label")
     t.add_argument("--markers-groupby", default=None, help="markers within each group")
     t.add_argument("--n-markers", type=int, default=40)
-    t.add_argument(
-        "--w-attr", type=float, default=defaults["w_attr"], help="weight w_A of L_A"
-    )
+    t.add_argument("--w-attr", type=float, default=defaults["w_attr"], help="weight w_A of L_A")
     t.add_argument("--attribution", choices=["eg", "ig"], default="eg")
     t.add_argument(
         "--reducer",
         choices=REDUCERS,
         default=defaults["reducer"],
-        help="F over the latent: random directions (default), every dimension, or the "
-        "paper's sum",
+        help="F over the latent: random directions (default), every dimension, or the paper's sum",
     )
     t.add_argument("--n-directions", type=int, default=defaults["n_directions"])
     t.add_argument("--target", choices=["encoder", "model"], default="encoder")

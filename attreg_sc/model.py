@@ -25,7 +25,7 @@ from attreg_sc.train.trainer import TrainingPlan, minibatch, train_module
 __all__ = ["SCARE", "FORMAT_VERSION", "REDUCERS"]
 
 logger = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: safe checksummed container (attreg_sc._io)
 
 
 def _resolve_device(accelerator: str) -> torch.device:
@@ -391,7 +391,19 @@ class SCARE:
         batch_index: torch.Tensor,
         idx: np.ndarray,
         h_first: torch.Tensor | None = None,
+        validation: bool = False,
     ):
+        """``L_A`` on a minibatch. ``validation=True``: the same draws (EG references and
+        alphas, directions) on every call, from a fixed seed, and the training stream left
+        untouched, so that validation values differ between epochs only by the model
+        (common random numbers: the noise of one draw would trigger early stopping)."""
+        if validation:
+            state = self._generator.get_state()
+            self._generator.manual_seed(self.seed + 1_000_003)
+            try:
+                return self._prior_loss(x_in, batch_index, idx, h_first)
+            finally:
+                self._generator.set_state(state)
         gts = {
             f"gt{i}": to_device(torch.from_numpy(g.rows(idx)), x_in.device)
             for i, g in enumerate(self.ground_truths.values())
@@ -682,7 +694,14 @@ class SCARE:
             _batch_categories=payload["batch_categories"],
             **init,
         )
-        model.module.load_state_dict(payload["state_dict"])
+        state = payload["state_dict"]
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise ValueError(
+                f"{Path(path) / 'model.pt'} has non-finite weights ({', '.join(bad[:3])}): the "
+                "model diverged before it was saved or the file was altered; re-train it."
+            )
+        model.module.load_state_dict(state)
         model.module.eval()
         model.history = payload["history"]
         model.is_trained = payload["is_trained"]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import attreg
 import attreg_sc as asc
@@ -202,8 +203,24 @@ def test_early_stopping_monitors_the_trained_objective_after_the_prior_warm_up(a
     m.train(max_epochs=14, progress_bar=False, prior_warmup_epochs=8, patience=2)
     h = m.history
     np.testing.assert_allclose(h["validation_loss"][:8], h["validation_elbo"][:8])
-    assert all(o > e for o, e in zip(h["validation_loss"][8:], h["validation_elbo"][8:]))
+    val, elbo = h["validation_loss"][8:], h["validation_elbo"][8:]
+    assert all(o > e for o, e in zip(val, elbo, strict=True))
     assert len(h["loss"]) > 8 + 2  # no stop on the jump when the prior switches on
     base = asc.SCARE(adata, gt=gt, w_attr=0.0, n_latent=4, seed=0)
     base.train(max_epochs=4, progress_bar=False)
     np.testing.assert_allclose(base.history["validation_loss"], base.history["validation_elbo"])
+
+
+def test_validation_prior_uses_fixed_draws_and_leaves_the_training_stream(adata):
+    gt = adata.var["is_gt"].to_numpy()
+    m = asc.SCARE(adata, gt=gt, w_attr=1e3, n_latent=4, seed=0)
+    module = m.module.eval()
+    counts = torch.from_numpy(np.asarray(adata.X[:50].todense(), dtype=np.float32))
+    b = torch.from_numpy(m.data.batch_codes[:50])
+    terms = module.loss(counts, b, 1.0)
+    before = m._generator.get_state()
+    vals = [float(m._prior_loss(terms["x_in"], b, np.arange(50), validation=True)) for _ in "ab"]
+    assert vals[0] == vals[1]  # common random numbers across epochs
+    assert torch.equal(m._generator.get_state(), before)
+    train = {float(m._prior_loss(terms["x_in"], b, np.arange(50))) for _ in "abc"}
+    assert len(train) > 1  # training draws stay fresh

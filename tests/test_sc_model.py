@@ -9,7 +9,9 @@ from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 import attreg_sc as asc
+from attreg_sc._io import load_versioned, save_versioned
 from attreg_sc.gt import from_groups
+from attreg_sc.model import FORMAT_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -101,16 +103,16 @@ def test_load_errors(trained, adata, tmp_path):
     m.save(tmp_path / "ok")
     with pytest.raises(ValueError, match="genes differ"):
         asc.SCARE.load(tmp_path / "ok", adata[:, :-1].copy())
-    payload = torch.load(tmp_path / "ok" / "model.pt", weights_only=False)
+    payload = load_versioned(tmp_path / "ok" / "model.pt", FORMAT_VERSION, "model")
     payload["format_version"] = 0
     (tmp_path / "old").mkdir()
-    torch.save(payload, tmp_path / "old" / "model.pt")
+    save_versioned(tmp_path / "old" / "model.pt", payload)
     with pytest.raises(ValueError, match="format version 0"):
         asc.SCARE.load(tmp_path / "old", adata)
     (tmp_path / "bad").mkdir()
     data = (tmp_path / "ok" / "model.pt").read_bytes()
     (tmp_path / "bad" / "model.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated or corrupt"):
+    with pytest.raises(ValueError, match="truncated or corrupt: its checksum"):
         asc.SCARE.load(tmp_path / "bad", adata)
     with pytest.raises(FileNotFoundError):
         asc.SCARE.load(tmp_path / "none", adata)

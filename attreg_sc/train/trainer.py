@@ -7,6 +7,7 @@ minibatch.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -310,7 +311,7 @@ def train_module(
     return history
 
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: safe checksummed container (attreg_sc._io)
 
 
 def save_checkpoint(path, payload: dict) -> None:
@@ -323,6 +324,15 @@ def load_checkpoint(path) -> dict:
     return load_versioned(
         path, CHECKPOINT_VERSION, "checkpoint", hint="Train with checkpoint_path= first."
     )
+
+
+def _prior_on_validation(prior_loss: Callable, terms: dict, batch_index, rows) -> torch.Tensor:
+    """``L_A`` on validation cells with fixed draws when the prior offers them (see
+    :meth:`attreg_sc.SCARE._prior_loss`), detached."""
+    args = (terms["x_in"], batch_index, rows, terms["h_first"])
+    if "validation" in inspect.signature(prior_loss).parameters:
+        return prior_loss(*args, validation=True).detach()
+    return prior_loss(*args).detach()  # a plain callable prior: its own draws
 
 
 @torch.no_grad()
@@ -345,7 +355,7 @@ def _validation_loss(
         l_a = torch.zeros((), device=kl.device)
         if prior_loss is not None and len(rows) > 1:
             with torch.enable_grad():  # attributions need gradients (no parameter update)
-                l_a = prior_loss(terms["x_in"], batch_index, rows, terms["h_first"]).detach()
+                l_a = _prior_on_validation(prior_loss, terms, batch_index, rows)
         objective = (
             plan.w_reconstruction * terms["reconstruction"]
             + plan.w_divergence * kl
