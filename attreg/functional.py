@@ -183,6 +183,22 @@ def excluded_share_loss(scores: torch.Tensor, excluded: torch.Tensor) -> torch.T
     return (flat * excluded.to(flat.dtype)).sum(dim=-1).mean()
 
 
+def outside_share_loss(scores: torch.Tensor, ground_truth: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of the share of attribution *outside* the ground truth:
+    ``mean_i sum_j (1 - gt_ij) s_ij`` for shares ``s`` (see :func:`share`), i.e. one minus
+    the GT share. It asks that the attribution concentrate on the GT features, without
+    asking every GT feature to be equally important (what an MSE of min-max scores to a
+    binary GT also demands: with a GT of hundreds of features that part dominates it).
+
+    Examples
+    --------
+    >>> s = share(torch.tensor([[3.0, 1.0, 0.0]]))
+    >>> float(outside_share_loss(s, torch.tensor([1.0, 0.0, 0.0])))
+    0.25
+    """
+    return excluded_share_loss(scores, 1.0 - ground_truth.to(scores.dtype))
+
+
 def identity(attributions: torch.Tensor) -> torch.Tensor:
     """No reparameterization (the attributions must already be in ``[0, 1]``)."""
     return attributions
@@ -257,6 +273,7 @@ def mae_loss(
 
 
 _LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "outside_share": lambda s, gt, w=None: outside_share_loss(s, gt),
     "mse": mse_loss,
     "mae": mae_loss,
     "l1": mae_loss,

@@ -17,7 +17,7 @@ from torch import nn
 
 from attreg import functional as AF
 
-__all__ = ["MSELoss", "MAELoss", "ExcludedShareLoss", "resolve_loss"]
+__all__ = ["MSELoss", "MAELoss", "ExcludedShareLoss", "OutsideShareLoss", "resolve_loss"]
 
 
 class _FeatureWeightedLoss(nn.Module):
@@ -53,11 +53,26 @@ class ExcludedShareLoss(nn.Module):
         return AF.excluded_share_loss(scores, excluded)
 
 
+class OutsideShareLoss(nn.Module):
+    """Share of attribution outside the ground truth (1 - GT share), meant for the
+    ``"share"`` reparameterization; see :func:`attreg.functional.outside_share_loss`."""
+
+    feature_weight = None
+
+    def forward(self, scores: torch.Tensor, ground_truth: torch.Tensor) -> torch.Tensor:
+        return AF.outside_share_loss(scores, ground_truth)
+
+
 def resolve_loss(
     spec: str | Callable, feature_weight: torch.Tensor | None = None
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``"mse"``/``"mae"`` or a callable ``(scores, gt) -> scalar`` -> a loss callable."""
+    """``"mse"``/``"mae"``/``"outside_share"`` or a callable ``(scores, gt) -> scalar`` ->
+    a loss callable."""
     if isinstance(spec, str):
+        if spec.lower() == "outside_share":
+            if feature_weight is not None:
+                raise ValueError("feature_weight applies to 'mse' and 'mae' only.")
+            return OutsideShareLoss()
         table = {"mse": MSELoss, "l2": MSELoss, "mae": MAELoss, "l1": MAELoss}
         try:
             return table[spec.lower()](feature_weight)

@@ -315,7 +315,7 @@ class ExclusionPrior(AttributionPrior):
     >>> enc = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
     >>> keep_off = ExclusionPrior(enc, torch.tensor([1., 1., 0, 0, 0, 0]),
     ...                           reducer=OutputUnits([2, 3]), method="input_x_gradient")
-    >>> 0.0 <= float(keep_off(torch.randn(32, 6))) <= 1.0
+    >>> 0.0 <= float(keep_off(torch.randn(32, 6)).detach()) <= 1.0
     True
     """
 

@@ -214,13 +214,13 @@ def test_exclusion_prior_is_the_share_on_excluded_features_and_trains_them_away(
     attr = InputXGradient(enc, OutputUnits(3)).attribute(x).abs()
     expected = (attr[..., :2].sum(-1) / attr.sum(-1)).mean()
     torch.testing.assert_close(prior(x), expected)
-    before = float(prior(x))
+    before = float(prior(x).detach())
     opt = torch.optim.Adam(enc.parameters(), lr=1e-2)
     for _ in range(60):
         opt.zero_grad()
         prior(x).backward()
         opt.step()
-    assert float(prior(x)) < 0.2 * before
+    assert float(prior(x).detach()) < 0.2 * before
     with pytest.raises(TypeError, match="fixes"):
         attreg.ExclusionPrior(enc, excluded, loss="mse")
 
@@ -260,3 +260,37 @@ def test_callable_reducer_and_closed_form_agree_per_row():
         if a is None or c is None:
             continue
         torch.testing.assert_close(a, c, rtol=1e-3, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 5), f=st.integers(2, 7), k=st.integers(1, 6))
+def test_outside_share_loss_is_one_minus_the_gt_share(seed, n, f, k):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, f, generator=g, dtype=torch.float64)
+    gt = torch.zeros(f, dtype=torch.float64)
+    gt[: min(k, f - 1)] = 1
+    share_on_gt = (a.abs() * gt).sum(1) / a.abs().sum(1)
+    loss = AF.outside_share_loss(AF.share(a), gt)
+    torch.testing.assert_close(loss, 1 - share_on_gt.mean())
+    assert 0 <= float(loss) <= 1
+    torch.testing.assert_close(AF.outside_share_loss(AF.share(5 * a), gt), loss)  # scale-free
+
+
+def test_outside_share_prior_trains_attribution_onto_the_gt():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    gt = torch.tensor([1.0, 1.0, 0, 0, 0, 0])
+    prior = attreg.AttributionPrior(
+        model, gt, method="input_x_gradient", reducer=OutputUnits(2),
+        reparameterizer="share", loss="outside_share",
+    )  # fmt: skip
+    x = torch.randn(64, 6)
+    before = float(prior(x).detach())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(80):
+        opt.zero_grad()
+        prior(x).backward()
+        opt.step()
+    assert float(prior(x).detach()) < 0.3 * before
+    with pytest.raises(ValueError, match="feature_weight"):
+        attreg.AttributionPrior(model, gt, loss="outside_share", feature_weight=gt)
