@@ -3,7 +3,9 @@
 An MLP autoencoder (n_features -> hidden -> latent -> hidden -> n_features, LayerNorm,
 ReLU) trained with an MSE reconstruction loss; the prior sits on the encoder. For each
 batch size it times a plain step, the step plus an EG prior (k = 1, references from
-the minibatch) and the step plus an IG prior (m = 20), interleaving the three so that
+the minibatch) on the sum of the latent (``EG k=1``), on one random latent direction
+per step (``EG random``) and on every latent unit (``EG per-unit``, one map per unit in
+one batched pass), and the step plus an IG prior (m = 20), interleaving them so that
 machine noise hits them alike, and reports median ms/step and the ratio to the plain
 step measured in the same run. Peak RSS of each configuration is measured in a fresh
 subprocess (``--memory``).
@@ -28,6 +30,17 @@ from _common import print_table, record, write_json
 from torch import nn
 
 import attreg
+from attreg.reducers import OutputUnits, RandomDirections
+
+REDUCERS = ("eg", "eg_random", "eg_units")
+KINDS = {
+    "plain": "plain",
+    "eg": "EG k=1",
+    "eg_random": "EG random",
+    "eg_units": "EG per-unit",
+    "ig": "IG m=20",
+}
+SLOW = ("ig", "eg_units")
 
 
 def make_model(n_features: int, hidden: int, latent: int) -> nn.Module:
@@ -41,13 +54,16 @@ def make_model(n_features: int, hidden: int, latent: int) -> nn.Module:
 def make_step(kind: str, model: nn.ModuleDict, gt: torch.Tensor):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     prior = None
-    if kind == "eg":
+    if kind in REDUCERS:
+        gen = torch.Generator().manual_seed(0)
+        latent = model["encoder"][-1].out_features
+        reducer = {
+            "eg": "sum",
+            "eg_random": RandomDirections(generator=gen),
+            "eg_units": OutputUnits(latent),
+        }[kind]
         prior = attreg.AttributionPrior(
-            model["encoder"],
-            gt,
-            method="eg",
-            n_samples=1,
-            generator=torch.Generator().manual_seed(0),
+            model["encoder"], gt, method="eg", n_samples=1, generator=gen, reducer=reducer
         )
     elif kind == "ig":
         prior = attreg.AttributionPrior(model["encoder"], gt, method="ig", n_steps=20)
@@ -75,12 +91,12 @@ def time_configs(batch: int, args) -> dict[str, float]:
     torch.manual_seed(0)
     x, gt = data(batch, args.features)
     steps = {}
-    for kind in ("plain", "eg", "ig"):
+    for kind in KINDS:
         steps[kind] = make_step(kind, make_model(args.features, args.hidden, args.latent), gt)
     times: dict[str, list[float]] = {k: [] for k in steps}
     for i in range(args.warmup + args.steps):
         for kind, step in steps.items():
-            if kind == "ig" and i >= args.warmup + args.ig_steps:
+            if kind in SLOW and i >= args.warmup + args.ig_steps:
                 continue
             t0 = time.perf_counter()
             step(x)
@@ -130,11 +146,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for batch in args.batches:
         ms = time_configs(batch, args)
-        for kind in ("plain", "eg", "ig"):
+        for kind, label in KINDS.items():
             rows.append(
                 record(
                     "prior_mlp",
-                    {"plain": "plain", "eg": "EG k=1", "ig": "IG m=20"}[kind],
+                    label,
                     batch_size=batch,
                     median_ms=ms[kind],
                     ratio_to_plain=ms[kind] / ms["plain"],
@@ -143,14 +159,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
     columns = [
         ("batch_size", "batch", ">5"),
-        ("variant", "variant", "<8"),
+        ("variant", "variant", "<11"),
         ("median_ms", "ms/step", ">9.2f"),
         ("ratio_to_plain", "x plain", ">8.2f"),
     ]
     print_table(
         f"torch {torch.__version__}, threads={args.threads}, features={args.features}, "
         f"hidden={args.hidden}, latent={args.latent}, median of {args.steps} steps "
-        f"({args.ig_steps} for IG)",
+        f"({args.ig_steps} for IG and per-unit)",
         rows,
         columns + ([("peak_rss_mb", "peak RSS MB", ">12.0f")] if args.memory else []),
     )

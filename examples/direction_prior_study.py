@@ -53,6 +53,27 @@ CONFIGS = {
     "random w1e4 latent 5": dict(reducer="random_direction", w_attr=1e4, n_latent=5),
     "random w3e4": dict(reducer="random_direction", w_attr=3e4),
     "per-dim w1e4": dict(reducer="per_dimension", w_attr=1e4),
+    "random share w10": dict(
+        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=10.0
+    ),
+    "random share w30": dict(
+        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=30.0
+    ),
+    "random share w1e2": dict(
+        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=1e2
+    ),
+    "random share w3e2": dict(
+        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=3e2
+    ),
+    "random share w1e3": dict(
+        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=1e3
+    ),
+    "random share w3e3": dict(
+        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=3e3
+    ),
+    "random share w1e4": dict(
+        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=1e4
+    ),
 }
 
 
