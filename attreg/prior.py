@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -67,6 +68,18 @@ def make_method(
         check_batchnorm=check_batchnorm,
         check_inputs=check_inputs,
     )
+
+
+def _check_grad_mode(prior: nn.Module) -> None:
+    """A prior under ``torch.no_grad()``/``inference_mode()`` has no graph to train: say so
+    at the call instead of returning a constant that fails later."""
+    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{type(prior).__name__} called with gradients disabled (torch.no_grad() or "
+            "inference_mode()): its attributions need autograd and its loss trains nothing "
+            "there. Call it in grad mode; for post-hoc attributions use an attribution "
+            "method (e.g. attreg.ExpectedGradients) instead."
+        )
 
 
 class AttributionPrior(nn.Module):
@@ -154,8 +167,8 @@ class AttributionPrior(nn.Module):
         internal_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        if weight < 0:
-            raise ValueError(f"weight must be non-negative, got {weight}.")
+        if isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}.")
         self.method = make_method(
             target, method, reducer, check_batchnorm=check_batchnorm, check_inputs=check_inputs
         )
@@ -288,6 +301,7 @@ class AttributionPrior(nn.Module):
         target: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Weighted prior loss for the minibatch ``x`` (a scalar)."""
+        _check_grad_mode(self)
         attr = self.attributions(x, additional_forward_args, input_activations, target)
         return self.loss_from_attributions(attr, gt, index)
 
@@ -408,6 +422,7 @@ class PriorSet(nn.Module):
         input_activations: torch.Tensor | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Aggregated prior loss (or a dict of the weighted terms and ``"total"``)."""
+        _check_grad_mode(self)
         gts = gts or {}
         unknown = set(gts) - set(self.priors)
         if unknown:

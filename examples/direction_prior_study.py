@@ -3,7 +3,8 @@
 The paper's ``F = sum_k mu_k`` lets the encoder satisfy the prior on the latent's sum
 while each latent dimension stays driven by other genes. This study trains the cVAE
 with each reducer (``sum``, ``random_direction``, ``per_dimension``) and weight on
-PBMC 3k and the 700 PBMC 68k-reduced cells, GT = GO:0043410 (MAPK), seeds 0-2, and
+PBMC 3k and the 700 PBMC 68k-reduced cells, GT = GO:0043410 (MAPK; ``--gene-set
+GO:1901224`` for NF-kB), seeds 0-2, and
 measures for each run:
 
 * the GT share of the attributions of the latent's sum and the mean GT share of each
@@ -11,7 +12,7 @@ measures for each run:
 * FSSF for the GT and the mean of ``n_random`` random gene sets of the same size (the
   strict score: vote among all subclusters), and the latent-structure diagnostics
   (subclusters per cell type, active dimensions, median move toward the donor);
-* the reconstruction term (training cells, last epoch), the best validation loss, bio
+* the reconstruction term of the returned model on every cell, the best validation loss, bio
   conservation (scikit-learn subset: label silhouette, k-means NMI/ARI against the cell
   types) and seconds per epoch.
 
@@ -34,27 +35,36 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
 import attreg_sc as asc
 from attreg_sc.metrics import active_dimensions, dimension_shares, fssf
+from attreg_sc.train.trainer import minibatch
 
+MINMAX = dict(reparameterizer="abs_minmax", loss="mse")  # the paper's reparameterization
 CONFIGS = {
     "baseline": dict(w_attr=0.0),
-    "sum w100 (paper)": dict(reducer="sum", w_attr=100.0),
+    "sum w100 (paper)": dict(reducer="sum", w_attr=100.0, **MINMAX),
     "sum w1e4": dict(reducer="sum", w_attr=1e4),
-    "random w1e3": dict(reducer="random_direction", w_attr=1e3),
-    "random w3e3": dict(reducer="random_direction", w_attr=3e3),
-    "random w1e4": dict(reducer="random_direction", w_attr=1e4),
+    "random w1e3": dict(reducer="random_direction", w_attr=1e3, **MINMAX),
+    "random w3e3": dict(reducer="random_direction", w_attr=3e3, **MINMAX),
+    "random w1e4": dict(reducer="random_direction", w_attr=1e4, **MINMAX),
     "random w1e4 warm-up 20": dict(
-        reducer="random_direction", w_attr=1e4, train=dict(prior_warmup_epochs=20)
+        reducer="random_direction", w_attr=1e4, train=dict(prior_warmup_epochs=20), **MINMAX
     ),
-    "random w1e4 latent 5": dict(reducer="random_direction", w_attr=1e4, n_latent=5),
-    "random w3e4": dict(reducer="random_direction", w_attr=3e4),
-    "per-dim w1e4": dict(reducer="per_dimension", w_attr=1e4),
+    "random w1e4 latent 5": dict(reducer="random_direction", w_attr=1e4, n_latent=5, **MINMAX),
+    "random w3e4": dict(reducer="random_direction", w_attr=3e4, **MINMAX),
+    "per-dim w1e4": dict(reducer="per_dimension", w_attr=1e4, **MINMAX),
     "random share w10": dict(
         reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=10.0
+    ),
+    "random share w20": dict(
+        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=20.0
+    ),
+    "random share w50": dict(
+        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=50.0
     ),
     "random share w30": dict(
         reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=30.0
@@ -82,18 +92,44 @@ def load(name: str):
 
 
 def bio_conservation(latent: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
+    """k-means NMI/ARI and the label silhouette (scikit-learn), plus scib-metrics' bio
+    conservation total where it is installed (``pip install -e ".[scib]"``)."""
     k = len(set(labels))
     pred = KMeans(k, n_init=10, random_state=seed).fit_predict(latent)
-    return {
+    out = {
         "silhouette_label": float((silhouette_score(latent, labels) + 1) / 2),
         "nmi": float(normalized_mutual_info_score(labels, pred)),
         "ari": float(adjusted_rand_score(labels, pred)),
     }
+    try:
+        import scib_metrics  # noqa: F401
+    except ImportError:
+        return out
+    from attreg_sc.metrics import scib_integration_metrics
+
+    scib = scib_integration_metrics(latent, np.zeros(len(latent), dtype=str), labels)
+    out["scib_bio"] = float(scib["bio_conservation"])
+    return out
+
+
+@torch.no_grad()
+def final_reconstruction(model) -> float:
+    """``L_R`` of the model training returned (best weights restored, eval mode) on every
+    cell: runs stop at different epochs, so the last epoch's training value is no fair
+    comparison."""
+    module, data = model.module.eval(), model.data
+    codes = torch.from_numpy(data.batch_codes)
+    total = 0.0
+    for start in range(0, data.n_cells, 1024):
+        idx = np.arange(start, min(start + 1024, data.n_cells))
+        terms = module.loss(*minibatch(data, codes, idx, model.device), 1.0)
+        total += float(terms["reconstruction"]) * len(idx)
+    return total / data.n_cells
 
 
 def run_one(data: str, config: str, seed: int, args) -> dict:
     adata = load(data)
-    gt = asc.gt.from_genes(adata, asc.datasets.go_gene_sets()["GO:0043410"])
+    gt = asc.gt.from_genes(adata, asc.datasets.go_gene_sets()[args.gene_set])
     kw = dict(CONFIGS[config])
     train_kw = kw.pop("train", {})
     t0 = time.perf_counter()
@@ -108,9 +144,10 @@ def run_one(data: str, config: str, seed: int, args) -> dict:
     summary = res.summary()
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     return {
-        "data": data,
+        "data": data if args.gene_set == "GO:0043410" else f"{data} {args.gene_set}",
         "config": config,
         "seed": seed,
+        "n_gt": int(gt.sum()),
         **kw,
         **train_kw,
         "epochs": epochs,
@@ -123,7 +160,7 @@ def run_one(data: str, config: str, seed: int, args) -> dict:
         "max_subclusters": int(summary["n_subclusters"].max()) if len(summary) else 0,
         "move_median": float(res.table["move_median"].median()) if len(res.table) else np.nan,
         "active_dims": active_dimensions(latent),
-        "reconstruction": float(model.history["reconstruction"][-1]),
+        "reconstruction": final_reconstruction(model),
         "validation_loss": float(np.min(model.history["validation_loss"])),
         **bio_conservation(latent, labels, seed),
     }
@@ -144,12 +181,53 @@ def table(path: Path) -> pd.DataFrame:
         "nmi",
         "ari",
         "silhouette_label",
+        "scib_bio",
         "s_per_epoch",
         "epochs",
     ]
+    cols = [c for c in cols if c in df.columns]
     agg = df.groupby(["data", "config"], sort=False)[cols].mean()
     agg["seeds"] = df.groupby(["data", "config"], sort=False)["seed"].nunique()
     return agg
+
+
+MARKDOWN = [
+    ("share_sum", "GT share of the sum", "{:.2f}"),
+    ("share_per_dim", "GT share per dim", "{:.2f}"),
+    ("fssf_gt", "FSSF GT", "{:+.2f}"),
+    ("fssf_random", "FSSF random", "{:+.2f}"),
+    ("max_subclusters", "max subclusters", "{:.0f}"),
+    ("move_median", "move to donor", "{:.2f}"),
+    ("reconstruction", "L_R", "{:.1f}"),
+    ("scib_bio", "scib bio", "{:.3f}"),
+    ("nmi", "NMI", "{:.2f}"),
+    ("epochs", "epochs", "{:.0f}"),
+]
+
+
+def markdown(path: Path) -> str:
+    """The study as markdown tables (one per data set): mean over seeds, and the range of
+    the GT FSSF; reconstruction also as a ratio to the baseline's."""
+    df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line])
+    out = []
+    for data, d in df.groupby("data", sort=False):
+        mean = d.groupby("config", sort=False).mean(numeric_only=True)
+        lo = d.groupby("config", sort=False)["fssf_gt"].min()
+        hi = d.groupby("config", sort=False)["fssf_gt"].max()
+        seeds = d.groupby("config", sort=False)["seed"].nunique()
+        base = mean.loc["baseline", "reconstruction"] if "baseline" in mean.index else np.nan
+        cols = [c for c in MARKDOWN if c[0] in mean.columns]
+        head = ["config", *[c[1] for c in cols], "L_R / baseline", "FSSF range", "seeds"]
+        lines = [f"**{data}**", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for config, row in mean.iterrows():
+            cells = [fmt.format(row[key]) if pd.notna(row[key]) else "" for key, _, fmt in cols]
+            ratio = row["reconstruction"] / base
+            rng = f"{lo[config]:+.2f} .. {hi[config]:+.2f}"
+            lines.append(
+                f"| {config} | " + " | ".join(cells) + f" | {ratio:.3f} | {rng} | {seeds[config]} |"
+            )
+        out += [*lines, ""]
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -160,21 +238,27 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--n-random", type=int, default=100)
+    p.add_argument("--gene-set", default="GO:0043410", help="GO term of the shipped GMT")
     p.add_argument("--table", action="store_true", help="print the summary table and exit")
+    p.add_argument("--markdown", action="store_true", help="print markdown tables and exit")
     args = p.parse_args()
     out = Path(args.out)
     if args.table:
         print(table(out).to_string(float_format=lambda v: f"{v:.3f}"))
+        return
+    if args.markdown:
+        print(markdown(out))
         return
     done = set()
     if out.exists():
         for line in out.read_text().splitlines():
             r = json.loads(line)
             done.add((r["data"], r["config"], r["seed"]))
+    suffix = "" if args.gene_set == "GO:0043410" else f" {args.gene_set}"
     for seed in args.seeds:
         for data in args.data:
             for config in args.configs:
-                if (data, config, seed) in done:
+                if (data + suffix, config, seed) in done:
                     continue
                 row = run_one(data, config, seed, args)
                 with out.open("a") as f:

@@ -6,7 +6,7 @@ prior inside the block) and an exclusion prior that keeps every other dimension 
 its genes. On PBMC 3k with GO:0043410 (MAPK) and GO:1901224 (NF-kB), this study trains
 
 * ``baseline``: no prior;
-* ``shared``: both priors on the whole latent (random directions);
+* ``shared``: both priors on the whole latent (SCARE's default prior);
 * ``blocks``: MAPK owns dimensions 0-3, NF-kB 4-5, dimensions 6-9 are free;
 
 and reports, per model and gene set, the GT share of the attributions of each block
@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 import attreg_sc as asc
+from attreg_sc.cli import scare_defaults
 from attreg_sc.metrics import dimension_shares, fssf
 
 SETS = {"MAPK": "GO:0043410", "NF-kB": "GO:1901224"}
@@ -77,7 +78,7 @@ def main() -> None:
     p.add_argument("--out", default="blocks_study.jsonl")
     p.add_argument("--configs", nargs="+", default=["baseline", "shared", "blocks"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--w-attr", type=float, default=1e4)
+    p.add_argument("--w-attr", type=float, default=scare_defaults()["w_attr"])
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--n-random", type=int, default=100)
     p.add_argument("--table", action="store_true")

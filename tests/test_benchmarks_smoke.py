@@ -30,7 +30,7 @@ def test_run_all_quick(tmp_path):
             assert list(r)[: len(COMMON_KEYS)] == list(COMMON_KEYS), (name, r)
             assert r["median_ms"] is None or r["median_ms"] > 0, (name, r)
     rows = res["scare_step"]
-    assert {r["variant"] for r in rows} == {"plain", "EG k=1", "EG sum", "EG per-dim", "IG m=20"}
+    assert {r["variant"] for r in rows} == {"plain", "EG k=1", "EG paper", "EG per-dim", "IG m=20"}
     assert all(r["median_ms"] > 0 for r in rows)
     plain = [r for r in rows if r["variant"] == "plain"]
     assert all(r["ratio_to_plain"] == pytest.approx(1.0) for r in plain)

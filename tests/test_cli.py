@@ -120,6 +120,10 @@ def test_train_fssf_report_markers_end_to_end(h5ad, capsys):
         assert (d / "report" / png).stat().st_size > 1000 and png in html
     summary = json.loads((d / "report" / "summary.json").read_text())
     assert "fssf_gt" in summary["scARE"]
+    for key in ("gt_share_per_dimension", "max_subclusters", "move_median", "active_dimensions"):
+        assert key in summary["scARE"], key
+    assert 0 <= summary["scARE"]["gt_share_per_dimension"] <= 1
+    assert "GT share per latent dimension" in html
 
     code, text, _ = run(
         [

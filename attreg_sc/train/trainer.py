@@ -51,6 +51,37 @@ class TrainingPlan:
     checkpoint_path: str | None = None
     checkpoint_every: int = 1
 
+    def __post_init__(self) -> None:
+        """Refuse settings that would train nothing or nonsense, before any training."""
+        positive_ints = {
+            "max_epochs": 1,
+            "batch_size": 2,  # EG references come from the same minibatch
+            "patience": 1,
+            "checkpoint_every": 1,
+        }
+        for name, low in positive_ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+        for name in ("kl_warmup_epochs", "prior_warmup_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+        for name in ("lr", "weight_decay", "w_reconstruction", "w_divergence", "w_attribution"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+        if self.lr == 0:
+            raise ValueError("lr must be positive: with lr = 0 nothing trains.")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}."
+            )
+        if self.grad_clip is not None and not (np.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(
+                f"grad_clip must be a positive number or None, got {self.grad_clip!r}."
+            )
+
     def kl_weight(self, epoch: int) -> float:
         if self.kl_warmup_epochs <= 0:
             return 1.0

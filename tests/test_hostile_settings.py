@@ -1,0 +1,79 @@
+"""Numeric settings that would train nothing or nonsense fail before training, with a
+message naming the setting (one class of the hostile-input review)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import attreg
+import attreg_sc as asc
+
+
+@pytest.fixture(scope="module")
+def adata():
+    return asc.datasets.synthetic(n_cells=60, n_genes=20, n_gt_genes=4, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"w_attr": math.nan}, "w_attr must be a finite"),
+        ({"w_attr": math.inf}, "w_attr must be a finite"),
+        ({"w_attr": -1.0}, "w_attr must be a finite"),
+        ({"w_divergence": math.nan}, "w_divergence"),
+        ({"n_latent": 0}, "n_latent must be a positive integer"),
+        ({"n_latent": 2.5}, "n_latent must be a positive integer"),
+        ({"n_samples": True}, "n_samples must be a positive integer"),
+        ({"n_steps": 0}, "n_steps"),
+        ({"dropout": 1.0}, "dropout must be in"),
+    ],
+)
+def test_bad_model_settings(adata, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        asc.SCARE(adata, gt=adata.var["is_gt"].to_numpy(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_epochs": 0}, "max_epochs must be an integer >= 1"),
+        ({"batch_size": 1}, "batch_size must be an integer >= 2"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 2"),
+        ({"checkpoint_every": 0}, "checkpoint_every"),
+        ({"patience": 0}, "patience"),
+        ({"lr": 0.0}, "lr must be positive"),
+        ({"lr": math.nan}, "lr must be a finite"),
+        ({"validation_fraction": 1.0}, "validation_fraction"),
+        ({"grad_clip": -1.0}, "grad_clip"),
+        ({"prior_warmup_epochs": -1}, "prior_warmup_epochs"),
+    ],
+)
+def test_bad_training_settings_fail_before_any_epoch(adata, kwargs, match):
+    m = asc.SCARE(adata, gt=adata.var["is_gt"].to_numpy(), n_latent=2)
+    before = {k: v.clone() for k, v in m.module.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        m.train(progress_bar=False, **kwargs)
+    assert all(torch.equal(v, m.module.state_dict()[k]) for k, v in before.items())
+    assert m.history == {}
+
+
+@pytest.mark.parametrize("weight", [math.nan, math.inf, -0.5])
+def test_prior_weight_must_be_finite(weight):
+    with pytest.raises(ValueError, match="weight must be a finite"):
+        attreg.AttributionPrior(torch.nn.Linear(3, 1), torch.tensor([1.0, 0, 0]), weight=weight)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_prior_under_disabled_gradients_raises_at_the_call(mode):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    prior = attreg.AttributionPrior(model, torch.tensor([1.0, 0, 0]))
+    priors = attreg.PriorSet([prior])
+    x = torch.randn(8, 3)
+    with mode():
+        with pytest.raises(RuntimeError, match="gradients disabled"):
+            prior(x)
+        with pytest.raises(RuntimeError, match="gradients disabled"):
+            priors(x)
+    assert np.isfinite(float(prior(x).detach()))
