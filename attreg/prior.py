@@ -15,8 +15,8 @@ from attreg.attr._base import Attribution
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
-from attreg.losses import ExcludedShareLoss, MSELoss, resolve_loss
-from attreg.reparameterizers import AbsMinMax, resolve_reparameterizer
+from attreg.losses import ExcludedShareLoss, MSELoss, OutsideShareLoss, resolve_loss
+from attreg.reparameterizers import AbsMinMax, Share, resolve_reparameterizer
 
 __all__ = ["AttributionPrior", "ExclusionPrior", "PriorSet", "make_method"]
 
@@ -175,12 +175,14 @@ class AttributionPrior(nn.Module):
         self.check_inputs = check_inputs
         self.reparameterizer = resolve_reparameterizer(reparameterizer)
         self.loss_fn = resolve_loss(loss, feature_weight)
-        # abs_minmax + unweighted MSE: one fused op with a hand-written backward
-        self._fused = (
-            type(self.reparameterizer) is AbsMinMax
-            and type(self.loss_fn) is MSELoss
-            and self.loss_fn.feature_weight is None
-        )
+        # abs_minmax + unweighted MSE, share + outside_share: one fused op each, with a
+        # hand-written backward (same values and gradients as the composition, tested)
+        self._fused = None
+        if type(self.reparameterizer) is AbsMinMax and type(self.loss_fn) is MSELoss:
+            if self.loss_fn.feature_weight is None:
+                self._fused = AF.abs_minmax_mse_loss
+        elif type(self.reparameterizer) is Share and type(self.loss_fn) is OutsideShareLoss:
+            self._fused = AF.share_outside_loss
         self.weight = float(weight)
         self.allow_all_ones = allow_all_ones
         self.n_samples = n_samples
@@ -287,8 +289,8 @@ class AttributionPrior(nn.Module):
             if rows.shape[-1] != flat.shape[1] or (rows.ndim == 2 and rows.shape[0] != n):
                 validate_ground_truth(rows, flat.shape[1], n, allow_all_ones=True)
             rows = rows.to(flat.dtype)
-        if self._fused:
-            return self.weight * AF.abs_minmax_mse_loss(flat, rows)
+        if self._fused is not None:
+            return self.weight * self._fused(flat, rows)
         return self.weight * self.loss_fn(self.reparameterizer(flat), rows)
 
     def forward(

@@ -94,7 +94,7 @@ def test_non_differentiable_method_cannot_train():
         ({"reparameterizer": "tanh"}, "unknown reparameterizer"),
         ({"loss": "huber"}, "unknown loss"),
         ({"reducer": "max"}, "unknown reducer"),
-        ({"weight": -1.0}, "non-negative"),
+        ({"weight": -1.0}, "weight must be a finite number >= 0"),
     ],
 )
 def test_unknown_names(kwargs, match):

@@ -294,3 +294,37 @@ def test_outside_share_prior_trains_attribution_onto_the_gt():
     assert float(prior(x).detach()) < 0.3 * before
     with pytest.raises(ValueError, match="feature_weight"):
         attreg.AttributionPrior(model, gt, loss="outside_share", feature_weight=gt)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 6),
+    f=st.integers(2, 9),
+    per_row=st.booleans(),
+    zero_row=st.booleans(),
+)
+def test_fused_share_outside_loss_equals_the_composition(seed, n, f, per_row, zero_row):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, f, generator=g, dtype=torch.float64)
+    if zero_row:
+        a[0] = 0.0
+    a.requires_grad_()
+    shape = (n, f) if per_row else (f,)
+    gt = (torch.rand(shape, generator=g, dtype=torch.float64) < 0.4).double()
+    fused = AF.share_outside_loss(a, gt)
+    composed = AF.outside_share_loss(AF.share(a), gt)
+    torch.testing.assert_close(fused, composed)
+    (g_fused,) = torch.autograd.grad(fused, a)
+    (g_comp,) = torch.autograd.grad(composed, a)
+    torch.testing.assert_close(g_fused, g_comp)
+
+
+def test_fused_share_outside_loss_gradcheck_and_prior_uses_it():
+    a = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    gt = torch.tensor([1.0, 0, 1, 0, 0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: AF.share_outside_loss(t, gt), (a,))
+    prior = attreg.AttributionPrior(
+        torch.nn.Linear(5, 2), gt.float(), reparameterizer="share", loss="outside_share"
+    )
+    assert prior._fused is AF.share_outside_loss

@@ -276,7 +276,7 @@ def bad(kind):
         (None, {"gt": np.ones(59, dtype=bool)}, ValueError, "has 59 entries"),
         (None, {"gt": np.full(60, 0.5)}, ValueError, "must be binary"),
         (None, {"gt": np.ones((3, 60), dtype=bool)}, ValueError, "expected \\(n_cells, n_genes\\)"),
-        (None, {"w_attr": -1.0}, ValueError, "w_attr must be >= 0"),
+        (None, {"w_attr": -1.0}, ValueError, "w_attr must be a finite number >= 0"),
         (None, {"dispersion": "gene-type"}, ValueError, "unknown dispersion"),
         (None, {"gt_weights": {"x": 1.0}, "gt": ["gene0"]}, KeyError, "gt_weights names"),
     ],
@@ -349,11 +349,11 @@ def test_early_stopping_restores_best_weights():
     assert len(h) < 300  # stopped
     best = int(np.argmin(h))
     assert len(h) == best + 3  # the best epoch, then `patience` epochs without improvement
-    from attreg_sc.train.trainer import _split, _validation_loss
+    from attreg_sc.train.trainer import TrainingPlan, _split, _validation_loss
 
     _, val_idx = _split(a.n_obs, 0.1, np.random.default_rng(m.seed))
     codes = torch.from_numpy(m.data.batch_codes)
-    restored = _validation_loss(m.module, m.data, val_idx, codes, None, "cpu")
+    restored, _ = _validation_loss(m.module, m.data, val_idx, codes, TrainingPlan(), "cpu")
     assert restored == pytest.approx(h[best], rel=1e-5)
 
 
