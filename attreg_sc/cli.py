@@ -43,12 +43,16 @@ def _read_h5ad(path: str):
 
 
 def _read_gene_list(path: str) -> list[str]:
-    p = Path(path)
-    if not p.exists():
+    from attreg_sc.gt import read_gene_list
+
+    if not Path(path).exists():
         raise CLIError(f"gene list not found: {path}")
-    genes = [g for g in p.read_text().replace(",", " ").split() if g and not g.startswith("#")]
+    genes = read_gene_list(path)
     if not genes:
-        raise CLIError(f"{path} holds no gene names (one per line, or separated by spaces/commas).")
+        raise CLIError(
+            f"{path} holds no gene names (one per line, or separated by spaces/commas; "
+            "# starts a comment)."
+        )
     return genes
 
 
@@ -277,7 +281,7 @@ def _cmd_report(args) -> None:
 
 def _cmd_markers(args) -> None:
     from attreg_sc._io import atomic_write_text
-    from attreg_sc.gt import GroupedGroundTruth, mutual_information_markers
+    from attreg_sc.gt import GroupedGroundTruth, gmt_line, mutual_information_markers
 
     adata = _read_h5ad(args.data)
     _check_key(adata, args.label, "--label")
@@ -287,13 +291,11 @@ def _cmd_markers(args) -> None:
     names = np.asarray(adata.var_names)
     if isinstance(res, GroupedGroundTruth):
         lines = [
-            "\t".join(
-                [f"{args.label}_markers_{g}", f"MI markers of {args.label} in {g}", *names[row]]
-            )
+            gmt_line(f"{args.label}_markers_{g}", f"MI markers of {args.label} in {g}", names[row])
             for g, row in zip(res.groups, res.table, strict=True)
         ]
     else:
-        lines = ["\t".join([f"{args.label}_markers", f"MI markers of {args.label}", *names[res]])]
+        lines = [gmt_line(f"{args.label}_markers", f"MI markers of {args.label}", names[res])]
     atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {len(lines)} marker set(s) to {args.out}")
 

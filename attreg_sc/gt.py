@@ -26,6 +26,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,9 @@ import scipy.sparse as sp
 
 __all__ = [
     "from_genes",
+    "read_gene_list",
     "read_gmt",
+    "gmt_line",
     "from_gmt",
     "from_groups",
     "from_cell_matrix",
@@ -97,23 +100,70 @@ def from_genes(
     return np.asarray(mask, dtype=bool)
 
 
+def _read_text(path: str | os.PathLike, what: str) -> str:
+    """UTF-8 text (a byte-order mark is dropped), with a clear error for other encodings."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {err.start}): save the {what} as UTF-8."
+        ) from err
+
+
+def read_gene_list(path: str | os.PathLike) -> list[str]:
+    r"""Read a gene list: names separated by newlines, spaces, tabs or commas; ``#`` starts a
+    comment that runs to the end of its line; UTF-8 (with or without a byte-order mark).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "genes.txt")
+    >>> _ = open(path, "w").write("# markers of G5 and G6\nCD3D, CD3E  # T cells\nMS4A1\n")
+    >>> read_gene_list(path)
+    ['CD3D', 'CD3E', 'MS4A1']
+    """
+    genes = []
+    for line in _read_text(path, "gene list").splitlines():
+        genes += line.split("#", 1)[0].replace(",", " ").split()
+    return genes
+
+
 def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
-    """Read a GMT file: one set per line, ``name <TAB> description <TAB> gene ...``."""
+    """Read a GMT file: one set per line, ``name <TAB> description <TAB> gene ...``
+    (UTF-8; a byte-order mark is dropped). A set name given twice is an error (which of
+    the two was meant cannot be told)."""
     sets: dict[str, list[str]] = {}
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.rstrip("\n\r").split("\t")
-            if not parts or not parts[0].strip():
-                continue
-            if len(parts) < 3:
-                raise ValueError(
-                    f"{path}:{lineno}: a GMT line needs a name, a description and genes "
-                    "separated by tabs."
-                )
-            sets[parts[0]] = [g for g in parts[2:] if g]
+    for lineno, line in enumerate(_read_text(path, "GMT file").splitlines(), 1):
+        parts = line.rstrip("\r").split("\t")
+        if not parts or not parts[0].strip():
+            continue
+        if len(parts) < 3:
+            raise ValueError(
+                f"{path}:{lineno}: a GMT line needs a name, a description and genes "
+                "separated by tabs."
+            )
+        if parts[0] in sets:
+            raise ValueError(
+                f"{path}:{lineno}: gene set {parts[0]!r} appears twice; give each set a "
+                "unique name."
+            )
+        sets[parts[0]] = [g for g in parts[2:] if g]
     if not sets:
         raise ValueError(f"{path} holds no gene set.")
     return sets
+
+
+def gmt_line(name: str, description: str, genes: Iterable[str]) -> str:
+    """One GMT line; refuses a name, description or gene containing a tab or a line break
+    (it would split into extra fields or extra gene sets)."""
+    fields = [str(name), str(description), *map(str, genes)]
+    bad = [f for f in fields if any(c in f for c in "\t\n\r")]
+    if bad:
+        raise ValueError(
+            f"GMT fields cannot contain tabs or line breaks: {bad[:3]!r}; rename the group or "
+            "label."
+        )
+    return "\t".join(fields)
 
 
 def from_gmt(
