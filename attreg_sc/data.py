@@ -16,7 +16,13 @@ import torch
 
 from attreg.transfer import to_device
 
-__all__ = ["CountData", "validate_counts", "get_counts_matrix", "row_totals"]
+__all__ = [
+    "CountData",
+    "check_sparse_structure",
+    "validate_counts",
+    "get_counts_matrix",
+    "row_totals",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,59 @@ def row_totals(matrix, chunk: int = 10_000) -> np.ndarray:
     if sp.issparse(matrix) or isinstance(matrix, np.ndarray):
         return np.asarray(matrix.sum(axis=1)).ravel()
     return np.concatenate([np.asarray(b.sum(axis=1)).ravel() for b in _row_blocks(matrix, chunk)])
+
+
+def check_sparse_structure(matrix, chunk: int = 10_000_000) -> None:
+    """Raise ``ValueError`` for a CSR/CSC matrix whose structure is broken: ``indptr`` of
+    the wrong length, not starting at 0, decreasing, or not ending at the number of
+    stored values; ``indices`` out of range. Such a matrix crashes scipy (a segmentation
+    fault) or silently puts counts in the wrong genes. Vectorized; ``indices`` are read in
+    chunks, so a backed (on-disk) matrix is checked in one pass without loading it.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> m = sp.csr_matrix(np.eye(3))
+    >>> m.indices[1] = 7  # points beyond the last gene
+    >>> check_sparse_structure(m)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the sparse counts' indices point outside the matrix (7 is not in 0..2): ...
+    """
+    fmt = getattr(matrix, "format", None)
+    if fmt not in ("csr", "csc"):
+        return
+    group = getattr(matrix, "group", None)  # anndata's backed sparse dataset
+    if group is not None:
+        indptr, indices, data = group["indptr"], group["indices"], group["data"]
+    else:
+        indptr, indices, data = matrix.indptr, matrix.indices, matrix.data
+    n_major, n_minor = matrix.shape if fmt == "csr" else matrix.shape[::-1]
+    what = "rows" if fmt == "csr" else "columns"
+    fix = "the file is corrupt or was built with the wrong shape. Rebuild the matrix "
+    fix += "(e.g. from the source counts)."
+    ptr = np.asarray(indptr[:])
+    if ptr.shape != (n_major + 1,):
+        raise ValueError(
+            f"the sparse counts' indptr has {ptr.size} entries for {n_major} {what} "
+            f"(expected {n_major + 1}): {fix}"
+        )
+    if ptr[0] != 0 or (np.diff(ptr) < 0).any():
+        raise ValueError(f"the sparse counts' indptr does not start at 0 and rise: {fix}")
+    nnz = int(ptr[-1])
+    if nnz != len(indices) or nnz != len(data):
+        raise ValueError(
+            f"the sparse counts' indptr ends at {nnz} but {len(indices)} indices and "
+            f"{len(data)} values are stored: {fix}"
+        )
+    for start in range(0, nnz, chunk):
+        block = np.asarray(indices[start : start + chunk])
+        if block.size and (block.min() < 0 or block.max() >= n_minor):
+            bad = int(block.max()) if block.max() >= n_minor else int(block.min())
+            raise ValueError(
+                f"the sparse counts' indices point outside the matrix ({bad} is not in "
+                f"0..{n_minor - 1}): {fix}"
+            )
 
 
 def validate_counts(matrix, allow_non_integer: bool = False, chunk: int = 10_000) -> None:
@@ -143,6 +202,7 @@ class CountData:
                 "adata.var_names_make_unique() first."
             )
         matrix = get_counts_matrix(adata, layer)
+        check_sparse_structure(matrix)  # before scipy touches it (a broken one can segfault)
         if getattr(adata, "isbacked", False) and layer is None:
             fmt = getattr(matrix, "format", "dense")
             if fmt not in ("csr", "dense"):
