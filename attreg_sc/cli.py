@@ -249,6 +249,13 @@ def _cmd_fssf(args) -> None:
         vote=args.vote,
         pairing=args.pairing,
     )
+    if res.table.empty:
+        reasons = "; ".join(f"{k}: {v}" for k, v in res.skipped.items()) or "no cell types"
+        raise CLIError(
+            f"no subcluster pair to score: every cell type was skipped ({reasons}). A cell "
+            "type needs at least 50 cells and two Leiden subclusters: raise --resolution for "
+            "more subclusters, or score larger cell types."
+        )
     atomic_write_text(args.out, res.table.to_csv(index=False))
     print(res.summary().to_string(float_format=lambda v: f"{v:.3f}"))
 

@@ -77,3 +77,24 @@ def test_prior_under_disabled_gradients_raises_at_the_call(mode):
         with pytest.raises(RuntimeError, match="gradients disabled"):
             priors(x)
     assert np.isfinite(float(prior(x).detach()))
+
+
+def test_fssf_refuses_too_small_min_cells_and_the_cli_fails_when_nothing_is_scored(adata, tmp_path):
+    gt = adata.var["is_gt"].to_numpy()
+    m = asc.SCARE(adata, gt=gt, n_latent=2)
+    m.train(max_epochs=1, progress_bar=False)
+    with pytest.raises(ValueError, match="min_cells must be an integer >= 3"):
+        asc.metrics.fssf(m, gt, "cell_type", min_cells=1)
+    from attreg_sc import cli
+
+    m.save(tmp_path / "model")
+    data = tmp_path / "cells.h5ad"
+    adata.write_h5ad(data)
+    genes = tmp_path / "genes.txt"
+    genes.write_text("\n".join(adata.var_names[gt]))
+    out = tmp_path / "fssf.csv"
+    code = cli.main(
+        ["fssf", str(tmp_path / "model"), str(data), "--genes", str(genes),
+         "--cell-type-key", "cell_type", "--n-random", "2", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 2 and not out.exists()  # 60 cells: every type below 50 cells

@@ -500,6 +500,11 @@ def fssf(
     """
     from attreg_sc.gt import from_genes
 
+    if isinstance(min_cells, bool) or not isinstance(min_cells, (int, np.integer)) or min_cells < 3:
+        raise ValueError(
+            f"min_cells must be an integer >= 3 (a cell type needs a kNN graph for its "
+            f"subclusters), got {min_cells!r}."
+        )
     adata = model.adata if adata is None else adata
     data = model._data_for(adata)
     if cell_type_key not in adata.obs:
@@ -526,6 +531,12 @@ def fssf(
         sub[idx] = labels
     for ct, why in skipped.items():
         logger.info("FSSF: cell type %r skipped (%s)", ct, why)
+    if len(skipped) == len(pd.unique(cell_types)):
+        logger.warning(
+            "FSSF: every cell type was skipped (%s); the result has no pairs. Lower "
+            "min_cells / min_subcluster_size or raise the Leiden resolution.",
+            "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5]),
+        )
     module = model.module
     module.eval()
 
