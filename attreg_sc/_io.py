@@ -126,8 +126,8 @@ def load_versioned(path: str | os.PathLike | None, version: int, kind: str, hint
     if not raw.startswith(MAGIC):
         raise ValueError(
             f"{path} is not a {kind} written by this attreg_sc (no attreg header): files of "
-            "attreg 0.1 and other pickles are not loaded, because unpickling them could run "
-            "code. Re-train, or re-save it with the version that wrote it in a trusted session."
+            "earlier versions and other pickles are not loaded, because unpickling them could "
+            "run code. Re-train the model with this version."
         )
     header_end = raw.find(b"\n", len(MAGIC))
     digest, data = raw[len(MAGIC) : header_end], raw[header_end + 1 :]
