@@ -458,7 +458,8 @@ class RandomDirections(DirectionReducer):
         g = torch.randn(k, d, generator=self.generator, device=gen_device)
         if self.orthogonal:
             q, r = torch.linalg.qr(g.T)  # (d, k); sign fix makes it Haar-distributed
-            g = (q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, 1.0)).T
+            diag = torch.diagonal(r)
+            g = (q * torch.where(diag < 0, -1.0, 1.0)).T
         else:
             g = g / torch.linalg.vector_norm(g, dim=1, keepdim=True).clamp_min(1e-12)
         v = torch.zeros(k, n_outputs, device=gen_device)

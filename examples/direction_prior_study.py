@@ -44,10 +44,11 @@ from attreg_sc.metrics import active_dimensions, dimension_shares, fssf
 from attreg_sc.train.trainer import minibatch
 
 MINMAX = dict(reparameterizer="abs_minmax", loss="mse")  # the paper's reparameterization
+SHARE = dict(reducer="random_direction", reparameterizer="share", loss="outside_share")
 CONFIGS = {
     "baseline": dict(w_attr=0.0),
     "sum w100 (paper)": dict(reducer="sum", w_attr=100.0, **MINMAX),
-    "sum w1e4": dict(reducer="sum", w_attr=1e4),
+    "sum w1e4": dict(reducer="sum", w_attr=1e4, **MINMAX),
     "random w1e3": dict(reducer="random_direction", w_attr=1e3, **MINMAX),
     "random w3e3": dict(reducer="random_direction", w_attr=3e3, **MINMAX),
     "random w1e4": dict(reducer="random_direction", w_attr=1e4, **MINMAX),
@@ -57,33 +58,20 @@ CONFIGS = {
     "random w1e4 latent 5": dict(reducer="random_direction", w_attr=1e4, n_latent=5, **MINMAX),
     "random w3e4": dict(reducer="random_direction", w_attr=3e4, **MINMAX),
     "per-dim w1e4": dict(reducer="per_dimension", w_attr=1e4, **MINMAX),
-    "random share w10": dict(
-        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=10.0
-    ),
-    "random share w20": dict(
-        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=20.0
-    ),
-    "random share w50": dict(
-        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=50.0
-    ),
-    "random share w30": dict(
-        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=30.0
-    ),
-    "random share w1e2": dict(
-        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=1e2
-    ),
-    "random share w3e2": dict(
-        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=3e2
-    ),
-    "random share w1e3": dict(
-        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=1e3
-    ),
-    "random share w3e3": dict(
-        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=3e3
-    ),
-    "random share w1e4": dict(
-        reducer="random_direction", reparameterizer="share", loss="outside_share", w_attr=1e4
-    ),
+    **{
+        f"random share w{label}": dict(w_attr=w, **SHARE)
+        for label, w in [
+            ("10", 10.0),
+            ("20", 20.0),
+            ("30", 30.0),
+            ("50", 50.0),
+            ("1e2", 1e2),
+            ("3e2", 3e2),
+            ("1e3", 1e3),
+            ("3e3", 3e3),
+            ("1e4", 1e4),
+        ]
+    },  # fmt: skip
 }
 
 

@@ -205,6 +205,15 @@ def test_share_reparameterization_sums_to_one_and_keeps_the_maximum_trainable():
     assert g_share[0, 0] > 0  # pushes the forbidden maximum down
 
 
+def _minimise(prior, model, x, steps: int) -> None:
+    """Train ``model`` on the prior alone (Adam, lr 1e-2)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        prior(x).backward()
+        opt.step()
+
+
 def test_exclusion_prior_is_the_share_on_excluded_features_and_trains_them_away():
     torch.manual_seed(0)
     enc = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
@@ -215,11 +224,7 @@ def test_exclusion_prior_is_the_share_on_excluded_features_and_trains_them_away(
     expected = (attr[..., :2].sum(-1) / attr.sum(-1)).mean()
     torch.testing.assert_close(prior(x), expected)
     before = float(prior(x).detach())
-    opt = torch.optim.Adam(enc.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        prior(x).backward()
-        opt.step()
+    _minimise(prior, enc, x, steps=60)
     assert float(prior(x).detach()) < 0.2 * before
     with pytest.raises(TypeError, match="fixes"):
         attreg.ExclusionPrior(enc, excluded, loss="mse")
@@ -286,11 +291,7 @@ def test_outside_share_prior_trains_attribution_onto_the_gt():
     )  # fmt: skip
     x = torch.randn(64, 6)
     before = float(prior(x).detach())
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(80):
-        opt.zero_grad()
-        prior(x).backward()
-        opt.step()
+    _minimise(prior, model, x, steps=80)
     assert float(prior(x).detach()) < 0.3 * before
     with pytest.raises(ValueError, match="feature_weight"):
         attreg.AttributionPrior(model, gt, loss="outside_share", feature_weight=gt)

@@ -7,6 +7,7 @@ minibatch.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -246,6 +247,7 @@ def train_module(
         )
     }
     stopper, best_state = EarlyStopping(plan.patience), None
+    validation_prior = _validation_prior(prior_loss)
     first_epoch = 0
     if resume:
         state = load_checkpoint(plan.checkpoint_path)
@@ -303,7 +305,7 @@ def train_module(
             history[key].append(v)
         history["kl_weight"].append(kl_weight)
         val, val_elbo = _validation_loss(
-            module, data, val_idx, codes, plan, device, prior_loss if use_prior else None
+            module, data, val_idx, codes, plan, device, validation_prior if use_prior else None
         )
         history["validation_loss"].append(val)
         history.setdefault("validation_elbo", []).append(val_elbo)
@@ -357,13 +359,12 @@ def load_checkpoint(path) -> dict:
     )
 
 
-def _prior_on_validation(prior_loss: Callable, terms: dict, batch_index, rows) -> torch.Tensor:
-    """``L_A`` on validation cells with fixed draws when the prior offers them (see
-    :meth:`attreg_sc.SCARE._prior_loss`), detached."""
-    args = (terms["x_in"], batch_index, rows, terms["h_first"])
-    if "validation" in inspect.signature(prior_loss).parameters:
-        return prior_loss(*args, validation=True).detach()
-    return prior_loss(*args).detach()  # a plain callable prior: its own draws
+def _validation_prior(prior_loss: Callable | None) -> Callable | None:
+    """The prior as validation calls it: with fixed draws when it offers them (see
+    :meth:`attreg_sc.SCARE._prior_loss`), else with its own draws."""
+    if prior_loss is None or "validation" not in inspect.signature(prior_loss).parameters:
+        return prior_loss
+    return functools.partial(prior_loss, validation=True)
 
 
 @torch.no_grad()
@@ -386,7 +387,7 @@ def _validation_loss(
         l_a = torch.zeros((), device=kl.device)
         if prior_loss is not None and len(rows) > 1:
             with torch.enable_grad():  # attributions need gradients (no parameter update)
-                l_a = _prior_on_validation(prior_loss, terms, batch_index, rows)
+                l_a = prior_loss(terms["x_in"], batch_index, rows, terms["h_first"]).detach()
         objective = (
             plan.w_reconstruction * terms["reconstruction"]
             + plan.w_divergence * kl
