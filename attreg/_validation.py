@@ -6,16 +6,23 @@ and the fix.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 __all__ = [
+    "BatchStatisticsProbe",
     "check_finite",
+    "check_input_dtype",
     "check_no_batchnorm_in_train_mode",
-    "validate_ground_truth",
+    "check_row_index",
+    "check_target",
     "coupling_modules",
+    "validate_ground_truth",
 ]
 
 _COUPLING_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
@@ -43,6 +50,42 @@ def coupling_modules(module: Callable) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in module.named_modules() if isinstance(m, _COUPLING_TYPES)]
 
 
+_BATCH_NORM_FUNCTIONS = (torch.nn.functional.batch_norm, torch.batch_norm)
+
+_COUPLING_FIX = (
+    "Use nn.LayerNorm instead, put that module in eval mode (running statistics), or "
+    "pass check_batchnorm=False if you accept the coupling."
+)
+
+
+class BatchStatisticsProbe(TorchFunctionMode):
+    """A function mode that raises when a forward pass normalises with batch statistics.
+
+    It sees every call of ``torch.nn.functional.batch_norm`` (which ``nn.BatchNorm*``
+    modules use) and of ``torch.batch_norm``, including modules added after an
+    attribution object was built and the functional form called directly in a
+    ``forward``. Attribution methods run their first call, and the first call after the
+    target's set of modules or their train/eval modes change, under this probe.
+
+    What it cannot see: other ways of mixing samples (``x.mean(0)``, attention across
+    the batch dimension, a custom autograd function or C++ extension that normalises
+    over the batch). Those make per-sample attributions wrong without any error.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _BATCH_NORM_FUNCTIONS:
+            training = kwargs.get("training", args[5] if len(args) > 5 else False)
+            if training:
+                raise ValueError(
+                    f"the forward pass calls {func.__module__}.{func.__name__} with "
+                    "training=True: it normalises with the statistics of the whole "
+                    "batch, which couples the samples of a minibatch, so per-sample "
+                    f"attributions would be wrong. {_COUPLING_FIX}"
+                )
+        return func(*args, **kwargs)
+
+
 def check_no_batchnorm_in_train_mode(found: list[tuple[str, nn.Module]]) -> None:
     """Raise ``ValueError`` if any of the given BatchNorm modules is in train mode."""
     for name, m in found:
@@ -50,10 +93,72 @@ def check_no_batchnorm_in_train_mode(found: list[tuple[str, nn.Module]]) -> None
             raise ValueError(
                 f"Submodule '{name or type(m).__name__}' ({type(m).__name__}) is in train "
                 "mode: it normalises with batch statistics, which couples the samples "
-                "of a minibatch, so per-sample attributions would be wrong. Use "
-                "nn.LayerNorm instead, put that module in eval mode (running "
-                "statistics), or pass check_batchnorm=False if you accept the coupling."
+                f"of a minibatch, so per-sample attributions would be wrong. {_COUPLING_FIX}"
             )
+
+
+def check_target(target: Any) -> None:
+    """Raise unless ``target`` is ``None``, a non-negative int or an integer tensor/array.
+
+    A float (``0.7``) would be truncated and a bool read as 0/1: both are refused.
+    """
+    if target is None:
+        return
+    if isinstance(target, bool) or (
+        isinstance(target, numbers.Number) and not isinstance(target, numbers.Integral)
+    ):
+        raise TypeError(
+            f"target must be an int (one output unit) or an integer tensor (one per "
+            f"sample), got {target!r}; a float or bool would silently select a unit."
+        )
+    if isinstance(target, numbers.Integral):
+        if target < 0:
+            raise ValueError(
+                f"target={target} is negative; give the output unit's position 0..n-1."
+            )
+        return
+    t = torch.as_tensor(target)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(
+            f"target must hold integers (one output unit per sample), got dtype {t.dtype}; "
+            "convert with target.long()."
+        )
+
+
+def check_row_index(index: Any, n_rows: int, name: str = "index") -> torch.Tensor:
+    """``index`` as a long tensor after checking it selects rows ``0..n_rows-1``.
+
+    Negative positions are refused: ``-1`` would silently pick the last row of a
+    per-sample ground truth instead of the sample's own row.
+    """
+    t = torch.as_tensor(index)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{name} must hold row positions (integers), got dtype {t.dtype}.")
+    if t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= n_rows:
+            raise IndexError(
+                f"{name} holds positions in [{lo}, {hi}] but the ground truth has {n_rows} "
+                f"rows; give row positions 0..{n_rows - 1} (negative positions are not "
+                "counted from the end)."
+            )
+    return t.long()
+
+
+def check_input_dtype(inputs: torch.Tensor, module: Any) -> None:
+    """Raise ``TypeError`` when ``inputs`` and the first floating parameter of ``module``
+    have different dtypes (float64 data into a float32 model, half inputs)."""
+    if not isinstance(module, nn.Module):
+        return
+    for p in module.parameters():
+        if p.is_floating_point():
+            if p.dtype != inputs.dtype:
+                raise TypeError(
+                    f"inputs are {inputs.dtype} but the model's parameters are {p.dtype}; "
+                    f"convert the inputs with inputs.to({p.dtype}) (or the model with "
+                    f"model.to({inputs.dtype}))."
+                )
+            return
 
 
 def validate_ground_truth(

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from attreg import functional as AF
-from attreg._validation import validate_ground_truth
+from attreg._validation import check_row_index, validate_ground_truth
 from attreg.attr._base import Attribution
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.input_gradient import InputGradient, InputXGradient
@@ -254,6 +254,8 @@ class AttributionPrior(nn.Module):
                     f"the ground truth is a matrix with {self.ground_truth.shape[0]} rows; pass "
                     "index= (the minibatch's row indices) or gt= (its rows)."
                 )
+            if self.check_inputs:
+                index = check_row_index(index, self.ground_truth.shape[0])
             return self.ground_truth[torch.as_tensor(index, device=self.ground_truth.device)]
         return self.ground_truth
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
-from attreg._validation import check_finite, check_no_batchnorm_in_train_mode, coupling_modules
+from attreg._validation import (
+    BatchStatisticsProbe,
+    check_finite,
+    check_input_dtype,
+    check_no_batchnorm_in_train_mode,
+    check_target,
+    coupling_modules,
+)
 from attreg.reducers import DirectionReducer, Reducer, TargetReducer, resolve_reducer
 
 __all__ = ["Attribution", "n_directions", "tile_rows", "untile_rows"]
@@ -50,7 +60,11 @@ class Attribution:
         them trains the parameters of ``forward_func``. ``False`` (default for post-hoc
         use) returns detached attributions and costs less.
     check_batchnorm
-        Raise if ``forward_func`` contains BatchNorm in train mode (it couples samples).
+        Raise if the forward pass normalises with batch statistics (it couples the
+        samples): ``nn.BatchNorm*`` in train mode, checked on every call (also modules
+        added later), and any call of ``F.batch_norm(..., training=True)``, seen by
+        :class:`~attreg._validation.BatchStatisticsProbe` on the first call and again
+        whenever the target's modules or their train/eval modes change.
     check_inputs
         Check ``inputs`` for NaN/inf on every call (one pass over the data and a host
         synchronisation; turn off when the data were validated upstream).
@@ -75,7 +89,18 @@ class Attribution:
         self.differentiable = differentiable
         self.check_batchnorm = check_batchnorm
         self.check_inputs = check_inputs
-        self._coupling = coupling_modules(forward_func) if check_batchnorm else []
+        self._probed: Any = _NOT_PROBED
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "attribute" in cls.__dict__:
+            cls.attribute = _probe_batch_statistics(cls.__dict__["attribute"])
+
+    def _module_state(self) -> Any:
+        """What the batch-statistics probe depends on: the target's modules and modes."""
+        if not isinstance(self.forward_func, nn.Module):
+            return None
+        return tuple((id(m), m.training) for m in self.forward_func.modules())
 
     # -- helpers used by subclasses -------------------------------------------------
     def _prepare(self, inputs: torch.Tensor, target: Any) -> tuple[torch.Tensor, Callable]:
@@ -95,7 +120,12 @@ class Attribution:
             )
         if self.check_inputs:
             check_finite(inputs, "inputs")
-        check_no_batchnorm_in_train_mode(self._coupling)
+        check_input_dtype(inputs, self.forward_func)
+        check_target(target)
+        if isinstance(target, numbers.Integral):
+            target = int(target)  # numpy integers select one unit, like an int
+        if self.check_batchnorm:
+            check_no_batchnorm_in_train_mode(coupling_modules(self.forward_func))
         reducer = self.reducer
         if target is not None:
             if isinstance(reducer, DirectionReducer):
@@ -123,6 +153,28 @@ class Attribution:
             f"{type(self).__name__}(forward_func={name}, reducer={self.reducer!r}, "
             f"differentiable={self.differentiable})"
         )
+
+
+_NOT_PROBED = object()
+
+
+def _probe_batch_statistics(attribute: Callable) -> Callable:
+    """Run ``attribute`` under :class:`BatchStatisticsProbe` when the target is new or
+    its modules/modes changed since the last probed call (one probed call per change)."""
+
+    @functools.wraps(attribute)
+    def probed(self: Attribution, *args: Any, **kwargs: Any) -> Any:
+        if not self.check_batchnorm:
+            return attribute(self, *args, **kwargs)
+        state = self._module_state()
+        if self._probed is not _NOT_PROBED and state == self._probed:
+            return attribute(self, *args, **kwargs)
+        with BatchStatisticsProbe():
+            out = attribute(self, *args, **kwargs)
+        self._probed = state
+        return out
+
+    return probed
 
 
 class _RepeatedTarget(TargetReducer):

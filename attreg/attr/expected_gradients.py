@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from attreg._validation import check_finite
 from attreg.attr._base import Attribution, n_directions, tile_rows, untile_rows
 from attreg.attr._gradients import expand_additional_args, gradients_at
 from attreg.attr.linear_prefix import LinearPrefix
@@ -258,6 +260,17 @@ class ExpectedGradients(Attribution):
         inputs, reducer = self._prepare(inputs, target)
         n, m = inputs.shape[0], n_directions(reducer)
         dev = _rand_device(generator, inputs)
+        if isinstance(references, torch.Tensor) and self.check_inputs:
+            check_finite(references, "background references")
+        if n == 1 and isinstance(references, str) and references == "batch":
+            warnings.warn(
+                "ExpectedGradients with references='batch' on a batch of one sample: its "
+                "only reference is itself, so the attributions (and a prior's gradient) are "
+                "exactly zero. Use batches of at least 2 samples or a background tensor "
+                "(references=background).",
+                UserWarning,
+                stacklevel=3,
+            )
         if isinstance(references, str) and references == "noise":
             if noise_std is None or noise_std <= 0:
                 raise ValueError("references='noise' needs a positive noise_std.")

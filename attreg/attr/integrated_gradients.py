@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from attreg._validation import check_finite
 from attreg.attr._base import Attribution, n_directions, tile_rows, untile_rows
 from attreg.attr._gradients import expand_additional_args, forward_reduced, gradients_at
 from attreg.attr.linear_prefix import LinearPrefix
@@ -133,6 +134,8 @@ class IntegratedGradients(Attribution):
         """
         inputs, reducer = self._prepare(inputs, target)
         base = resolve_baselines(baselines, inputs)
+        if self.check_inputs and baselines is not None:
+            check_finite(base, "baselines")
         if not self.differentiable:
             base = base.detach()
         n0, m = inputs.shape[0], n_directions(reducer)
@@ -145,7 +148,6 @@ class IntegratedGradients(Attribution):
         weights = to_device(weights, inputs.device)
         n = inputs.shape[0]
         delta = inputs - base
-        shape = (n_steps,) + (1,) * inputs.ndim
         target = self.forward_func
         if self.use_linear_prefix and isinstance(target, LinearPrefix) and inputs.ndim == 2:
             with torch.enable_grad():
@@ -157,18 +159,16 @@ class IntegratedGradients(Attribution):
                     )
                 else:
                     h_b = target.linear(base)
-                a = alphas.view(n_steps, 1, 1).to(h_x.dtype)
-                points = (h_b.unsqueeze(0) + a * (h_x - h_b).unsqueeze(0)).reshape(n_steps * n, -1)
-                g = gradients_at(
+                hidden = self._path_average(
                     target.rest,
-                    points,
+                    h_b,
+                    h_x - h_b,
+                    alphas,
+                    weights,
                     reducer,
-                    n=n,
-                    additional_forward_args=additional_forward_args,
-                    create_graph=self.differentiable,
-                    internal_batch_size=internal_batch_size,
-                ).reshape(n_steps, n, -1)
-                hidden = (weights.view(n_steps, 1, 1) * g).sum(dim=0)
+                    additional_forward_args,
+                    internal_batch_size,
+                )
                 # (x - x') * (sum_s w_s g_s) W in one fused product
                 attr = (
                     target.input_gradient_times(hidden, delta)
@@ -178,19 +178,16 @@ class IntegratedGradients(Attribution):
             if not self.differentiable:
                 attr = attr.detach()
         else:
-            points = (base.unsqueeze(0) + alphas.view(shape) * delta.unsqueeze(0)).reshape(
-                n_steps * n, *inputs.shape[1:]
-            )
-            grads = gradients_at(
+            avg_grad = self._path_average(
                 target,
-                points,
+                base,
+                delta,
+                alphas,
+                weights,
                 reducer,
-                n=n,
-                additional_forward_args=additional_forward_args,
-                create_graph=self.differentiable,
-                internal_batch_size=internal_batch_size,
-            ).reshape(n_steps, *inputs.shape)
-            avg_grad = (weights.view(shape) * grads).sum(dim=0)
+                additional_forward_args,
+                internal_batch_size,
+            )
             attr = delta * avg_grad if self.multiply_by_inputs else avg_grad
         if not return_convergence_delta:
             return untile_rows(attr, m, n0)
@@ -199,3 +196,58 @@ class IntegratedGradients(Attribution):
             ends = forward_reduced(self.forward_func, torch.cat([inputs, base]), reducer, args)
             err = attr.detach().reshape(n, -1).sum(1) - (ends[:n] - ends[n:])
         return untile_rows(attr, m, n0), untile_rows(err, m, n0)
+
+    def _path_average(
+        self,
+        forward_func: Callable,
+        start: torch.Tensor,
+        delta: torch.Tensor,
+        alphas: torch.Tensor,
+        weights: torch.Tensor,
+        reducer: Callable,
+        additional_forward_args: Any,
+        internal_batch_size: int | None,
+    ) -> torch.Tensor:
+        """``sum_s w_s dF/dz(start + alpha_s delta)``, a chunk of steps at a time.
+
+        The points of one chunk are built, pushed through ``forward_func`` and reduced to
+        a weighted sum before the next chunk is built, so memory is bounded by the chunk
+        (``internal_batch_size`` rows, or :data:`AUTO_CHUNK_ELEMENTS` elements), not by
+        ``n_steps`` times the batch.
+        """
+        n, n_steps = start.shape[0], alphas.shape[0]
+        per_chunk = steps_per_chunk(n_steps, n, start[0].numel(), internal_batch_size)
+        total = None
+        for s0 in range(0, n_steps, per_chunk):
+            k = min(n_steps, s0 + per_chunk) - s0
+            shape = (k,) + (1,) * start.ndim
+            a = alphas[s0 : s0 + k].view(shape).to(start.dtype)
+            points = (start.unsqueeze(0) + a * delta.unsqueeze(0)).reshape(k * n, *start.shape[1:])
+            grads = gradients_at(
+                forward_func,
+                points,
+                reducer,
+                n=n,
+                additional_forward_args=additional_forward_args,
+                create_graph=self.differentiable,
+            ).reshape(k, *start.shape)
+            part = (weights[s0 : s0 + k].view(shape).to(grads.dtype) * grads).sum(dim=0)
+            total = part if total is None else total + part
+        return total
+
+
+#: Without ``internal_batch_size``, IG builds at most this many path-point elements at
+#: once (256 MiB of float32); larger ``n_steps x batch`` products are chunked by steps.
+AUTO_CHUNK_ELEMENTS = 2**26
+
+
+def steps_per_chunk(n_steps: int, n: int, row_numel: int, internal_batch_size: int | None) -> int:
+    """Path steps per forward/backward pass: ``internal_batch_size // n`` rows' worth (at
+    least one step), or as many as fit in :data:`AUTO_CHUNK_ELEMENTS`."""
+    if internal_batch_size is not None:
+        if isinstance(internal_batch_size, bool) or internal_batch_size < 1:
+            raise ValueError(
+                f"internal_batch_size must be a positive integer, got {internal_batch_size!r}."
+            )
+        return max(1, min(n_steps, internal_batch_size // n))
+    return max(1, min(n_steps, AUTO_CHUNK_ELEMENTS // max(1, n * row_numel)))
