@@ -178,7 +178,7 @@ class TargetReducer(Reducer):
     def reduce(self, out: torch.Tensor) -> torch.Tensor:
         out = _flat(out)
         if isinstance(self.target, int):
-            if not 0 <= self.target < out.shape[1]:
+            if not -out.shape[1] <= self.target < out.shape[1]:
                 raise ValueError(
                     f"target={self.target} but the output has {out.shape[1]} unit(s); give "
                     f"a unit 0..{out.shape[1] - 1}."

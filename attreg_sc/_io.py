@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "atomic_path",
     "atomic_write_text",
+    "write_h5ad_safely",
     "save_versioned",
     "load_versioned",
     "to_safe",
@@ -55,6 +56,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_h5ad_safely(adata, path: str | os.PathLike) -> None:
+    """Write ``adata`` as ``.h5ad``: the HDF5 file is built in memory, then written with
+    one plain, synced, atomic file write.
+
+    HDF5 writing straight to disk crashes the interpreter (SIGSEGV) when the disk fills
+    or a file-size limit is hit; here such a failure is an ``OSError`` naming the cause,
+    and ``path`` is left as it was. Costs one copy of the file's bytes in memory. Like
+    ``AnnData.write_h5ad``, string columns of ``obs``/``var`` become categoricals (in
+    place).
+    """
+    import h5py
+    from anndata.io import write_elem
+
+    adata.strings_to_categoricals()
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        write_elem(f, "/", adata)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 # A saved file is ``MAGIC + sha256 hex digest + "\n" + torch.save bytes``. The payload holds

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -131,9 +132,21 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--n-latent", type=int, default=defaults["n_latent"])
     t.add_argument("--max-epochs", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--out", required=True, help="output folder (written as one unit)")
+    t.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out once the run is done"
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into --out from its checkpoint (same settings)",
+    )
+    t.add_argument(
+        "--checkpoint-every", type=int, default=1, help="epochs between checkpoints (--resume)"
+    )
 
     f = sub.add_parser("fssf", help="FSSF of a trained model for a GT gene set")
     f.add_argument("model", help="folder written by 'attreg-sc train' (or SCARE.save)")
@@ -180,9 +193,35 @@ def _load_model(path: str, adata):
     return SCARE.load(path, adata)
 
 
+def _input_files(args) -> list[str]:
+    """Every file a command reads (an output may not replace any of them)."""
+    files = [args.data, *(getattr(args, "genes", None) or [])]
+    files += [spec.partition(":")[0] for spec in getattr(args, "gmt", None) or []]
+    return files
+
+
+def _refuse_input_overwrite(out: str, args) -> None:
+    """An output file may not be one of the command's inputs."""
+    target = Path(out).resolve()
+    for path in _input_files(args):
+        if Path(path).resolve() == target:
+            raise CLIError(f"--out {out} is the input {path}; choose another output file.")
+
+
+def _needed_bytes(data_path: str) -> int:
+    """A generous estimate of a training run's outputs: the AnnData is written again
+    (with the latent), plus the model, the checkpoint and its temporary copy."""
+    return int(1.2 * os.path.getsize(data_path)) + 64 * 2**20
+
+
 def _cmd_train(args) -> None:
+    import json
+
+    import pandas as pd
+
     from attreg_sc import SCARE
-    from attreg_sc._io import atomic_path, atomic_write_text
+    from attreg_sc._io import write_h5ad_safely
+    from attreg_sc.output_folder import OutputFolder, OutputFolderError
 
     adata = _read_h5ad(args.data)
     gts = _ground_truths(adata, args)
@@ -204,19 +243,66 @@ def _cmd_train(args) -> None:
         gene_key=args.gene_key,
         seed=args.seed,
     )
-    model.train(
-        max_epochs=args.max_epochs, batch_size=args.batch_size, progress_bar=not args.no_progress
+    folder = OutputFolder(
+        args.out,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        inputs=_input_files(args),
+        needed_bytes=_needed_bytes(args.data),
     )
-    out = Path(args.out)
-    model.save(out / "model", overwrite=True)
-    result = adata.copy()
-    model.export_to_anndata(result)
-    with atomic_path(out / "adata.h5ad") as tmp:
-        result.write_h5ad(tmp)
-    import pandas as pd
-
-    atomic_write_text(out / "history.csv", pd.DataFrame(model.history).to_csv(index_label="epoch"))
-    print(f"wrote {out}/model/model.pt, {out}/adata.h5ad (obsm['X_scare']), {out}/history.csv")
+    try:
+        staging = folder.__enter__()
+    except OutputFolderError as err:
+        raise CLIError(str(err)) from err
+    try:
+        model.train(
+            max_epochs=args.max_epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            progress_bar=not args.no_progress,
+            checkpoint_path=folder.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+        )
+        try:
+            model.save(staging / "model")
+            result = adata.copy()
+            model.export_to_anndata(result)
+            write_h5ad_safely(result, staging / "adata.h5ad")
+            (staging / "history.csv").write_text(
+                pd.DataFrame(model.history).to_csv(index_label="epoch")
+            )
+            run = {
+                "command": "attreg-sc train",
+                "attreg_version": attreg.__version__,
+                "arguments": {k: v for k, v in vars(args).items() if k != "func"},
+                "ground_truths": {
+                    k: int(v.sum()) if isinstance(v, np.ndarray) else type(v).__name__
+                    for k, v in gts.items()
+                },
+                "epochs": len(model.history.get("loss", [])),
+                "files": ["model/model.pt", "adata.h5ad", "history.csv"],
+            }
+            (staging / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+        except OSError as err:
+            kept = (
+                f"; the training checkpoint stays in {folder.staging} for --resume"
+                if folder.checkpoint.exists()
+                else ""
+            )
+            raise CLIError(
+                f"could not write the outputs ({err.strerror or err}): nothing was written to "
+                f"{folder.path}. Free space or choose another --out{kept}."
+            ) from err
+    except BaseException:
+        folder.__exit__(*sys.exc_info())
+        raise
+    try:
+        folder.__exit__(None, None, None)
+    except OSError as err:
+        raise CLIError(f"could not move the outputs into {folder.path}: {err}") from err
+    out = folder.path
+    print(f"wrote {out}/: model/model.pt, adata.h5ad (obsm['X_scare']), history.csv, run.json")
 
 
 def _single_gt(adata, args) -> np.ndarray:
@@ -237,6 +323,7 @@ def _cmd_fssf(args) -> None:
 
     adata = _read_h5ad(args.data)
     _check_key(adata, args.cell_type_key, "--cell-type-key")
+    _refuse_input_overwrite(args.out, args)
     model = _load_model(args.model, adata)
     res = fssf(
         model,
@@ -290,6 +377,7 @@ def _cmd_markers(args) -> None:
     from attreg_sc._io import atomic_write_text
     from attreg_sc.gt import GroupedGroundTruth, gmt_line, mutual_information_markers
 
+    _refuse_input_overwrite(args.out, args)
     adata = _read_h5ad(args.data)
     _check_key(adata, args.label, "--label")
     if args.groupby:
@@ -396,6 +484,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"attreg-sc {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as err:  # full disk, file size limit, permissions, I/O errors
+        print(
+            f"attreg-sc {args.command}: error: a file could not be read or written ({err}); "
+            "check free space, quotas and permissions.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -71,7 +71,8 @@ def from_genes(
     """Boolean vector over ``adata``'s genes: True for the listed genes.
 
     Matching is case-insensitive against ``var_names`` or ``adata.var[gene_key]``.
-    Genes not found are logged (INFO); fewer than ``min_found`` found is an error.
+    Genes not found are logged: a WARNING (shown by the CLI) when fewer than half of
+    the list was found, else INFO. Fewer than ``min_found`` found is an error.
     """
     if isinstance(genes, str):
         raise TypeError(f"genes must be a list of gene names, not the string {genes!r}.")
@@ -89,9 +90,11 @@ def from_genes(
             "gene_key= naming the adata.var column with gene symbols."
         )
     if missing:
-        logger.info(
-            "%s: %d of %d genes found; not in the data: %s%s",
+        few = 2 * len(found) < len(wanted)
+        (logger.warning if few else logger.info)(
+            "%s: %s%d of %d genes found; not in the data: %s%s",
             name,
+            "only " if few else "",
             len(found),
             len(wanted),
             ", ".join(missing[:20]),

@@ -482,7 +482,10 @@ class SCARE:
             every ``checkpoint_every`` epochs, atomically.
         resume
             Continue from ``checkpoint_path`` (same settings and seed): the final
-            weights equal those of an uninterrupted run on CPU.
+            weights equal those of an uninterrupted run on CPU. A resume with other
+            data (genes, counts per cell, batches), another GT, or any other model or
+            training setting is refused, naming what differs; only ``max_epochs`` may
+            change.
         """
         plan = TrainingPlan(
             max_epochs=max_epochs,
@@ -508,7 +511,14 @@ class SCARE:
         prior = self._prior_loss if self.priors is not None else None
         gens = [self._generator] if self.priors is not None else []
         history = train_module(
-            self.module, self.data, plan, prior, self.device, generators=gens, resume=resume
+            self.module,
+            self.data,
+            plan,
+            prior,
+            self.device,
+            generators=gens,
+            resume=resume,
+            fingerprint=self._resume_fingerprint(),
         )
         if resume:
             self.history = {}
@@ -658,6 +668,46 @@ class SCARE:
         }
 
     # -- persistence ---------------------------------------------------------------------
+    def _init_settings(self) -> dict:
+        """The constructor arguments that rebuild this model (saved with it)."""
+        return dict(
+            layer=self.layer,
+            batch_key=self.batch_key,
+            gene_key=self.gene_key,
+            latent_blocks=self.latent_blocks or None,
+            w_attr=self.w_attr,
+            w_reconstruction=self.w_reconstruction,
+            w_divergence=self.w_divergence,
+            gt_weights=self.gt_weights,
+            allow_non_integer=self.allow_non_integer,
+            seed=self.seed,
+            **self.prior_params,
+            **self.module_params,
+        )
+
+    def _resume_fingerprint(self) -> dict:
+        """What a resumed training must share with the interrupted one besides the
+        training plan: every model setting, and digests of the data (genes, counts per
+        cell, batches) and of each GT."""
+        out = {f"model.{k}": v for k, v in self._init_settings().items()}
+        out["model.latent_blocks"] = repr(out["model.latent_blocks"])
+        out["model.gt_weights"] = repr(out["model.gt_weights"])
+        d = self.data
+        out["data.genes"] = _digest("\n".join(d.var_names).encode())
+        out["data.cells"] = d.n_cells
+        out["data.counts_per_cell"] = _digest(np.asarray(d.library_sizes, dtype=np.float64))
+        out["data.batches"] = _digest(
+            np.asarray(d.batch_codes, dtype=np.int64), "\n".join(map(str, d.batch_categories))
+        )
+        out["ground_truths"] = _digest(
+            *(
+                part
+                for name, g in self.ground_truths.items()
+                for part in (name, *_pack_gt(g).values())
+            )
+        )
+        return out
+
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         """Write weights, hyperparameters, genes, batch categories, GTs and history to
         ``path/model.pt`` atomically (temporary file + rename)."""
@@ -669,20 +719,7 @@ class SCARE:
         payload = {
             "format_version": FORMAT_VERSION,
             "attreg_version": attreg.__version__,
-            "init": dict(
-                layer=self.layer,
-                batch_key=self.batch_key,
-                gene_key=self.gene_key,
-                latent_blocks=self.latent_blocks or None,
-                w_attr=self.w_attr,
-                w_reconstruction=self.w_reconstruction,
-                w_divergence=self.w_divergence,
-                gt_weights=self.gt_weights,
-                allow_non_integer=self.allow_non_integer,
-                seed=self.seed,
-                **self.prior_params,
-                **self.module_params,
-            ),
+            "init": self._init_settings(),
             "var_names": self.data.var_names,
             "batch_categories": self.data.batch_categories,
             "ground_truths": {k: _pack_gt(v) for k, v in self.ground_truths.items()},
@@ -735,6 +772,28 @@ class SCARE:
             f"{len(self.data.batch_categories)} batch(es), GTs={list(self.ground_truths)}, "
             f"w_attr={self.w_attr}, trained={self.is_trained})"
         )
+
+
+def _digest(*parts: Any) -> str:
+    """sha256 of strings, bytes and arrays (their dtype, shape and bytes), in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, str):
+            part = part.encode()
+        if isinstance(part, (list, tuple)):
+            part = np.asarray(part)
+        if isinstance(part, np.ndarray):
+            if part.dtype.kind not in "biuf":
+                part = "\x1f".join(map(str, part.ravel())).encode()
+            else:
+                a = np.ascontiguousarray(part)
+                h.update(f"{a.dtype.str}{a.shape}".encode())
+                part = a.tobytes()
+        h.update(bytes(part) if not isinstance(part, bytes) else part)
+        h.update(b"\x1e")
+    return h.hexdigest()[:16]
 
 
 def _pack_gt(g) -> dict:

@@ -37,3 +37,30 @@ def test_gmt_writer_refuses_tabs_and_line_breaks(name):
     with pytest.raises(ValueError, match="tabs or line breaks"):
         gmt_line(name, "MI markers", ["CD3D"])
     assert gmt_line("ok", "fine", ["A", "B"]) == "ok\tfine\tA\tB"
+
+
+def test_a_mostly_missing_gene_list_is_a_visible_warning(tmp_path, caplog):
+    import logging
+
+    import attreg_sc as asc
+    from attreg_sc.cli import main
+    from attreg_sc.gt import from_genes
+
+    adata = asc.datasets.synthetic(n_cells=60, n_genes=20, n_gt_genes=4, seed=0)
+    genes = [adata.var_names[0], *[f"NOT_A_GENE_{i}" for i in range(30)]]
+    with caplog.at_level(logging.INFO, logger="attreg_sc"):
+        from_genes(adata, genes, name="mostly missing")
+        from_genes(adata, list(adata.var_names[:3]) + ["NOT_A_GENE"], name="mostly found")
+    levels = {r.getMessage().split(":")[0]: r.levelname for r in caplog.records}
+    assert levels == {"mostly missing": "WARNING", "mostly found": "INFO"}
+    assert "only 1 of 31 genes found" in caplog.text
+
+    path = tmp_path / "data.h5ad"
+    adata.write_h5ad(path)
+    (tmp_path / "g.txt").write_text("\n".join(genes))
+    argv = ["train", path, "--genes", tmp_path / "g.txt", "--max-epochs", 1, "--n-latent", 2]
+    caplog.clear()
+    assert main([*map(str, argv), "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    # the CLI logs at WARNING by default (INFO only with -v): this record is shown
+    shown = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("only 1 of 31 genes found" in r.getMessage() for r in shown)

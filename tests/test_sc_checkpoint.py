@@ -79,3 +79,50 @@ def test_resume_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a checkpoint written by this attreg_sc"):
         m.train(max_epochs=1, resume=True, checkpoint_path=tmp_path / "bad.pt", progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A 2-epoch run with a checkpoint, and the settings it used."""
+    ckpt = tmp_path_factory.mktemp("resume") / "ckpt.pt"
+    adata = asc.datasets.synthetic(n_cells=120, n_genes=40, n_gt_genes=5, seed=1)
+    gt = adata.var["is_gt"].to_numpy()
+    kw = dict(batch_size=32, kl_warmup_epochs=1, progress_bar=False, checkpoint_path=ckpt)
+    asc.SCARE(adata, gt=gt, n_latent=2, w_attr=10.0).train(max_epochs=2, **kw)
+    return adata, gt, kw
+
+
+def _other_counts(adata):
+    other = adata.copy()
+    other.X = other.X.copy()
+    other.X[0, 0] += 1
+    return other
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda a, g, kw: (a, g, {"w_attr": 20.0}, kw), "model.w_attr"),
+        (lambda a, g, kw: (a, g, {}, {**kw, "batch_size": 64}), "batch_size"),
+        (lambda a, g, kw: (a, g, {}, {**kw, "lr": 1e-2}), "lr"),
+        (lambda a, g, kw: (a, ~g, {}, kw), "ground_truths"),
+        (lambda a, g, kw: (_other_counts(a), g, {}, kw), "data.counts_per_cell"),
+        (lambda a, g, kw: (a[:, ::-1].copy(), g[::-1], {}, kw), "data.genes"),
+    ],
+    ids=["w_attr", "batch_size", "lr", "gt", "counts", "genes"],
+)
+def test_incompatible_resume_is_refused_naming_the_setting(interrupted, change, named):
+    adata, gt, kw = interrupted
+    adata, gt, model_kw, train_kw = change(adata, gt, kw)
+    m = asc.SCARE(adata, gt=gt, n_latent=2, **{"w_attr": 10.0, **model_kw})
+    before = {k: v.clone() for k, v in m.module.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"cannot resume .*{named}: checkpoint"):
+        m.train(max_epochs=4, resume=True, **train_kw)
+    assert all(torch.equal(v, m.module.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_longer_resume_is_accepted(interrupted):
+    adata, gt, kw = interrupted
+    m = asc.SCARE(adata, gt=gt, n_latent=2, w_attr=10.0)
+    m.train(max_epochs=3, resume=True, **kw)
+    assert len(m.history["loss"]) == 3

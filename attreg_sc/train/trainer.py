@@ -7,6 +7,7 @@ minibatch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -213,6 +214,7 @@ def train_module(
     device: torch.device | str = "cpu",
     generators: Sequence[torch.Generator] = (),
     resume: bool = False,
+    fingerprint: dict | None = None,
 ) -> dict[str, list[float]]:
     """Train ``module`` in place on ``data``; return the per-epoch history.
 
@@ -223,6 +225,11 @@ def train_module(
     numpy's, torch's and those of ``generators`` --, history, early-stopping state) is
     written atomically every ``plan.checkpoint_every`` epochs; ``resume=True`` continues
     from it, giving the same weights as an uninterrupted run (same seed, CPU).
+
+    ``fingerprint``: what the run's result depends on besides ``plan`` (the model's
+    settings, a digest of the data and of the GTs; see :func:`resume_fingerprint`). It is
+    stored in the checkpoint, and a resume whose fingerprint or plan differs is refused
+    with the differing settings named (only ``max_epochs`` may change: a longer run).
     """
     from tqdm.auto import tqdm
 
@@ -249,8 +256,10 @@ def train_module(
     stopper, best_state = EarlyStopping(plan.patience), None
     validation_prior = _validation_prior(prior_loss)
     first_epoch = 0
+    fingerprint = {**plan_fingerprint(plan), **(fingerprint or {})}
     if resume:
         state = load_checkpoint(plan.checkpoint_path)
+        check_resume(state["fingerprint"], fingerprint, plan.checkpoint_path)
         module.load_state_dict(state["module"])
         opt.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["numpy_rng"]
@@ -333,6 +342,7 @@ def train_module(
                     "history": history,
                     "stopper": dict(stopper.__dict__),
                     "best_state": best_state,
+                    "fingerprint": fingerprint,
                 },
             )
         if plan.early_stopping and len(val_idx) and watching and stopper.waited >= stopper.patience:
@@ -344,7 +354,30 @@ def train_module(
     return history
 
 
-CHECKPOINT_VERSION = 2  # 2: safe checksummed container (attreg_sc._io)
+CHECKPOINT_VERSION = 3  # 2: safe checksummed container (attreg_sc._io); 3: + fingerprint
+
+# what a resumed run may change: a longer run, another checkpoint file or rhythm, the bar
+_RESUMABLE_CHANGES = ("max_epochs", "checkpoint_path", "checkpoint_every", "progress_bar")
+
+
+def plan_fingerprint(plan: TrainingPlan) -> dict:
+    """The plan's settings that a resumed run must share with the interrupted one."""
+    return {k: v for k, v in dataclasses.asdict(plan).items() if k not in _RESUMABLE_CHANGES}
+
+
+def check_resume(saved: dict, current: dict, path) -> None:
+    """Refuse to resume when a setting, the data or a GT differs from the checkpoint's."""
+    differing = [
+        f"{k}: checkpoint {saved.get(k, '(absent)')!r}, now {current.get(k, '(absent)')!r}"
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    ]
+    if differing:
+        raise ValueError(
+            f"cannot resume from {path}: the run differs from the interrupted one in "
+            f"{'; '.join(differing)}. Resume with the same data and settings (only "
+            "max_epochs may grow), or start a new run without resume."
+        )
 
 
 def save_checkpoint(path, payload: dict) -> None:
