@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import attreg
+from attreg_sc.output_folder import OutputFolderError
 
 __all__ = ["main", "run_demo"]
 
@@ -165,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--cell-type-key", required=True)
     r.add_argument("--label-key", default=None, help="obs label for the separation plot")
     r.add_argument("--n-random", type=int, default=100)
-    r.add_argument("--out", required=True, help="report folder")
+    r.add_argument("--out", required=True, help="report folder (written as one unit)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     m = sub.add_parser("markers", help="mutual-information marker genes of a label (GMT)")
     _add_data_args(m, gt=False)
@@ -215,13 +217,11 @@ def _needed_bytes(data_path: str) -> int:
 
 
 def _cmd_train(args) -> None:
-    import json
-
     import pandas as pd
 
     from attreg_sc import SCARE
     from attreg_sc._io import write_h5ad_safely
-    from attreg_sc.output_folder import OutputFolder, OutputFolderError
+    from attreg_sc.output_folder import OutputFolder
 
     adata = _read_h5ad(args.data)
     gts = _ground_truths(adata, args)
@@ -250,11 +250,7 @@ def _cmd_train(args) -> None:
         inputs=_input_files(args),
         needed_bytes=_needed_bytes(args.data),
     )
-    try:
-        staging = folder.__enter__()
-    except OutputFolderError as err:
-        raise CLIError(str(err)) from err
-    try:
+    with folder as staging:
         model.train(
             max_epochs=args.max_epochs,
             batch_size=args.batch_size,
@@ -272,18 +268,7 @@ def _cmd_train(args) -> None:
             (staging / "history.csv").write_text(
                 pd.DataFrame(model.history).to_csv(index_label="epoch")
             )
-            run = {
-                "command": "attreg-sc train",
-                "attreg_version": attreg.__version__,
-                "arguments": {k: v for k, v in vars(args).items() if k != "func"},
-                "ground_truths": {
-                    k: int(v.sum()) if isinstance(v, np.ndarray) else type(v).__name__
-                    for k, v in gts.items()
-                },
-                "epochs": len(model.history.get("loss", [])),
-                "files": ["model/model.pt", "adata.h5ad", "history.csv"],
-            }
-            (staging / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+            _write_run_record(staging, args, gts, epochs=len(model.history.get("loss", [])))
         except OSError as err:
             kept = (
                 f"; the training checkpoint stays in {folder.staging} for --resume"
@@ -294,15 +279,26 @@ def _cmd_train(args) -> None:
                 f"could not write the outputs ({err.strerror or err}): nothing was written to "
                 f"{folder.path}. Free space or choose another --out{kept}."
             ) from err
-    except BaseException:
-        folder.__exit__(*sys.exc_info())
-        raise
-    try:
-        folder.__exit__(None, None, None)
-    except OSError as err:
-        raise CLIError(f"could not move the outputs into {folder.path}: {err}") from err
-    out = folder.path
-    print(f"wrote {out}/: model/model.pt, adata.h5ad (obsm['X_scare']), history.csv, run.json")
+    print(
+        f"wrote {folder.path}/: model/model.pt, adata.h5ad (obsm['X_scare']), history.csv, run.json"
+    )
+
+
+def _write_run_record(folder: Path, args, gts: dict | None = None, **extra) -> None:
+    """``run.json``: the command, its arguments, the version and what the GTs hold."""
+    import json
+
+    record = {
+        "command": f"attreg-sc {args.command}",
+        "attreg_version": attreg.__version__,
+        "arguments": vars(args),
+        "ground_truths": {
+            k: int(v.sum()) if isinstance(v, np.ndarray) else type(v).__name__
+            for k, v in (gts or {}).items()
+        },
+        **extra,
+    }
+    (folder / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 def _single_gt(adata, args) -> np.ndarray:
@@ -348,29 +344,37 @@ def _cmd_fssf(args) -> None:
 
 
 def _cmd_report(args) -> None:
+    from attreg_sc.output_folder import OutputFolder
     from attreg_sc.report import evaluate, write_report
 
     adata = _read_h5ad(args.data)
     _check_key(adata, args.cell_type_key, "--cell-type-key")
     if args.label_key:
         _check_key(adata, args.label_key, "--label-key")
-    models = {}
+    specs = {}
     for spec in args.model:
         name, sep, path = spec.partition("=")
         if not sep:
             raise CLIError(f"--model takes NAME=DIR, got {spec!r}.")
-        models[name] = _load_model(path, adata)
-    ev = evaluate(
-        models,
-        _single_gt(adata, args),
-        args.cell_type_key,
-        adata,
-        label_key=args.label_key,
-        n_random=args.n_random,
+        specs[name] = path
+    model_files = [str(Path(p) / "model.pt") for p in specs.values()]
+    folder = OutputFolder(
+        args.out, overwrite=args.overwrite, inputs=_input_files(args) + model_files
     )
-    out = write_report(ev, args.out)
+    with folder as staging:  # checked and locked before the (long) evaluation
+        models = {name: _load_model(path, adata) for name, path in specs.items()}
+        ev = evaluate(
+            models,
+            _single_gt(adata, args),
+            args.cell_type_key,
+            adata,
+            label_key=args.label_key,
+            n_random=args.n_random,
+        )
+        write_report(ev, staging)
+        _write_run_record(staging, args)
     print(ev.summary().to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"report: {out}/index.html")
+    print(f"report: {folder.path}/index.html")
 
 
 def _cmd_markers(args) -> None:
@@ -411,11 +415,31 @@ def run_demo(
     counts simulated from PBMC 3k statistics (4 cell types, 2 batches, the MAPK genes
     driving a sub-state), with the batch covariate and the GT state as label.
     """
-    import attreg_sc as asc
-    from attreg_sc.report import evaluate, write_report
+    from attreg_sc.output_folder import OutputFolder
+    from attreg_sc.report import write_report
 
     t0 = time.time()
     w_attr = scare_defaults()["w_attr"] if w_attr is None else w_attr
+    folder = OutputFolder(out, overwrite=True)  # the demo's own folder, replaced as one unit
+    with folder as staging:
+        ev, adata, gt, name = _demo_evaluation(
+            synthetic, max_epochs, n_random, w_attr, seed, progress_bar
+        )
+        write_report(ev, staging)
+    summary = ev.summary()
+    print(
+        f"data: {name}, {adata.n_obs} cells x {adata.n_vars} genes; GT: GO:0043410, "
+        f"{int(gt.sum())} genes; {time.time() - t0:.0f} s"
+    )
+    print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"report: {folder.path}/index.html")
+    return ev
+
+
+def _demo_evaluation(synthetic, max_epochs, n_random, w_attr, seed, progress_bar):
+    import attreg_sc as asc
+    from attreg_sc.report import evaluate
+
     sets = asc.datasets.go_gene_sets()
     ref = asc.datasets.pbmc3k()
     if synthetic:
@@ -441,15 +465,7 @@ def run_demo(
         seed=seed,
         progress_bar=progress_bar,
     )
-    path = write_report(ev, out)
-    summary = ev.summary()
-    print(
-        f"data: {name}, {adata.n_obs} cells x {adata.n_vars} genes; GT: GO:0043410, "
-        f"{int(gt.sum())} genes; {time.time() - t0:.0f} s"
-    )
-    print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"report: {path}/index.html")
-    return ev
+    return ev, adata, gt, name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                 "report": _cmd_report,
                 "markers": _cmd_markers,
             }[args.command](args)
-    except CLIError as err:
+    except (CLIError, OutputFolderError) as err:
         print(f"attreg-sc {args.command}: error: {err}", file=sys.stderr)
         return 2
     except (KeyError, ValueError, FileNotFoundError) as err:

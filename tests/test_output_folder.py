@@ -167,6 +167,12 @@ def test_cli_refuses_to_write_over_its_inputs_or_an_existing_run(inputs, tmp_pat
     assert listing(tmp_path) == ["run"]
     assert listing(out) == ["adata.h5ad", "history.csv", "model", "run.json"]
     assert {p.name: sha(p) for p in inputs.iterdir() if p.is_file()} == before
+    # a report may not replace the folder of a model it reads
+    report = ["report", "--model", f"m={out / 'model'}", inputs / "data.h5ad"]
+    report += ["--genes", inputs / "gt.txt", "--cell-type-key", "cell_type", "--overwrite"]
+    assert main([*map(str, report), "--out", str(out)]) == 2
+    assert "holds the input" in capsys.readouterr().err
+    assert listing(out) == ["adata.h5ad", "history.csv", "model", "run.json"]
 
 
 @pytest.mark.parametrize("command", ["markers", "fssf"])
