@@ -94,6 +94,8 @@ def embedding_by_cell_type(
     import anndata as ad
     import scanpy as sc
 
+    from attreg_sc._threads import torch_threads_unchanged
+
     plt = _plt()
     cell_types = np.asarray(cell_types).astype(str)
     types = pd.Series(cell_types).value_counts().index[:max_types]
@@ -102,8 +104,9 @@ def embedding_by_cell_type(
         idx = np.flatnonzero(cell_types == ct)
         tmp = ad.AnnData(np.zeros((len(idx), 0), dtype=np.float32))
         tmp.obsm["X_latent"] = latent[idx]
-        sc.pp.neighbors(tmp, use_rep="X_latent", n_neighbors=min(15, len(idx) - 1))
-        sc.tl.umap(tmp, random_state=seed)
+        with torch_threads_unchanged():  # scanpy's kNN changes torch's thread count
+            sc.pp.neighbors(tmp, use_rep="X_latent", n_neighbors=min(15, len(idx) - 1))
+            sc.tl.umap(tmp, random_state=seed)
         xy = tmp.obsm["X_umap"]
         subs = np.asarray(subclusters)[idx].astype(str)
         for k, s in enumerate(sorted(set(subs))):

@@ -130,15 +130,20 @@ def leiden_subclusters(
     import anndata as ad
     import scanpy as sc
 
+    from attreg_sc._threads import torch_threads_unchanged
+
     tmp = ad.AnnData(np.zeros((latent.shape[0], 0), dtype=np.float32))
     tmp.obsm["X_latent"] = np.asarray(latent, dtype=np.float32)
-    sc.pp.neighbors(
-        tmp,
-        use_rep="X_latent",
-        n_neighbors=min(n_neighbors, latent.shape[0] - 1),
-        random_state=seed,
-    )
-    sc.tl.leiden(tmp, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2)
+    with torch_threads_unchanged():  # scanpy's kNN changes torch's thread count
+        sc.pp.neighbors(
+            tmp,
+            use_rep="X_latent",
+            n_neighbors=min(n_neighbors, latent.shape[0] - 1),
+            random_state=seed,
+        )
+        sc.tl.leiden(
+            tmp, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2
+        )
     labels = tmp.obs["leiden"].astype(str).to_numpy().astype(object)
     sizes = pd.Series(labels).value_counts()
     labels[np.isin(labels, sizes.index[sizes < min_size])] = ""
