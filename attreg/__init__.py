@@ -27,6 +27,7 @@ from attreg.attr import (
 )
 from attreg.cpu_allocator import retain_freed_cpu_memory
 from attreg.cpu_matmul import set_cpu_matmul
+from attreg.fast_paths import fast_paths, fast_paths_enabled, set_fast_paths
 from attreg.prior import AttributionPrior, ExclusionPrior, PriorSet
 
 __version__ = "0.1.0"
@@ -42,12 +43,15 @@ __all__ = [
     "LinearPrefix",
     "PriorSet",
     "cpu_matmul",
+    "fast_paths",
+    "fast_paths_enabled",
     "functional",
     "losses",
     "reducers",
     "reparameterizers",
     "retain_freed_cpu_memory",
     "set_cpu_matmul",
+    "set_fast_paths",
     "transfer",
     "validate_ground_truth",
 ]

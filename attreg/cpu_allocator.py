@@ -7,8 +7,10 @@ first touch; TensorFlow avoids this with its own allocator, PyTorch on CPU does 
 :func:`retain_freed_cpu_memory` raises glibc's mmap and trim thresholds
 (``mallopt(M_MMAP_THRESHOLD)``, ``mallopt(M_TRIM_THRESHOLD)``), so freed blocks are
 reused. The effect is process-wide and lasts until the process ends; the resident
-memory then stays near its peak instead of shrinking after each step. It is opt-in
-(the ``attreg-sc`` command turns it on for its own process). The same can be done
+memory then stays near its peak instead of shrinking after each step. attreg itself
+never calls it; attreg_sc's ``SCARE.train`` does on the CPU unless
+``retain_freed_memory=False`` (the one place that decides it for attreg_sc, the
+``attreg-sc`` command included). The same can be done
 without code by setting ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in
 the environment, or by preloading jemalloc/tcmalloc.
 
@@ -33,6 +35,7 @@ __all__ = ["retain_freed_cpu_memory"]
 
 logger = logging.getLogger(__name__)
 
+_applied: dict[int, bool] = {}  # the last setting (repeated calls cost nothing)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
@@ -55,6 +58,8 @@ def retain_freed_cpu_memory(threshold_bytes: int = 1 << 30) -> bool:
     """
     if threshold_bytes < 0:
         raise ValueError(f"threshold_bytes must be >= 0, got {threshold_bytes}.")
+    if _applied.get(threshold_bytes) is not None:
+        return _applied[threshold_bytes]
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -67,4 +72,6 @@ def retain_freed_cpu_memory(threshold_bytes: int = 1 << 30) -> bool:
     value = min(int(threshold_bytes), 2**31 - 1)
     ok = bool(mallopt(_M_MMAP_THRESHOLD, value)) and bool(mallopt(_M_TRIM_THRESHOLD, value))
     logger.info("glibc malloc thresholds set to %d bytes: %s", value, ok)
+    _applied.clear()
+    _applied[threshold_bytes] = ok
     return ok

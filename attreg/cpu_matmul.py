@@ -35,6 +35,8 @@ import os
 import torch
 from torch import nn
 
+from attreg.fast_paths import fast_paths_enabled
+
 __all__ = ["Linear", "cpu_matmul_backend", "linear", "linear_mul", "matmul", "set_cpu_matmul"]
 
 logger = logging.getLogger(__name__)
@@ -107,6 +109,8 @@ def cpu_matmul_backend() -> str:
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if not fast_paths_enabled():
+        return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
     if weight.device.type != "cpu" or weight.ndim != 2 or x.ndim < 1:
@@ -164,6 +168,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     bias
         ``(out_features,)`` or ``None``.
     """
+    _check_linear_shapes(x, weight, bias)
     if not _use_onednn(x, weight) or (bias is not None and bias.dtype != torch.float32):
         return torch.nn.functional.linear(x, weight, bias)
     if bias is not None and not bias.is_contiguous():
@@ -187,6 +192,22 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     flat = x.reshape(-1, x.shape[-1])
     flat = _OneDNNLinear.apply(flat if flat.is_contiguous() else flat.contiguous(), weight, bias)
     return flat.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _check_linear_shapes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """A shape error in PyTorch's words, before oneDNN reports "could not create a
+    primitive descriptor"."""
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise RuntimeError(
+            f"linear: inputs of shape {tuple(x.shape)} and weight of shape "
+            f"{tuple(weight.shape)} cannot be multiplied: the weight must be "
+            f"(out_features, {x.shape[-1] if x.ndim else '?'})."
+        )
+    if bias is not None and tuple(bias.shape) not in ((weight.shape[0],), ()):
+        raise RuntimeError(
+            f"linear: bias of shape {tuple(bias.shape)} does not match the "
+            f"{weight.shape[0]} output features."
+        )
 
 
 class _OneDNNLinearMul(torch.autograd.Function):
@@ -225,6 +246,7 @@ def linear_mul(x: torch.Tensor, weight: torch.Tensor, other: torch.Tensor) -> to
     >>> torch.allclose(linear_mul(x, w, o), (x @ w.T) * o, atol=1e-4)
     True
     """
+    _check_linear_shapes(x, weight, None)
     fused = (
         x.ndim == 2
         and other.shape == (x.shape[0], weight.shape[0])
@@ -244,6 +266,11 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for ``a`` of shape ``(..., k)`` and a matrix ``b`` of shape ``(k, n)``."""
     if b.ndim != 2:
         return a @ b
+    if a.ndim < 1 or a.shape[-1] != b.shape[0]:
+        raise RuntimeError(
+            f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied "
+            f"({a.shape[-1] if a.ndim else '?'} != {b.shape[0]})."
+        )
     return linear(a, b.t())
 
 

@@ -15,6 +15,7 @@ from attreg.attr._base import Attribution
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
+from attreg.fast_paths import fast_paths_enabled
 from attreg.losses import ExcludedShareLoss, MSELoss, OutsideShareLoss, resolve_loss
 from attreg.reparameterizers import AbsMinMax, Share, resolve_reparameterizer
 
@@ -291,7 +292,7 @@ class AttributionPrior(nn.Module):
             if rows.shape[-1] != flat.shape[1] or (rows.ndim == 2 and rows.shape[0] != n):
                 validate_ground_truth(rows, flat.shape[1], n, allow_all_ones=True)
             rows = rows.to(flat.dtype)
-        if self._fused is not None:
+        if self._fused is not None and fast_paths_enabled():
             return self.weight * self._fused(flat, rows)
         return self.weight * self.loss_fn(self.reparameterizer(flat), rows)
 

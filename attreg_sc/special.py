@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import torch
 
+from attreg.fast_paths import fast_paths_enabled
+
 __all__ = ["digamma", "digamma_difference", "log_gamma_ratio"]
 
 # -B_2n / (2n) for n = 1..5: the asymptotic series of digamma in 1 / z^2; the first
@@ -56,7 +58,7 @@ _SHIFT = 3.0
 
 
 def _fast_path(*tensors: torch.Tensor) -> bool:
-    return all(
+    return fast_paths_enabled() and all(
         t.device.type == "cpu"
         and t.dtype == torch.float32
         and t.layout == torch.strided

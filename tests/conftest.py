@@ -25,3 +25,15 @@ def make_mlp(n_in: int, n_hidden: int = 8, n_out: int = 1, seed: int = 0, act=to
 @pytest.fixture
 def mlp():
     return make_mlp(5, 8, 2)
+
+
+@pytest.fixture(params=[True, False], ids=["fast", "reference"])
+def fast_paths_both_ways(request):
+    """Run a numerical test with attreg's fast paths on and off (``attreg.fast_paths``):
+    the reference math is always tested, and so are its accelerations."""
+    import attreg
+
+    if not request.param and request.node.get_closest_marker("fast_path_only"):
+        pytest.skip("checks a fast path itself (its use or its extra accuracy)")
+    with attreg.fast_paths(request.param):
+        yield request.param

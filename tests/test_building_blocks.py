@@ -11,6 +11,9 @@ import attreg.functional as AF
 from attreg import reducers
 from attreg.reparameterizers import AbsMax, AbsMinMax, Compose, Sigmoid, Softmax
 
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
+
 vals = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64)
 matrices = hnp.arrays(
     np.float64, hnp.array_shapes(min_dims=2, max_dims=2, max_side=8), elements=vals

@@ -1,10 +1,14 @@
 """captum's attributions carry no graph to the parameters; attreg's do (same numbers)."""
 
 import captum.attr
+import pytest
 import torch
 
 import attreg
 from tests.conftest import make_mlp
+
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
 
 
 def test_captum_attributions_cannot_train_and_attreg_can():

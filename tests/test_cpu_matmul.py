@@ -11,6 +11,9 @@ from torch import nn
 import attreg
 from attreg import cpu_matmul
 
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
+
 needs_onednn = pytest.mark.skipif(
     cpu_matmul.set_cpu_matmul("auto") != "onednn", reason="no working oneDNN in this build"
 )
@@ -59,6 +62,7 @@ def _operands(n, k, m, layout, seed):
     return x, w, torch.randn(m, generator=g).requires_grad_()
 
 
+@pytest.mark.fast_path_only
 @needs_onednn
 @settings(max_examples=40, deadline=None)
 @given(
@@ -106,6 +110,7 @@ def test_matmul_batched_input_and_broadcast_gradient():
     assert torch.allclose(b.grad, a.detach().reshape(-1, 7).t() @ torch.ones(15, 11), atol=1e-4)
 
 
+@pytest.mark.fast_path_only
 @needs_onednn
 @settings(max_examples=30, deadline=None)
 @given(
@@ -189,6 +194,7 @@ def test_linear_module_is_a_drop_in_for_nn_linear():
     assert torch.allclose(ours(x), ref(x), atol=1e-5)
 
 
+@pytest.mark.fast_path_only
 @needs_onednn
 @pytest.mark.parametrize("method", ["eg", "ig"])
 def test_prior_gradients_equal_under_both_backends(monkeypatch, method):
@@ -234,3 +240,23 @@ def test_linear_traces_into_one_torch_compile_graph():
     assert torch.allclose(out, x @ w.t(), atol=1e-4)
     out.sum().backward()
     assert torch.allclose(w.grad, x.sum(0).expand(300, -1), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: cpu_matmul.linear(torch.randn(4, 5), torch.randn(3, 6)), r"\(4, 5\).*\(3, 6\)"),
+        (lambda: cpu_matmul.matmul(torch.randn(4, 5), torch.randn(6, 3)), r"5 != 6"),
+        (
+            lambda: cpu_matmul.linear(torch.randn(4, 5), torch.randn(3, 5), torch.randn(4)),
+            "bias of shape",
+        ),
+        (
+            lambda: cpu_matmul.linear_mul(torch.randn(4, 5), torch.randn(3, 6), torch.randn(4, 3)),
+            "cannot be multiplied",
+        ),
+    ],
+)
+def test_shape_errors_name_the_shapes(call, match):
+    with pytest.raises(RuntimeError, match=match):
+        call()

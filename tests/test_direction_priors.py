@@ -24,6 +24,9 @@ from attreg.reducers import (
 )
 from tests.conftest import make_mlp
 
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
+
 METHODS = {
     "eg": lambda t, r: (ExpectedGradients(t, r), dict(n_samples=2)),
     "ig": lambda t, r: (IntegratedGradients(t, r), dict(n_steps=5)),

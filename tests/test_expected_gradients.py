@@ -8,6 +8,9 @@ from attreg.attr.expected_gradients import draw_references, expected_gradients_f
 from attreg.reducers import Index
 from tests.conftest import make_mlp
 
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
+
 
 def test_linear_model_closed_form_with_background():
     """For a linear F every draw gives (x - r) * w, so EG = (x - E[r]) * w."""

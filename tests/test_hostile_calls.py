@@ -19,6 +19,9 @@ from attreg.attr import (
 )
 from attreg.attr.quadrature import MAX_N_STEPS
 
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
+
 torch.manual_seed(0)
 X = torch.randn(6, 4)
 

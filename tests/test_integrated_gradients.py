@@ -11,6 +11,9 @@ from attreg.attr import QUADRATURE_RULES, quadrature
 from attreg.reducers import Index
 from tests.conftest import make_mlp
 
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
+
 finite = st.floats(-3, 3, allow_nan=False, allow_infinity=False)
 
 

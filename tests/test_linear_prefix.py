@@ -7,6 +7,9 @@ from torch import nn
 from attreg import AttributionPrior, ExpectedGradients, IntegratedGradients, LinearPrefix
 from attreg.attr import QUADRATURE_RULES
 
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
+
 
 class Rest(nn.Module):
     def __init__(self):

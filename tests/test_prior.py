@@ -6,6 +6,9 @@ import attreg
 from attreg import AttributionPrior, ExpectedGradients, IntegratedGradients, PriorSet
 from attreg.reducers import Sum
 
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
+
 
 class EncoderDecoder(nn.Module):
     def __init__(self, d=6):

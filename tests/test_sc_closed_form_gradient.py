@@ -13,6 +13,9 @@ from attreg_sc.module import SCAREModule
 from attreg_sc.module import vae as vae_module
 from attreg_sc.nn.closed_form_gradient import NormReLUInputGradient, norm_relu_input_gradient
 
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
+
 
 def _autograd_input_gradient(h, gamma, beta, c, drop, eps):
     y = torch.nn.functional.layer_norm(h, (h.shape[-1],), gamma, beta, eps)
@@ -187,6 +190,7 @@ def test_attributions_and_parameter_gradients_equal_with_and_without_closed_form
             assert torch.allclose(x_c, x_a, atol=1e-9)
 
 
+@pytest.mark.fast_path_only
 def test_gradients_at_uses_a_reduced_gradient_and_falls_back_on_none():
     calls = []
 

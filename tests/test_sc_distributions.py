@@ -12,6 +12,9 @@ from attreg_sc.distributions import (
     zero_inflated_negative_binomial_log_prob,
 )
 
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
+
 counts = hnp.arrays(np.int64, 6, elements=st.integers(0, 500))
 pos = hnp.arrays(np.float64, 6, elements=st.floats(1e-2, 1e3))
 

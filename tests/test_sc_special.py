@@ -2,12 +2,16 @@
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from attreg_sc.distributions import negative_binomial_log_prob
 from attreg_sc.special import digamma, digamma_difference, log_gamma_ratio
+
+# every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
+pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
 
 # the NB's domain: x + theta with theta > 0, from tiny dispersions to huge counts
 positive = st.floats(
@@ -66,6 +70,7 @@ def test_log_gamma_ratio_values_gradients_and_second_derivatives():
     assert torch.allclose(h_t.double(), tri, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.fast_path_only
 @given(
     x=hnp.arrays(np.float32, 12, elements=st.integers(0, 3000).map(float)),
     theta=hnp.arrays(np.float32, 12, elements=st.floats(float(np.float32(1e-4)), 1e7, width=32)),
@@ -80,6 +85,7 @@ def test_digamma_difference_keeps_relative_accuracy(x, theta):
     assert bool((ours[xt == 0] == 0).all())
 
 
+@pytest.mark.fast_path_only
 def test_log_gamma_ratio_under_torch_func_transforms():
     x, theta = torch.tensor([0.0, 1.0, 4.0, 30.0]), torch.tensor([0.5, 2.0, 9.0, 300.0])
     per_sample = torch.func.vmap(torch.func.grad(log_gamma_ratio, argnums=1))(x, theta)

@@ -4,9 +4,12 @@ from 1 to the number of cores, and later training in the process ran differently
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import attreg_sc as asc
 from attreg_sc.report import evaluate, write_report
+from attreg_sc.train.threads import ThreadPolicy, busy_cores_elsewhere, recommended_threads
 
 
 @pytest.fixture
@@ -54,3 +57,56 @@ def test_evaluation_and_report_keep_torch_threads(trained, one_thread, tmp_path)
     write_report(ev, tmp_path / "report")  # UMAPs per cell type: scanpy's kNN again
     assert torch.get_num_threads() == 1
     assert np.isfinite(ev.summary()["fssf_gt"]).all()
+
+
+# -- threads= for training ------------------------------------------------------------
+@given(busy=st.floats(0, 64), cores=st.integers(1, 64))
+def test_recommended_threads_uses_the_free_cores_and_at_least_one(busy, cores):
+    n = recommended_threads(busy, cores)
+    assert 1 <= n <= cores
+    assert n == max(1, cores - int(busy + 0.5))
+    assert recommended_threads(busy + 1, cores) <= n  # more load, never more threads
+
+
+def test_busy_cores_elsewhere_does_not_count_this_process():
+    import time
+
+    from attreg_sc.train import threads as T
+
+    start = T._Sample()
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:  # this process keeps one core busy
+        pass
+    assert busy_cores_elsewhere(start) < 0.7  # not counted as load from elsewhere
+
+
+@pytest.mark.parametrize("setting", [1, "auto"])
+def test_training_threads_are_restored(trained, setting):
+    adata, gt, _ = trained
+    before = torch.get_num_threads()
+    seen = []
+    model = asc.SCARE(adata, gt=gt, n_latent=2)
+    forward = model.module.loss
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return forward(*a, **k)
+
+    model.module.loss = spy
+    model.train(max_epochs=2, progress_bar=False, threads=setting)
+    assert torch.get_num_threads() == before
+    assert seen and (setting == "auto" or set(seen) == {1})
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "all"])
+def test_bad_threads_setting(bad):
+    with pytest.raises(ValueError, match="threads must be"):
+        ThreadPolicy(bad)
+
+
+def test_cli_threads_option_is_checked(capsys):
+    from attreg_sc.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "x.h5ad", "--out", "o", "--threads", "0"])
+    assert "--threads takes 'auto' or an integer" in capsys.readouterr().err

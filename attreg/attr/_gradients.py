@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from attreg.fast_paths import fast_paths_enabled
 from attreg.reducers import apply_reducer
 
 __all__ = ["gradients_at", "expand_additional_args", "forward_reduced"]
@@ -107,7 +108,7 @@ def gradients_at(
         if internal_batch_size < 1:
             raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}.")
         per_chunk = max(1, internal_batch_size // n)
-    closed_form = getattr(forward_func, "reduced_gradient", None)
+    closed_form = getattr(forward_func, "reduced_gradient", None) if fast_paths_enabled() else None
     if closed_form is not None and per_chunk >= repeats:
         args = expand_additional_args(additional_forward_args, n, repeats)
         with torch.enable_grad() if create_graph else torch.no_grad():

@@ -12,6 +12,7 @@ from attreg._validation import check_finite
 from attreg.attr._base import Attribution, n_directions, tile_rows, untile_rows
 from attreg.attr._gradients import expand_additional_args, gradients_at
 from attreg.attr.linear_prefix import LinearPrefix
+from attreg.fast_paths import fast_paths_enabled
 from attreg.transfer import to_device
 
 __all__ = [
@@ -93,7 +94,7 @@ class _MeanOfProducts(torch.autograd.Function):
 def _average_terms(grads: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
     """``mean_s (x - r_s) * g_s`` (``mean_s g_s`` without ``delta``) over the ``k`` draws
     of dim 0; views (``squeeze``, not ``[0]``, whose backward copies into zeros) for k = 1."""
-    if delta is not None and delta.shape[0] > 1:
+    if delta is not None and delta.shape[0] > 1 and fast_paths_enabled():
         return _MeanOfProducts.apply(delta, grads)
     terms = grads if delta is None else delta * grads
     return terms.squeeze(0) if terms.shape[0] == 1 else terms.mean(dim=0)
@@ -259,6 +260,8 @@ class ExpectedGradients(Attribution):
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         inputs, reducer = self._prepare(inputs, target)
         n, m = inputs.shape[0], n_directions(reducer)
+        if input_activations is not None and isinstance(self.forward_func, LinearPrefix):
+            self.forward_func.check_activations(input_activations, inputs.shape[0])
         dev = _rand_device(generator, inputs)
         if isinstance(references, torch.Tensor) and self.check_inputs:
             check_finite(references, "background references")
@@ -290,7 +293,11 @@ class ExpectedGradients(Attribution):
             ).reshape(n_samples, *tiled.shape)
             avg = grads.mean(dim=0)
             return untile_rows(tiled * avg if self.multiply_by_inputs else avg, m, n)
-        prefix = self.use_linear_prefix and isinstance(self.forward_func, LinearPrefix)
+        prefix = (
+            self.use_linear_prefix
+            and fast_paths_enabled()
+            and isinstance(self.forward_func, LinearPrefix)
+        )
         if prefix and isinstance(references, str) and references == "batch":
             ref_index = batch_reference_index(n, n_samples, generator, inputs.device)
             refs = None  # only x - x[ref_index] is needed: built in place from the gather

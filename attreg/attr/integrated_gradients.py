@@ -12,6 +12,7 @@ from attreg.attr._base import Attribution, n_directions, tile_rows, untile_rows
 from attreg.attr._gradients import expand_additional_args, forward_reduced, gradients_at
 from attreg.attr.linear_prefix import LinearPrefix
 from attreg.attr.quadrature import quadrature
+from attreg.fast_paths import fast_paths_enabled
 from attreg.transfer import to_device
 
 __all__ = ["IntegratedGradients", "resolve_baselines"]
@@ -133,6 +134,8 @@ class IntegratedGradients(Attribution):
             caller already has it.
         """
         inputs, reducer = self._prepare(inputs, target)
+        if input_activations is not None and isinstance(self.forward_func, LinearPrefix):
+            self.forward_func.check_activations(input_activations, inputs.shape[0])
         base = resolve_baselines(baselines, inputs)
         if self.check_inputs and baselines is not None:
             check_finite(base, "baselines")
@@ -149,7 +152,8 @@ class IntegratedGradients(Attribution):
         n = inputs.shape[0]
         delta = inputs - base
         target = self.forward_func
-        if self.use_linear_prefix and isinstance(target, LinearPrefix) and inputs.ndim == 2:
+        prefix = self.use_linear_prefix and fast_paths_enabled()
+        if prefix and isinstance(target, LinearPrefix) and inputs.ndim == 2:
             with torch.enable_grad():
                 h_x = target.linear(inputs) if input_activations is None else input_activations
                 if baselines is None:  # linear(0) is the bias: no product needed

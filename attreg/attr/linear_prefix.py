@@ -67,6 +67,16 @@ class LinearPrefix(nn.Module):
     def forward(self, x: torch.Tensor, *args: Any) -> Any:
         return self.rest(self.linear(x), *args)
 
+    def check_activations(self, activations: torch.Tensor | None, n: int) -> None:
+        """Raise unless ``activations`` (a caller's ``linear(inputs)``) is ``(n, out)``;
+        checked on every path, also when the fast paths are off and it goes unused."""
+        expected = (n, self.linear.out_features)
+        if activations is not None and tuple(activations.shape) != expected:
+            raise ValueError(
+                f"input_activations has shape {tuple(activations.shape)}; expected "
+                f"{expected} = linear(inputs)."
+            )
+
     def input_gradient(self, hidden_gradient: torch.Tensor) -> torch.Tensor:
         """``dF/dx = (dF/dh) W`` for hidden gradients of shape ``(..., n_hidden)``."""
         return cpu_matmul.matmul(hidden_gradient, self.linear.weight)

@@ -52,6 +52,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from attreg.fast_paths import fast_paths_enabled
 from attreg.transfer import to_device
 
 __all__ = ["FSSFResult", "fssf", "fssf_from_encoder", "leiden_subclusters", "VOTES", "PAIRINGS"]
@@ -141,9 +142,7 @@ def leiden_subclusters(
             n_neighbors=min(n_neighbors, latent.shape[0] - 1),
             random_state=seed,
         )
-        sc.tl.leiden(
-            tmp, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2
-        )
+        sc.tl.leiden(tmp, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2)
     labels = tmp.obs["leiden"].astype(str).to_numpy().astype(object)
     sizes = pd.Series(labels).value_counts()
     labels[np.isin(labels, sizes.index[sizes < min_size])] = ""
@@ -559,7 +558,7 @@ def fssf(
         return z[:, dims]
 
     first = None
-    if fast and not module.normalize_input:
+    if fast and fast_paths_enabled() and not module.normalize_input:
         first = _ScareFirstLayer(module, model.device, dims)
     res = fssf_from_encoder(
         encode,

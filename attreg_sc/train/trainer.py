@@ -21,6 +21,7 @@ import torch
 from attreg.transfer import to_device
 from attreg_sc._io import load_versioned, save_versioned
 from attreg_sc.data import CountData
+from attreg_sc.train.threads import ThreadPolicy
 
 __all__ = ["TrainingPlan", "train_module", "training_step", "NonFiniteLossError", "EarlyStopping"]
 
@@ -215,6 +216,7 @@ def train_module(
     generators: Sequence[torch.Generator] = (),
     resume: bool = False,
     fingerprint: dict | None = None,
+    threads: int | str | None = None,
 ) -> dict[str, list[float]]:
     """Train ``module`` in place on ``data``; return the per-epoch history.
 
@@ -227,10 +229,22 @@ def train_module(
     from it, giving the same weights as an uninterrupted run (same seed, CPU).
 
     ``fingerprint``: what the run's result depends on besides ``plan`` (the model's
-    settings, a digest of the data and of the GTs; see :func:`resume_fingerprint`). It is
+    settings, a digest of the data and of the GTs: ``SCARE._resume_fingerprint``). It is
     stored in the checkpoint, and a resume whose fingerprint or plan differs is refused
     with the differing settings named (only ``max_epochs`` may change: a longer run).
+
+    ``threads``: torch's CPU thread count during training (see
+    :class:`~attreg_sc.train.threads.ThreadPolicy`), restored at the end.
     """
+    with ThreadPolicy(threads) as policy:
+        return _train_module(
+            module, data, plan, prior_loss, device, generators, resume, fingerprint, policy
+        )
+
+
+def _train_module(
+    module, data, plan, prior_loss, device, generators, resume, fingerprint, threads
+) -> dict[str, list[float]]:
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(plan.seed)
@@ -280,6 +294,8 @@ def train_module(
         total=plan.max_epochs,
     )
     for epoch in bar:
+        if epoch > first_epoch:
+            threads.after_epoch()
         module.train()
         kl_weight = plan.kl_weight(epoch)
         use_prior = (
