@@ -15,7 +15,15 @@ Examples
 >>> loss.backward()
 """
 
-from attreg import cpu_matmul, functional, losses, reducers, reparameterizers, transfer
+from attreg import (
+    cpu_matmul,
+    functional,
+    losses,
+    penalties,
+    reducers,
+    reparameterizers,
+    transfer,
+)
 from attreg._validation import validate_ground_truth
 from attreg.attr import (
     Attribution,
@@ -28,12 +36,19 @@ from attreg.attr import (
 from attreg.cpu_allocator import retain_freed_cpu_memory
 from attreg.cpu_matmul import set_cpu_matmul
 from attreg.fast_paths import fast_paths, fast_paths_enabled, set_fast_paths
-from attreg.prior import AttributionPrior, ExclusionPrior, PriorSet
+from attreg.prior import (
+    AttributionPenalty,
+    AttributionPrior,
+    ExclusionPrior,
+    PriorSet,
+    RightForRightReasons,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Attribution",
+    "AttributionPenalty",
     "AttributionPrior",
     "ExclusionPrior",
     "ExpectedGradients",
@@ -42,11 +57,13 @@ __all__ = [
     "IntegratedGradients",
     "LinearPrefix",
     "PriorSet",
+    "RightForRightReasons",
     "cpu_matmul",
     "fast_paths",
     "fast_paths_enabled",
     "functional",
     "losses",
+    "penalties",
     "reducers",
     "reparameterizers",
     "retain_freed_cpu_memory",

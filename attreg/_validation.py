@@ -28,13 +28,15 @@ __all__ = [
 _COUPLING_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
 
 
-def check_finite(tensor: torch.Tensor, name: str) -> None:
-    """Raise ``ValueError`` if ``tensor`` holds NaN or infinite values."""
+def check_finite(tensor: torch.Tensor, name: str, fix: str | None = None) -> None:
+    """Raise ``ValueError`` if ``tensor`` holds NaN or infinite values (``fix``: what to
+    do about it; default: clean the data)."""
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         n_bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(
             f"{name} contains {n_bad} NaN or infinite value(s); attributions and their "
-            "loss would be NaN. Clean or impute the data before computing attributions."
+            "loss would be NaN. "
+            + (fix or "Clean or impute the data before computing attributions.")
         )
 
 

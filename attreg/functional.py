@@ -52,6 +52,11 @@ __all__ = [
     "outside_share_loss",
     "share_outside_loss",
     "aggregate",
+    "total_variation",
+    "graph_laplacian_penalty",
+    "gini_coefficient",
+    "gini_sparsity_loss",
+    "right_reasons_loss",
 ]
 
 
@@ -333,6 +338,121 @@ def attribution_prior_loss(
         allow_all_ones=allow_all_ones,
     )
     return attribution_loss(reparameterize(flat, reparameterizer), gt, loss, feature_weight)
+
+
+# -- penalties without ground truth (Erion et al. 2021) and the RRR mask loss ---------
+
+
+def total_variation(attributions: torch.Tensor, p: int = 1) -> torch.Tensor:
+    r"""Total variation of attribution maps over their last two (spatial) dimensions.
+
+    .. math:: \mathrm{TV}(a) = \frac1n \sum_i \sum_{h,w} |a_{i,h+1,w} - a_{i,h,w}|^p
+              + |a_{i,h,w+1} - a_{i,h,w}|^p
+
+    Erion et al.'s image prior (``p = 1``, anisotropic): smooth attribution maps. Inputs
+    ``(n, ..., H, W)``; channels and other leading dims are summed.
+
+    Examples
+    --------
+    >>> total_variation(torch.ones(2, 3, 4)).item()
+    0.0
+    >>> total_variation(torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])).item()
+    2.0
+    """
+    if attributions.ndim < 3:
+        raise ValueError(
+            f"total_variation needs maps (n, ..., H, W), got shape {tuple(attributions.shape)}; "
+            "reshape flat attributions to the image grid first."
+        )
+    dh = attributions[..., 1:, :] - attributions[..., :-1, :]
+    dw = attributions[..., :, 1:] - attributions[..., :, :-1]
+    n = attributions.shape[0]
+    return (dh.abs().pow(p).sum() + dw.abs().pow(p).sum()) / n
+
+
+def _mean_magnitude(attributions: torch.Tensor) -> torch.Tensor:
+    """``mean_i |a_i|`` over the samples: one global importance per feature."""
+    return attributions.reshape(attributions.shape[0], -1).abs().mean(dim=0)
+
+
+def graph_laplacian_penalty(attributions: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+    r"""Erion et al.'s graph prior: :math:`\bar\phi^\top L \bar\phi` with
+    :math:`\bar\phi = \mathrm{mean}_i |a_i|` and :math:`L = D - W` the Laplacian of a
+    feature graph ``adjacency`` ``W`` (dense or sparse, symmetric, non-negative), so that
+
+    .. math:: \bar\phi^\top L \bar\phi = \tfrac12 \sum_{j,k} W_{jk}
+              (\bar\phi_j - \bar\phi_k)^2 :
+
+    features linked in the graph (e.g. interacting genes) get similar importance.
+
+    Examples
+    --------
+    >>> w = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    >>> graph_laplacian_penalty(torch.tensor([[1.0, 3.0]]), w).item()
+    4.0
+    """
+    phi = _mean_magnitude(attributions)
+    d = phi.shape[0]
+    if tuple(adjacency.shape) != (d, d):
+        raise ValueError(
+            f"adjacency has shape {tuple(adjacency.shape)}; the attributions have {d} "
+            f"features: give a ({d}, {d}) matrix over the same features, in the same order."
+        )
+    adjacency = adjacency.to(phi.dtype)
+    w_phi = (
+        torch.sparse.mm(adjacency, phi[:, None])[:, 0] if adjacency.is_sparse else adjacency @ phi
+    )
+    degree = (
+        torch.sparse.sum(adjacency, dim=1).to_dense() if adjacency.is_sparse else adjacency.sum(1)
+    )
+    return (degree * phi * phi).sum() - (phi * w_phi).sum()
+
+
+def gini_coefficient(values: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    r"""Gini coefficient of non-negative ``values`` (last dimension), differentiable:
+
+    .. math:: G(\phi) = \frac{\sum_{j,k} |\phi_j - \phi_k|}{2 d \sum_j \phi_j}
+              = \frac{\sum_j (2j - d - 1)\,\phi_{(j)}}{d \sum_j \phi_j}
+
+    (:math:`\phi_{(j)}` sorted ascending): 0 when all are equal, :math:`1 - 1/d` when one
+    holds everything.
+
+    Examples
+    --------
+    >>> gini_coefficient(torch.tensor([1.0, 1.0, 1.0])).item()
+    0.0
+    >>> round(gini_coefficient(torch.tensor([0.0, 0.0, 0.0, 4.0])).item(), 4)
+    0.75
+    """
+    d = values.shape[-1]
+    ordered, _ = torch.sort(values, dim=-1)
+    ranks = torch.arange(1, d + 1, dtype=values.dtype, device=values.device)
+    return ((2 * ranks - d - 1) * ordered).sum(-1) / (d * values.sum(-1) + eps)
+
+
+def gini_sparsity_loss(attributions: torch.Tensor) -> torch.Tensor:
+    """Erion et al.'s sparsity prior: ``-Gini(mean_i |a_i|)``; minimising it concentrates
+    the global importance on few features."""
+    return -gini_coefficient(_mean_magnitude(attributions))
+
+
+def right_reasons_loss(gradients: torch.Tensor, ground_truth: torch.Tensor) -> torch.Tensor:
+    r"""Ross et al.'s "right for the right reasons" penalty on input gradients:
+
+    .. math:: \frac1n \sum_i \sum_j \big((1 - \mathrm{GT}_{ij})\, g_{ij}\big)^2
+
+    with ``g`` the input gradient of :math:`\sum_k \log p(y_k \mid x)` (use the
+    :class:`~attreg.reducers.LogProbabilitySum` reducer) and ``1 - GT`` Ross et al.'s
+    annotation ``A`` (1 where the input should not matter). ``ground_truth``: a vector or a
+    per-sample matrix in [0, 1].
+
+    Examples
+    --------
+    >>> right_reasons_loss(torch.tensor([[2.0, 3.0]]), torch.tensor([1.0, 0.0])).item()
+    9.0
+    """
+    flat = gradients.reshape(gradients.shape[0], -1)
+    return ((1 - ground_truth.to(flat.dtype)) * flat).square().sum(1).mean()
 
 
 def aggregate(losses: list[torch.Tensor], mode: str = "sum") -> torch.Tensor:

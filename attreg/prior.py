@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from attreg import functional as AF
-from attreg._validation import check_row_index, validate_ground_truth
+from attreg._validation import check_finite, check_row_index, validate_ground_truth
 from attreg.attr._base import Attribution
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.input_gradient import InputGradient, InputXGradient
@@ -19,7 +20,17 @@ from attreg.fast_paths import fast_paths_enabled
 from attreg.losses import ExcludedShareLoss, MSELoss, OutsideShareLoss, resolve_loss
 from attreg.reparameterizers import AbsMinMax, Share, resolve_reparameterizer
 
-__all__ = ["AttributionPrior", "ExclusionPrior", "PriorSet", "make_method"]
+__all__ = [
+    "AttributionPenalty",
+    "AttributionPrior",
+    "ExclusionPrior",
+    "PriorSet",
+    "RightForRightReasons",
+    "make_method",
+]
+
+_DEAD_CHECK_EVERY = 100  # calls between checks for a loss with zero gradient
+_DEAD_CHECK_ROWS = 32  # rows checked
 
 _METHODS: dict[str, type[Attribution]] = {
     "eg": ExpectedGradients,
@@ -185,6 +196,9 @@ class AttributionPrior(nn.Module):
         elif type(self.reparameterizer) is Share and type(self.loss_fn) is OutsideShareLoss:
             self._fused = AF.share_outside_loss
         self.weight = float(weight)
+        self.name: str | None = None  # set by a PriorSet; used in messages
+        self._calls = 0
+        self._dead_warned = False
         self.allow_all_ones = allow_all_ones
         self.n_samples = n_samples
         self.references = references
@@ -292,9 +306,67 @@ class AttributionPrior(nn.Module):
             if rows.shape[-1] != flat.shape[1] or (rows.ndim == 2 and rows.shape[0] != n):
                 validate_ground_truth(rows, flat.shape[1], n, allow_all_ones=True)
             rows = rows.to(flat.dtype)
+        if self.check_inputs:
+            check_finite(
+                flat,
+                f"the attributions of {self._label()}",
+                "The model's outputs or gradients overflowed: check the inputs' scale, "
+                "lower the learning rate or clip gradients (with finite inputs and a finite "
+                "model, attributions are finite).",
+            )
+            self._calls += 1
+            if not self._dead_warned and self._calls % _DEAD_CHECK_EVERY == 1:
+                self._check_dead_gradient(flat, rows)
         if self._fused is not None and fast_paths_enabled():
             return self.weight * self._fused(flat, rows)
         return self.weight * self.loss_fn(self.reparameterizer(flat), rows)
+
+    def _label(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        return (
+            f"prior{name} ({type(self.method).__name__}, "
+            f"{type(self.reparameterizer).__name__}, {type(self.loss_fn).__name__})"
+        )
+
+    def _check_dead_gradient(self, flat: torch.Tensor, rows: torch.Tensor) -> None:
+        """Warn once when the loss cannot move the attributions of most rows it penalises:
+        zero gradient with respect to a row's attributions while its loss is positive.
+
+        The classic case: ``abs_max``/``abs_minmax`` with ``feature_weight = 1 - GT``;
+        when a penalised feature is a row's largest attribution it maps to exactly 1
+        whatever its size, so the loss is stuck and its gradient is exactly 0. Checked
+        on the first call and every ``_DEAD_CHECK_EVERY`` calls (a few rows, the
+        reference composition, no model pass)."""
+        k = min(_DEAD_CHECK_ROWS, flat.shape[0])
+        a = flat[:k].detach().requires_grad_()
+        t = rows[:k] if rows.ndim == 2 else rows
+        with torch.enable_grad():
+            per_row = [
+                self.loss_fn(self.reparameterizer(a[i : i + 1]), t[i : i + 1] if t.ndim == 2 else t)
+                for i in range(k)
+            ]
+            losses = torch.stack(per_row)
+            (g,) = torch.autograd.grad(losses.sum(), a, allow_unused=True)
+        losses = losses.detach()
+        penalised = losses > 1e-12
+        if g is None:
+            stuck = penalised
+        else:  # scale-free: |a| |dL/da| negligible against L (rounding, not signal)
+            moving = g.abs().amax(dim=1) * a.detach().abs().amax(dim=1)
+            stuck = penalised & (moving <= 1e-6 * losses)
+        n_pen, n_stuck = int(penalised.sum()), int(stuck.sum())
+        if n_pen and 2 * n_stuck > n_pen:
+            self._dead_warned = True
+            warnings.warn(
+                f"{self._label()}: the loss has zero gradient for {n_stuck} of the {n_pen} "
+                "checked rows it penalises, so the prior cannot change their attributions "
+                "(it trains nothing there). With 'abs_max'/'abs_minmax' and feature "
+                "weights, a penalised feature that is a row's largest attribution maps to "
+                "exactly 1 whatever its size. Use reparameterizer='share' (|a| / sum |a|) "
+                "with loss='outside_share', or a loss over all features.",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def forward(
         self,
@@ -347,6 +419,116 @@ class ExclusionPrior(AttributionPrior):
         )
 
 
+class AttributionPenalty(AttributionPrior):
+    r"""A prior without ground truth: ``weight * penalty(attributions)``.
+
+    Erion et al.'s attribution priors that encode a property instead of a feature set:
+    smooth maps over an image grid (:class:`~attreg.penalties.TotalVariation`), similar
+    importance for features linked in a graph such as a gene network
+    (:class:`~attreg.penalties.GraphLaplacian`), or importance concentrated on few
+    features (:class:`~attreg.penalties.GiniSparsity`). Composes with ground-truth priors
+    in a :class:`PriorSet` (sharing one attribution computation when they share a method).
+
+    Parameters
+    ----------
+    target, method, reducer, weight, **kwargs
+        As for :class:`AttributionPrior` (``reparameterizer``, ``loss`` and
+        ``feature_weight`` do not apply).
+    penalty
+        ``"total_variation"``, ``"gini"``, a module from :mod:`attreg.penalties` or any
+        callable ``attributions -> scalar`` (attributions shaped like the inputs).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from attreg.penalties import TotalVariation
+    >>> cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+    ...                     nn.Linear(4 * 8 * 8, 10))
+    >>> smooth = AttributionPenalty(cnn, TotalVariation(), method="input_x_gradient",
+    ...                             weight=0.1)
+    >>> loss = smooth(torch.randn(16, 1, 8, 8), target=torch.randint(0, 10, (16,)))
+    >>> loss.backward()
+    """
+
+    def __init__(
+        self,
+        target: Callable,
+        penalty: str | Callable[[torch.Tensor], torch.Tensor],
+        *,
+        method: str | Attribution = "eg",
+        reducer: str | Callable | None = "sum",
+        weight: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        for fixed in ("reparameterizer", "loss", "feature_weight", "ground_truth"):
+            if fixed in kwargs:
+                raise TypeError(f"AttributionPenalty has no {fixed}: it needs no ground truth.")
+        super().__init__(target, None, method=method, reducer=reducer, weight=weight, **kwargs)
+        from attreg.penalties import resolve_penalty
+
+        self.penalty = resolve_penalty(penalty)
+
+    def loss_from_attributions(
+        self,
+        attributions: torch.Tensor,
+        gt: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``weight * penalty(attributions)`` (averaged over a reducer's directions)."""
+        if self.check_inputs:
+            check_finite(attributions, f"the attributions of {self._label()}")
+        m = getattr(self.method.reducer, "n_directions", 1)
+        if m > 1:
+            value = torch.stack([self.penalty(a) for a in attributions]).mean()
+        else:
+            value = self.penalty(attributions)
+        return self.weight * value
+
+    def _label(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        return f"penalty{name} ({type(self.method).__name__}, {self.penalty!r})"
+
+
+class RightForRightReasons(AttributionPrior):
+    r"""Ross et al. (2017): penalise input gradients of the log-probabilities where the
+    annotation says the input should not matter,
+
+    .. math:: L = \frac1n \sum_i \Big\lVert (1 - \mathrm{GT}_i) \odot
+              \frac{\partial}{\partial x_i} \sum_k \log p(y_k \mid x_i) \Big\rVert^2,
+
+    ``1 - GT`` being their annotation matrix ``A``. ``ground_truth``: 1 where the input
+    may matter, a vector for all samples or a matrix with one row per sample (pass
+    ``index=`` or ``gt=`` at the call). The model returns logits.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    >>> rrr = RightForRightReasons(model, torch.tensor([1., 1., 1., 0., 0., 0.]), weight=10.0)
+    >>> rrr(torch.randn(8, 6)).backward()
+    """
+
+    def __init__(
+        self, model: Callable, ground_truth: Any = None, weight: float = 1.0, **kwargs: Any
+    ) -> None:
+        for fixed in ("method", "reducer", "reparameterizer", "loss", "feature_weight"):
+            if fixed in kwargs:
+                raise TypeError(f"RightForRightReasons fixes {fixed}; do not pass it.")
+        super().__init__(
+            model,
+            ground_truth,
+            method="input_gradient",
+            reducer="log_probability_sum",
+            reparameterizer="identity",
+            loss=AF.right_reasons_loss,
+            weight=weight,
+            allow_all_ones=True,
+            **kwargs,
+        )
+
+
 class PriorSet(nn.Module):
     r"""Several priors (each its own GT, loss and weight) aggregated into one ``L_A``.
 
@@ -389,6 +571,8 @@ class PriorSet(nn.Module):
             if not isinstance(p, AttributionPrior):
                 raise TypeError(f"prior {name!r} is a {type(p).__name__}, not an AttributionPrior.")
         self.priors = nn.ModuleDict(dict(priors))
+        for name, p in self.priors.items():
+            p.name = p.name or name
         self.aggregation = aggregation
 
     @classmethod

@@ -42,6 +42,7 @@ __all__ = [
     "Mean",
     "Index",
     "L2Norm",
+    "LogProbabilitySum",
     "CallableReducer",
     "TargetReducer",
     "DirectionReducer",
@@ -133,6 +134,14 @@ class Mean(Reducer):
         if self.output is not None:
             return None
         return torch.full((n_outputs,), 1.0 / n_outputs, device=device)
+
+
+class LogProbabilitySum(Reducer):
+    """``sum_k log softmax(out)_k``: Ross et al.'s F for "right for the right reasons"
+    (the input gradient of every class's log-probability at once)."""
+
+    def reduce(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(_flat(out), dim=1).sum(dim=1)
 
 
 class L2Norm(Reducer):
@@ -482,6 +491,7 @@ _NAMED = {
     "mean": Mean,
     "l2": L2Norm,
     "l2norm": L2Norm,
+    "log_probability_sum": LogProbabilitySum,
     "random_direction": RandomDirections,
 }
 

@@ -182,6 +182,9 @@ def _fit_reference(reference, n_cell_types: int, rng: np.random.Generator):
     return log_mu, theta, lib
 
 
+_CHUNK_ENTRIES = 4_000_000  # cells x genes per chunk of the simulator
+
+
 def synthetic(
     n_cells: int = 2000,
     n_genes: int = 500,
@@ -196,7 +199,7 @@ def synthetic(
     seed: int = 0,
     reference=None,
     gt_genes: list[str] | None = None,
-    chunk_size: int = 20_000,
+    chunk_size: int | None = None,
 ):
     """Negative-binomial counts with cell types, batches and two hidden programs.
 
@@ -215,9 +218,11 @@ def synthetic(
     groups), the gene-wise inverse dispersions (method of moments) and the library sizes
     are fitted to it, so that the counts have realistic statistics.
 
-    Counts are drawn ``chunk_size`` cells at a time, so a million cells need memory for
-    one chunk plus the sparse result. Returns an AnnData with integer counts in a CSR
-    ``X`` (float32).
+    Counts are drawn ``chunk_size`` cells at a time (default: about 4 million matrix
+    entries per chunk, 1,195 cells at 3,346 genes), so memory is the sparse result plus a
+    few chunk-sized float64 buffers (about 32 MiB each), whatever ``n_cells``; the counts
+    do not depend on ``chunk_size`` (the random stream is consumed in the same order).
+    Returns an AnnData with integer counts in a CSR ``X`` (float32).
 
     Examples
     --------
@@ -265,19 +270,33 @@ def synthetic(
         lib = rng.choice(ref_lib, n_cells) * np.exp(0.2 * (batch - batch.mean()))
     else:
         lib = library_size * np.exp(rng.normal(0.0, 0.3, n_cells) + 0.2 * (batch - batch.mean()))
+    if chunk_size is None:
+        chunk_size = max(1, _CHUNK_ENTRIES // n_genes)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     blocks = []
     for start in range(0, n_cells, chunk_size):  # bounded memory for large n_cells
         sl = slice(start, min(start + chunk_size, n_cells))
-        log_mu = log_mu_types[cell_type[sl]] + batch_shift[batch[sl]]
-        log_mu = log_mu + np.log(gt_fold) * (gt_state[sl, None] * is_gt[None, :])
-        log_mu = log_mu + np.log(other_fold) * (other_state[sl, None] * is_other[None, :])
-        prop = np.exp(log_mu - log_mu.max(axis=1, keepdims=True))
+        log_mu = log_mu_types[cell_type[sl]]
+        log_mu += batch_shift[batch[sl]]
+        log_mu += np.log(gt_fold) * (gt_state[sl, None] * is_gt[None, :])
+        log_mu += np.log(other_fold) * (other_state[sl, None] * is_other[None, :])
+        log_mu -= log_mu.max(axis=1, keepdims=True)
+        prop = np.exp(log_mu, out=log_mu)
         prop /= prop.sum(axis=1, keepdims=True)
-        mean = prop * lib[sl, None]
-        counts = rng.negative_binomial(theta_g, theta_g / (theta_g + mean)).astype(np.float32)
-        empty = counts.sum(axis=1) == 0
-        counts[empty, rng.integers(0, n_genes, int(empty.sum()))] = 1.0
-        blocks.append(sp.csr_matrix(counts))
+        prop *= lib[sl, None]  # the mean
+        p_success = np.divide(theta_g, np.add(theta_g, prop, out=prop), out=prop)
+        blocks.append(sp.csr_matrix(rng.negative_binomial(theta_g, p_success), dtype=np.float32))
+        del log_mu, prop, p_success
+    counts = sp.vstack(blocks, format="csr")
+    del blocks
+    # a cell with no count gets one, in a random gene (after all chunks: the draws do not
+    # depend on the chunking)
+    empty = np.flatnonzero(np.diff(counts.indptr) == 0)
+    if len(empty):
+        counts = counts.tolil()
+        counts[empty, rng.integers(0, n_genes, len(empty))] = 1.0
+        counts = counts.tocsr()
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical([f"type{t}" for t in cell_type]),
@@ -288,4 +307,4 @@ def synthetic(
         index=[f"cell{i}" for i in range(n_cells)],
     )
     var = pd.DataFrame({"is_gt": is_gt, "is_other": is_other}, index=names)
-    return ad.AnnData(sp.vstack(blocks, format="csr"), obs=obs, var=var)
+    return ad.AnnData(counts, obs=obs, var=var)

@@ -19,7 +19,10 @@ the latent mean`` (with the graph kept), ``mse(abs_minmax(attr), gt)``, backward
   graph to the parameters, so a loss on them trains nothing).
 * ``--scvi``: seconds per epoch of the plain cVAE (w_attr = 0) vs scvi-tools' SCVI with
   the same architecture (LayerNorm, no BatchNorm, 1 x 128, 10 latent, NB, gene
-  dispersion) on the same synthetic data.
+  dispersion) on the same synthetic data, like for like: SCVI with a library-size encoder
+  (``use_observed_lib_size=False``; its default uses the observed library size and has
+  no library encoder) and a validation pass every epoch (``check_val_every_n_epoch=1``;
+  without early stopping it skips validation by default), as scARE's training does.
 
 Ratios are ``peer / attreg`` (higher: attreg faster). The PyTorch variants take turns
 in one process in blocks of ``STEADY_BLOCK`` consecutive steps (after one untimed step),
@@ -383,12 +386,14 @@ def bench_scvi(adata, epochs: int) -> list[dict]:
             gene_likelihood="nb",
             use_batch_norm="none",
             use_layer_norm="both",
+            use_observed_lib_size=False,  # a library-size encoder, as scARE has
         )
         m.train(
             max_epochs=n_epochs,
             batch_size=128,
             train_size=0.9,
             early_stopping=False,
+            check_val_every_n_epoch=1,  # the validation pass every epoch, as scARE's
             accelerator="cpu",
             enable_progress_bar=False,
         )

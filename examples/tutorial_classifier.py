@@ -50,8 +50,8 @@ def train(weight: float, epochs: int, seed: int = 0):
         model,
         GT,
         method="eg",
-        reparameterizer="abs_max",
-        feature_weight=1 - GT,
+        reparameterizer="share",  # |a| / sum |a|
+        loss="outside_share",  # the share of attribution on the right half
         weight=weight,
         generator=torch.Generator().manual_seed(seed),
     )
@@ -86,7 +86,7 @@ def train(weight: float, epochs: int, seed: int = 0):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--weight", type=float, default=10.0)
+    p.add_argument("--weight", type=float, default=1.0)
     p.add_argument("--out", default=None, help="folder for the figure")
     args = p.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))

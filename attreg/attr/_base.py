@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
 from collections.abc import Callable
@@ -164,17 +165,30 @@ def _probe_batch_statistics(attribute: Callable) -> Callable:
 
     @functools.wraps(attribute)
     def probed(self: Attribution, *args: Any, **kwargs: Any) -> Any:
-        if not self.check_batchnorm:
-            return attribute(self, *args, **kwargs)
-        state = self._module_state()
-        if self._probed is not _NOT_PROBED and state == self._probed:
-            return attribute(self, *args, **kwargs)
-        with BatchStatisticsProbe():
-            out = attribute(self, *args, **kwargs)
-        self._probed = state
-        return out
+        with _twice_differentiable_attention(self.differentiable):
+            if not self.check_batchnorm:
+                return attribute(self, *args, **kwargs)
+            state = self._module_state()
+            if self._probed is not _NOT_PROBED and state == self._probed:
+                return attribute(self, *args, **kwargs)
+            with BatchStatisticsProbe():
+                out = attribute(self, *args, **kwargs)
+            self._probed = state
+            return out
 
     return probed
+
+
+def _twice_differentiable_attention(differentiable: bool) -> contextlib.AbstractContextManager:
+    """Differentiable attributions are differentiated twice; the fused attention kernels
+    of ``scaled_dot_product_attention`` (flash, memory-efficient, cuDNN) have no double
+    backward, so the attribution pass uses the math kernel (same values). Elsewhere, the
+    model's own forward passes keep the fused kernels."""
+    if not differentiable:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 class _RepeatedTarget(TargetReducer):
