@@ -59,3 +59,20 @@ def test_two_runs_keep_both_runs_balanced():
     for t in ("CD4 T", "CD14 Monocytes", "B", "NK"):
         per_run = adata.obs.loc[adata.obs["cell_type"] == t, "batch"].value_counts()
         assert (per_run > 0).all() and len(per_run) == 2, t
+
+
+def test_simulator_counts_do_not_depend_on_the_chunk_size():
+    import attreg_sc as asc
+
+    kw = dict(n_cells=300, n_genes=50, n_gt_genes=5, seed=4, library_size=0.3)  # many empty
+    whole = asc.datasets.synthetic(chunk_size=10_000, **kw)
+    for chunk in (1, 7, None):
+        part = asc.datasets.synthetic(chunk_size=chunk, **kw)
+        assert (part.X != whole.X).nnz == 0
+        assert part.obs.equals(whole.obs)
+    assert (whole.X.sum(1) > 0).all()  # cells without counts got one
+    assert (np.asarray(whole.X.sum(1)).ravel() == 1).sum() > 100
+    import pytest
+
+    with pytest.raises(ValueError, match="chunk_size"):
+        asc.datasets.synthetic(chunk_size=0, **kw)
