@@ -16,6 +16,7 @@ from attreg.attr._base import Attribution
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
+from attreg.attr.layer import LayerTarget, sum_trailing
 from attreg.fast_paths import fast_paths_enabled
 from attreg.losses import ExcludedShareLoss, MSELoss, OutsideShareLoss, resolve_loss
 from attreg.reparameterizers import AbsMinMax, Share, resolve_reparameterizer
@@ -82,6 +83,13 @@ def make_method(
     )
 
 
+def expand_args(args: Any) -> tuple:
+    """``additional_forward_args`` as a tuple (``None`` -> ``()``, one value -> ``(value,)``)."""
+    if args is None:
+        return ()
+    return args if isinstance(args, tuple) else (args,)
+
+
 def _check_grad_mode(prior: nn.Module) -> None:
     """A prior under ``torch.no_grad()``/``inference_mode()`` has no graph to train: say so
     at the call instead of returning a constant that fails later."""
@@ -141,6 +149,13 @@ class AttributionPrior(nn.Module):
         were validated upstream: each check is a host synchronisation on GPU.
     internal_batch_size
         Rows per forward pass of the attribution method.
+    layer, layer_at, layer_reduce
+        Take the attributions at a submodule of ``target`` instead of at its input:
+        ``layer``'s output (``layer_at="output"``) or first input (``"input"``), see
+        :class:`~attreg.attr.LayerTarget`. ``x`` may then hold integers (token ids).
+        ``layer_reduce="sum"`` (default) sums the activations' trailing dimensions, so
+        that ``(n, tokens, emb)`` attributions become one per token and the ground truth
+        is over tokens; ``None`` keeps the activations' shape.
 
     Examples
     --------
@@ -177,10 +192,22 @@ class AttributionPrior(nn.Module):
         check_batchnorm: bool = True,
         check_inputs: bool = True,
         internal_batch_size: int | None = None,
+        layer: nn.Module | None = None,
+        layer_at: str = "output",
+        layer_reduce: str | None = "sum",
     ) -> None:
         super().__init__()
         if isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"weight must be a finite number >= 0, got {weight!r}.")
+        if layer_reduce not in ("sum", None):
+            raise ValueError(f"layer_reduce must be 'sum' or None, got {layer_reduce!r}.")
+        # not registered as a submodule (it holds the user's model; see ``target``)
+        object.__setattr__(
+            self, "layer_target", None if layer is None else LayerTarget(target, layer, layer_at)
+        )
+        self.layer_reduce = layer_reduce
+        if self.layer_target is not None:
+            target = self.layer_target
         self.method = make_method(
             target, method, reducer, check_batchnorm=check_batchnorm, check_inputs=check_inputs
         )
@@ -231,6 +258,12 @@ class AttributionPrior(nn.Module):
         minibatch references then needs no extra first-layer pass).
         """
         m = self.method
+        inputs = x
+        if self.layer_target is not None:  # attributions at the layer; x rides along
+            args = expand_args(additional_forward_args)
+            inputs = self.layer_target.activations(x, *args)
+            additional_forward_args = (x, *args)
+            input_activations = None
         kwargs: dict[str, Any] = {"additional_forward_args": additional_forward_args}
         if target is not None:
             kwargs["target"] = target
@@ -252,7 +285,11 @@ class AttributionPrior(nn.Module):
                 method=self.integration,
                 internal_batch_size=self.internal_batch_size,
             )
-        return m.attribute(x, **kwargs)
+        attr = m.attribute(inputs, **kwargs)
+        if self.layer_target is not None and self.layer_reduce == "sum":
+            keep = 2 + (attr.ndim - inputs.ndim)  # (n, tokens, ...) or (m, n, tokens, ...)
+            attr = sum_trailing(attr, keep)
+        return attr
 
     def _ground_truth_rows(
         self, n: int, gt: torch.Tensor | None, index: torch.Tensor | None
@@ -609,8 +646,14 @@ class PriorSet(nn.Module):
         additional_forward_args: Any = None,
         return_terms: bool = False,
         input_activations: torch.Tensor | None = None,
+        target: int | torch.Tensor | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Aggregated prior loss (or a dict of the weighted terms and ``"total"``)."""
+        """Aggregated prior loss (or a dict of the weighted terms and ``"total"``).
+
+        ``target``: captum's argument (the output unit per sample, e.g. each sample's
+        class), passed to every prior. Priors on different layers or targets each compute
+        their own attributions; priors sharing a method instance share one computation.
+        """
         _check_grad_mode(self)
         gts = gts or {}
         unknown = set(gts) - set(self.priors)
@@ -623,7 +666,9 @@ class PriorSet(nn.Module):
         for name, prior in self.priors.items():
             key = id(prior.method)
             if key not in cache:
-                cache[key] = prior.attributions(x, additional_forward_args, input_activations)
+                cache[key] = prior.attributions(
+                    x, additional_forward_args, input_activations, target
+                )
             terms[name] = prior.loss_from_attributions(cache[key], gts.get(name), index)
         total = AF.aggregate(list(terms.values()), self.aggregation)
         if return_terms:

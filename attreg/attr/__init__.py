@@ -6,6 +6,7 @@ from attreg.attr._gradients import gradients_at
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
+from attreg.attr.layer import LayerTarget, sum_trailing
 from attreg.attr.linear_prefix import LinearPrefix
 from attreg.attr.quadrature import QUADRATURE_RULES, quadrature
 
@@ -15,8 +16,10 @@ __all__ = [
     "IntegratedGradients",
     "InputGradient",
     "InputXGradient",
+    "LayerTarget",
     "LinearPrefix",
     "QUADRATURE_RULES",
     "gradients_at",
     "quadrature",
+    "sum_trailing",
 ]
