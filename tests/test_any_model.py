@@ -96,3 +96,14 @@ def test_non_finite_attributions_name_the_prior():
     priors = attreg.PriorSet({"markers": attreg.AttributionPrior(Overflow(), GT8, method="eg")})
     with pytest.raises(ValueError, match="attributions of prior 'markers'.*overflowed"):
         priors(torch.randn(8, 8) + 1.0)
+
+
+def test_a_compiled_model_trains_with_eager_attributions():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    compiled = torch.compile(model, backend="aot_eager")  # no double backward in its graphs
+    prior = attreg.AttributionPrior(compiled, GT8, reparameterizer="share", loss="outside_share")
+    assert prior.method.forward_func is model  # the original module: the same parameters
+    x = torch.randn(16, 8)
+    (compiled(x).square().mean() + prior(x)).backward()
+    assert model[0].weight.grad is not None and torch.isfinite(model[0].weight.grad).all()

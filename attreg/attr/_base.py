@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,8 @@ from attreg._validation import (
 from attreg.reducers import DirectionReducer, Reducer, TargetReducer, resolve_reducer
 
 __all__ = ["Attribution", "n_directions", "tile_rows", "untile_rows"]
+
+logger = logging.getLogger(__name__)
 
 
 def n_directions(reducer: Any) -> int:
@@ -85,7 +88,7 @@ class Attribution:
                 f"forward_func must be callable (an nn.Module or function), got "
                 f"{type(forward_func).__name__}."
             )
-        self.forward_func = forward_func
+        self.forward_func = _uncompiled(forward_func, differentiable)
         self.reducer = resolve_reducer(reducer)
         self.differentiable = differentiable
         self.check_batchnorm = check_batchnorm
@@ -157,6 +160,20 @@ class Attribution:
 
 
 _NOT_PROBED = object()
+
+
+def _uncompiled(forward_func: Callable, differentiable: bool) -> Callable:
+    """A ``torch.compile``-d module's original module (the same parameters) for
+    differentiable attributions: compiled graphs (aot_autograd) have no double backward.
+    The model's own forward passes stay compiled."""
+    original = getattr(forward_func, "_orig_mod", None)
+    if differentiable and isinstance(forward_func, nn.Module) and isinstance(original, nn.Module):
+        logger.info(
+            "differentiable attributions run the torch.compile-d module's original "
+            "(eager) forward: compiled graphs have no double backward"
+        )
+        return original
+    return forward_func
 
 
 def _probe_batch_statistics(attribute: Callable) -> Callable:
