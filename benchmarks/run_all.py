@@ -4,7 +4,8 @@ Run::
 
     python benchmarks/run_all.py --json docs/benchmarks.json [--peers] [--quick]
 
-``--peers`` adds ``bench_peers.py`` (needs ``pip install -e ".[bench]"``); ``--quick``
+``--peers`` adds ``bench_peers.py`` and ``bench_decoy_mnist.py`` (they need
+``pip install -e ".[bench]"``); ``--quick``
 uses small settings (a smoke run, not figures to quote).
 """
 
@@ -83,8 +84,34 @@ def main(argv: list[str] | None = None) -> dict:
     runs["backed"] = ("bench_backed", ["--cells", "2000", "--genes", "200"] if q else [])
     runs["matmul"] = ("bench_matmul", ["--rows", "64", "--repeats", "2"] if q else [])
     runs["special"] = ("bench_special", ["--batches", "16", "--repeats", "2"] if q else [])
+    runs["models"] = ("bench_models", ["--steps", "2", "--batch", "8"] if q else ["--profile"])
+    runs["eg_profile"] = (
+        "profile_eg_step",
+        ["--cells", "300", "--genes", "700", "--steps", "2", "--batch", "32"] if q else [],
+    )
+    runs["contention"] = (
+        "bench_contention",
+        [
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--rounds",
+            "1",
+            "--busy",
+            "1",
+            "--load",
+            "python",
+            "--settings",
+            "torch default",
+            "1 thread",
+        ]
+        if q
+        else [],
+    )
     if args.peers:
         runs["peers"] = ("bench_peers", ["--scvi"])
+        runs["decoy_mnist"] = ("bench_decoy_mnist", [])
     results = {}
     for key, (module, extra) in runs.items():
         print(f"== {module} ==", flush=True)

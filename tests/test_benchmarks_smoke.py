@@ -14,7 +14,18 @@ def test_run_all_quick(tmp_path):
     spec.loader.exec_module(mod)
     out = tmp_path / "b.json"
     res = mod.main(["--quick", "--json", str(out)])
-    assert set(res) == {"prior", "scare_step", "fssf", "scaling", "backed", "matmul", "special"}
+    assert set(res) == {
+        "prior",
+        "scare_step",
+        "fssf",
+        "scaling",
+        "backed",
+        "matmul",
+        "special",
+        "models",
+        "eg_profile",
+        "contention",
+    }
     # the oneDNN products agree with torch.mm (float32 rounding only)
     assert all(r["max_abs_diff"] < 1e-2 for r in res["matmul"])
     # the theta gradient of log_gamma_ratio is at least as accurate as torch's composition
