@@ -13,6 +13,7 @@ from torch import nn
 from attreg import functional as AF
 from attreg._validation import check_finite, check_row_index, validate_ground_truth
 from attreg.attr._base import Attribution
+from attreg.attr._gradients import in_functorch_transform
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
@@ -354,7 +355,8 @@ class AttributionPrior(nn.Module):
             self._calls += 1
             if not self._dead_warned and self._calls % _DEAD_CHECK_EVERY == 1:
                 self._check_dead_gradient(flat, rows)
-        if self._fused is not None and fast_paths_enabled():
+        # the fused ops are autograd.Functions without torch.func support
+        if self._fused is not None and fast_paths_enabled() and not in_functorch_transform(flat):
             return self.weight * self._fused(flat, rows)
         return self.weight * self.loss_fn(self.reparameterizer(flat), rows)
 

@@ -107,3 +107,42 @@ def test_a_compiled_model_trains_with_eager_attributions():
     x = torch.randn(16, 8)
     (compiled(x).square().mean() + prior(x)).backward()
     assert model[0].weight.grad is not None and torch.isfinite(model[0].weight.grad).all()
+
+
+def test_per_sample_prior_gradients_under_torch_func_match_a_loop():
+    """vmap(grad(...)) over a prior (per-sample gradients, e.g. for DP-SGD)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    gt = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])
+    prior = attreg.AttributionPrior(
+        model,
+        gt,
+        method="ig",
+        n_steps=6,
+        reparameterizer="share",
+        loss="outside_share",
+        check_inputs=False,  # the input checks read values: not allowed inside vmap
+    )
+
+    class Holder(nn.Module):  # functional_call swaps the parameters of model.*
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, xi: torch.Tensor) -> torch.Tensor:
+            return prior(xi[None])
+
+    holder = Holder()
+    params = {f"model.{k}": v.detach() for k, v in model.named_parameters()}
+    x = torch.randn(4, 5, dtype=torch.float64)
+
+    def loss(p, xi):
+        return torch.func.functional_call(holder, p, (xi,))
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(4):
+        model.zero_grad()
+        prior(x[i : i + 1]).backward()
+        for name, p in model.named_parameters():
+            want = torch.zeros_like(p) if p.grad is None else p.grad
+            assert torch.allclose(per_sample[f"model.{name}"][i], want, atol=1e-10), name

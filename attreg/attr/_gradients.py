@@ -23,7 +23,7 @@ import torch
 from attreg.fast_paths import fast_paths_enabled
 from attreg.reducers import apply_reducer
 
-__all__ = ["gradients_at", "expand_additional_args", "forward_reduced"]
+__all__ = ["gradients_at", "expand_additional_args", "forward_reduced", "in_functorch_transform"]
 
 
 def expand_additional_args(args: Any, n: int, repeats: int) -> tuple:
@@ -52,6 +52,11 @@ def forward_reduced(
 ) -> torch.Tensor:
     """``F(points)``: the forward function followed by the reducer, shape ``(len(points),)``."""
     return apply_reducer(reducer, forward_func(points, *args), points.shape[0])
+
+
+def in_functorch_transform(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a torch.func transform's tensor (``grad``, ``vmap``, ``jvp``)."""
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
 def gradients_at(
@@ -108,6 +113,15 @@ def gradients_at(
         if internal_batch_size < 1:
             raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}.")
         per_chunk = max(1, internal_batch_size // n)
+    if in_functorch_transform(
+        points
+    ):  # torch.func.grad / vmap: no requires_grad_, no autograd.grad
+        args = expand_additional_args(additional_forward_args, n, repeats)
+        value, pullback = torch.func.vjp(
+            lambda p: forward_reduced(forward_func, p, reducer, args), points
+        )
+        (grad,) = pullback(torch.ones_like(value))
+        return grad
     closed_form = getattr(forward_func, "reduced_gradient", None) if fast_paths_enabled() else None
     if closed_form is not None and per_chunk >= repeats:
         args = expand_additional_args(additional_forward_args, n, repeats)

@@ -10,7 +10,7 @@ import torch
 
 from attreg._validation import check_finite
 from attreg.attr._base import Attribution, n_directions, tile_rows, untile_rows
-from attreg.attr._gradients import expand_additional_args, gradients_at
+from attreg.attr._gradients import expand_additional_args, gradients_at, in_functorch_transform
 from attreg.attr.linear_prefix import LinearPrefix
 from attreg.fast_paths import fast_paths_enabled
 from attreg.transfer import to_device
@@ -94,7 +94,12 @@ class _MeanOfProducts(torch.autograd.Function):
 def _average_terms(grads: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
     """``mean_s (x - r_s) * g_s`` (``mean_s g_s`` without ``delta``) over the ``k`` draws
     of dim 0; views (``squeeze``, not ``[0]``, whose backward copies into zeros) for k = 1."""
-    if delta is not None and delta.shape[0] > 1 and fast_paths_enabled():
+    if (
+        delta is not None
+        and delta.shape[0] > 1
+        and fast_paths_enabled()
+        and not in_functorch_transform(grads)  # an autograd.Function without torch.func support
+    ):
         return _MeanOfProducts.apply(delta, grads)
     terms = grads if delta is None else delta * grads
     return terms.squeeze(0) if terms.shape[0] == 1 else terms.mean(dim=0)
