@@ -32,6 +32,7 @@ from attreg.attr import (
     InputXGradient,
     IntegratedGradients,
     LinearPrefix,
+    NoiseTunnel,
 )
 from attreg.cpu_allocator import retain_freed_cpu_memory
 from attreg.cpu_matmul import set_cpu_matmul
@@ -56,6 +57,7 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "LinearPrefix",
+    "NoiseTunnel",
     "PriorSet",
     "RightForRightReasons",
     "cpu_matmul",

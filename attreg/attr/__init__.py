@@ -8,6 +8,7 @@ from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
 from attreg.attr.layer import LayerTarget, sum_trailing
 from attreg.attr.linear_prefix import LinearPrefix
+from attreg.attr.noise_tunnel import NoiseTunnel
 from attreg.attr.quadrature import QUADRATURE_RULES, quadrature
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "InputXGradient",
     "LayerTarget",
     "LinearPrefix",
+    "NoiseTunnel",
     "QUADRATURE_RULES",
     "gradients_at",
     "quadrature",

@@ -126,6 +126,8 @@ class Attribution:
             check_finite(inputs, "inputs")
         check_input_dtype(inputs, self.forward_func)
         check_target(target)
+        if isinstance(target, torch.Tensor) and target.ndim == 0:
+            target = int(target)  # captum: a 0-dim tensor selects one unit for the batch
         if isinstance(target, numbers.Integral):
             target = int(target)  # numpy integers select one unit, like an int
         if self.check_batchnorm:
@@ -144,6 +146,11 @@ class Attribution:
         if not self.differentiable:
             inputs = inputs.detach()
         return inputs, reducer
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """captum's name: whether attributions are multiplied by ``inputs - baselines``."""
+        return bool(getattr(self, "multiply_by_inputs", False))
 
     def attribute(self, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover

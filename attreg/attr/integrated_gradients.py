@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -22,11 +23,14 @@ def resolve_baselines(
     baselines: torch.Tensor | float | Callable | None, inputs: torch.Tensor
 ) -> torch.Tensor:
     """Baseline tensor shaped like ``inputs``: ``None``/0 (zeros), a scalar, a tensor
-    broadcastable to ``inputs`` (e.g. one row), or a callable ``inputs -> baselines``."""
+    broadcastable to ``inputs`` (e.g. one row), or a callable ``fn(inputs)`` or ``fn()``
+    (captum's forms) returning one of those."""
     if baselines is None:
         return torch.zeros_like(inputs)
     if callable(baselines) and not isinstance(baselines, torch.Tensor):
-        baselines = baselines(inputs)
+        # captum's two forms: fn() or fn(inputs)
+        takes_inputs = bool(inspect.signature(baselines).parameters)
+        baselines = baselines(inputs) if takes_inputs else baselines()
     if isinstance(baselines, (int, float)):
         return torch.full_like(inputs, float(baselines))
     if not isinstance(baselines, torch.Tensor):
