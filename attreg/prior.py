@@ -150,6 +150,10 @@ class AttributionPrior(nn.Module):
         were validated upstream: each check is a host synchronisation on GPU.
     internal_batch_size
         Rows per forward pass of the attribution method.
+    input_index
+        For tuple inputs ``x = (x_1, ..., x_k)``: the GT covers ``x_{input_index}`` only;
+        ``None`` (default): the GT covers the features of all inputs, flattened and
+        concatenated in order.
     layer, layer_at, layer_reduce
         Take the attributions at a submodule of ``target`` instead of at its input:
         ``layer``'s output (``layer_at="output"``) or first input (``"input"``), see
@@ -196,6 +200,7 @@ class AttributionPrior(nn.Module):
         layer: nn.Module | None = None,
         layer_at: str = "output",
         layer_reduce: str | None = "sum",
+        input_index: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
@@ -207,6 +212,7 @@ class AttributionPrior(nn.Module):
             self, "layer_target", None if layer is None else LayerTarget(target, layer, layer_at)
         )
         self.layer_reduce = layer_reduce
+        self.input_index = input_index
         if self.layer_target is not None:
             target = self.layer_target
         self.method = make_method(
@@ -287,6 +293,11 @@ class AttributionPrior(nn.Module):
                 internal_batch_size=self.internal_batch_size,
             )
         attr = m.attribute(inputs, **kwargs)
+        if isinstance(attr, tuple):  # tuple inputs: one input's, or all features in order
+            if self.input_index is not None:
+                return attr[self.input_index]
+            lead = attr[0].ndim - inputs[0].ndim + 1  # (n,) or (m, n)
+            return torch.cat([a.reshape(*a.shape[:lead], -1) for a in attr], dim=-1)
         if self.layer_target is not None and self.layer_reduce == "sum":
             keep = 2 + (attr.ndim - inputs.ndim)  # (n, tokens, ...) or (m, n, tokens, ...)
             attr = sum_trailing(attr, keep)

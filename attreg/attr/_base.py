@@ -189,6 +189,9 @@ def _probe_batch_statistics(attribute: Callable) -> Callable:
 
     @functools.wraps(attribute)
     def probed(self: Attribution, *args: Any, **kwargs: Any) -> Any:
+        inputs = args[0] if args else kwargs.get("inputs")
+        if isinstance(inputs, (tuple, list)):
+            return _attribute_tuple(self, probed, inputs, args[1:], kwargs)
         with _twice_differentiable_attention(self.differentiable):
             if not self.check_batchnorm:
                 return attribute(self, *args, **kwargs)
@@ -201,6 +204,32 @@ def _probe_batch_statistics(attribute: Callable) -> Callable:
             return out
 
     return probed
+
+
+def _attribute_tuple(
+    self: Attribution, attribute: Callable, inputs: Any, args: tuple, kwargs: dict
+) -> Any:
+    """Tuple inputs: pack, attribute the packed tensor, split the attributions back."""
+    from attreg.attr.tuple_inputs import PackedForward, TuplePacking, pack_argument
+
+    packing = TuplePacking(list(inputs))
+    kwargs = dict(kwargs)
+    kwargs.pop("inputs", None)
+    for name in ("baselines", "references"):
+        if name in kwargs:
+            kwargs[name] = pack_argument(kwargs[name], packing, name)
+    args = tuple(
+        pack_argument(a, packing, "baselines") if i == 0 else a for i, a in enumerate(args)
+    )
+    original = self.forward_func
+    self.forward_func = PackedForward(original, packing)
+    try:
+        out = attribute(self, packing.pack(list(inputs)), *args, **kwargs)
+    finally:
+        self.forward_func = original
+    if isinstance(out, tuple):  # (attributions, convergence delta)
+        return (packing.split(out[0]), *out[1:])
+    return packing.split(out)
 
 
 def _twice_differentiable_attention(differentiable: bool) -> contextlib.AbstractContextManager:
