@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from attreg.attr._base import Attribution, untile_rows
+from attreg.attr._base import Attribution
 from attreg.attr._gradients import expand_additional_args
 from attreg.reducers import DirectionReducer
 
@@ -83,11 +83,15 @@ class NoiseTunnel(Attribution):
         generator: torch.Generator | None = None,
         target: int | torch.Tensor | None = None,
         additional_forward_args: Any = None,
+        nt_samples_batch_size: int | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
         """Aggregated attributions shaped like ``inputs``; ``kwargs`` go to the method
         (e.g. ``baselines``/``n_steps`` for IG, ``references`` for EG: a background
-        tensor there, since "batch" references could be noisy copies of the sample)."""
+        tensor there, since "batch" references could be noisy copies of the sample).
+
+        ``nt_samples_batch_size``: attribute at most this many noisy copies of the batch
+        per call (bounds memory; the same noise, the same result)."""
         nt_type, k, sd = _check(
             nt_type or self.nt_type,
             self.nt_samples if nt_samples is None else nt_samples,
@@ -98,30 +102,55 @@ class NoiseTunnel(Attribution):
         n = inputs.shape[0]
         dev = generator.device if generator is not None else inputs.device
         noise = torch.randn((k, *inputs.shape), generator=generator, device=dev)
-        noisy = (inputs.unsqueeze(0) + sd * noise.to(inputs.device, inputs.dtype)).reshape(
-            k * n, *inputs.shape[1:]
-        )
-        if isinstance(target, torch.Tensor) and target.ndim >= 1 and target.shape[0] == n:
-            target = target.repeat(k)
-        baselines = kwargs.get("baselines")
-        if isinstance(baselines, torch.Tensor) and baselines.ndim == inputs.ndim:
-            if baselines.shape[0] == n and n > 1:
-                kwargs["baselines"] = baselines.repeat(k, *([1] * (baselines.ndim - 1)))
+        noisy = inputs.unsqueeze(0) + sd * noise.to(inputs.device, inputs.dtype)
+        per_call = k if nt_samples_batch_size is None else int(nt_samples_batch_size)
+        if per_call < 1:
+            raise ValueError(f"nt_samples_batch_size must be >= 1, got {nt_samples_batch_size!r}.")
         if "generator" in _method_parameters(self.method):
             kwargs["generator"] = generator
-        attr = self.method.attribute(
-            noisy,
-            target=target,
-            additional_forward_args=expand_additional_args(additional_forward_args, n, k),
-            **kwargs,
-        )
-        attr = untile_rows(attr, k, n)  # (k, n, ...): the copies of each sample
+        parts = []
+        for s0 in range(0, k, per_call):
+            c = min(k, s0 + per_call) - s0
+            parts.append(
+                self._attribute_copies(
+                    noisy[s0 : s0 + c], n, c, target, additional_forward_args, dict(kwargs)
+                )
+            )
+        deltas = None
+        if isinstance(parts[0], tuple):  # (attributions, convergence delta) per chunk
+            deltas = torch.cat([d for _, d in parts])
+            parts = [a for a, _ in parts]
+        attr = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # (k, n, ...)
+        out = self._aggregate(attr, nt_type)
+        return out if deltas is None else (out, deltas)
+
+    @staticmethod
+    def _aggregate(attr: torch.Tensor, nt_type: str) -> torch.Tensor:
         if nt_type == "smoothgrad":
             return attr.mean(0)
         squares = attr.square().mean(0)
         if nt_type == "smoothgrad_sq":
             return squares
         return squares - attr.mean(0).square()
+
+    def _attribute_copies(self, noisy, n, c, target, additional_forward_args, kwargs):
+        """Attributions of ``c`` noisy copies ``(c, n, ...)`` in one call -> ``(c, n, ...)``."""
+        flat = noisy.reshape(c * n, *noisy.shape[2:])
+        if isinstance(target, torch.Tensor) and target.ndim >= 1 and target.shape[0] == n:
+            target = target.repeat(c)
+        baselines = kwargs.get("baselines")
+        if isinstance(baselines, torch.Tensor) and baselines.ndim == noisy.ndim - 1:
+            if baselines.shape[0] == n and n > 1:
+                kwargs["baselines"] = baselines.repeat(c, *([1] * (baselines.ndim - 1)))
+        out = self.method.attribute(
+            flat,
+            target=target,
+            additional_forward_args=expand_additional_args(additional_forward_args, n, c),
+            **kwargs,
+        )
+        if isinstance(out, tuple):  # return_convergence_delta=True: one delta per copy
+            return out[0].reshape(c, n, *out[0].shape[1:]), out[1]
+        return out.reshape(c, n, *out.shape[1:])
 
 
 def _method_parameters(method: Attribution) -> set[str]:

@@ -68,6 +68,17 @@ class TuplePacking:
             raise ValueError(
                 f"{name} has {len(parts)} tensors; the inputs have {len(self.shapes)}."
             )
+        like = next((p for p in parts if isinstance(p, torch.Tensor) and p.ndim), None)
+        rows = like.shape[0] if like is not None else 1
+        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        parts = [  # captum allows a number per input (e.g. baselines=(zeros, 0.1))
+            torch.full((rows, *shape), float(p), dtype=dtype)
+            if not isinstance(p, torch.Tensor) or p.ndim == 0
+            else p
+            for p, shape in zip(parts, self.shapes, strict=True)
+        ]
+        if len({p.shape[0] for p in parts}) > 1:
+            parts = [p.expand(max(q.shape[0] for q in parts), *p.shape[1:]) for p in parts]
         rows = parts[0].shape[0]
         flat = []
         for i, (p, shape) in enumerate(zip(parts, self.shapes, strict=True)):
