@@ -243,8 +243,9 @@ def _probe_batch_statistics(attribute: Callable) -> Callable:
     @functools.wraps(attribute)
     def probed(self: Attribution, *args: Any, **kwargs: Any) -> Any:
         inputs = args[0] if args else kwargs.get("inputs")
-        if isinstance(inputs, (tuple, list)):
-            return _attribute_tuple(self, probed, inputs, args[1:], kwargs)
+        if isinstance(inputs, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in inputs):
+            if inputs:  # a tuple of tensors (captum's several inputs); else the usual error
+                return _attribute_tuple(self, probed, inputs, args[1:], kwargs)
         with _twice_differentiable_attention(self.differentiable):
             if not self.check_batchnorm:
                 return attribute(self, *args, **kwargs)
