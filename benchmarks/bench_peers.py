@@ -17,6 +17,9 @@ the latent mean`` (with the graph kept), ``mse(abs_minmax(attr), gt)``, backward
 * IG, m = 20 from zeros: attreg vs captum's ``IntegratedGradients`` with its gradient
   function patched to keep the graph (out of the box captum's attributions carry no
   graph to the parameters, so a loss on them trains nothing).
+* IG at a layer (m = 20, the encoder's first layer's output): attreg's ``LayerTarget``
+  vs captum 0.9's ``LayerIntegratedGradients`` with ``grad_kwargs={"create_graph": True}``
+  (the graph-keeping option captum has for layer methods).
 * ``--scvi``: seconds per epoch of the plain cVAE (w_attr = 0) vs scvi-tools' SCVI with
   the same architecture (LayerNorm, no BatchNorm, 1 x 128, 10 latent, NB, gene
   dispersion) on the same synthetic data, like for like: SCVI with a library-size encoder
@@ -360,6 +363,51 @@ def bench_ig(module, x, b, gt, n_steps) -> list[dict]:
     ]
 
 
+def bench_layer_ig(module, x, b, n_steps) -> list[dict]:
+    """IG at a layer (the encoder's first linear layer's output, 128 units), with the graph
+    kept: attreg's ``LayerTarget`` against captum 0.9's ``LayerIntegratedGradients`` with
+    ``grad_kwargs={"create_graph": True}``; m = 20, the same loss on both."""
+    import captum.attr
+
+    target = module.attribution_target("encoder")
+    layer = target.linear
+    gt_hidden = torch.zeros(layer.out_features)
+    gt_hidden[: layer.out_features // 4] = 1
+
+    def forward(z, codes):
+        return target(z, codes).sum(1)
+
+    ours = attreg.IntegratedGradients(
+        attreg.attr.LayerTarget(target, layer), differentiable=True, check_inputs=False
+    )
+    theirs = captum.attr.LayerIntegratedGradients(forward, layer)
+
+    def attreg_layer():
+        act = ours.forward_func.activations(x, b)
+        return ours.attribute(act, additional_forward_args=(x, b), n_steps=20)
+
+    def captum_layer():
+        return theirs.attribute(
+            x, additional_forward_args=(b,), n_steps=20, grad_kwargs={"create_graph": True}
+        )
+
+    ms = interleaved_median_ms(
+        {
+            "attreg IG at the layer (LayerTarget)": _step_fn(module, attreg_layer, gt_hidden),
+            "captum LayerIntegratedGradients (create_graph)": _step_fn(
+                module, captum_layer, gt_hidden
+            ),
+        },
+        n_steps,
+        block=STEADY_BLOCK,
+    )
+    base = ms["attreg IG at the layer (LayerTarget)"]
+    return [
+        record("layer IG m=20", name, batch_size=len(x), median_ms=v, peer_over_attreg=v / base)
+        for name, v in ms.items()
+    ]
+
+
 def bench_scvi(adata, epochs: int) -> list[dict]:
     """Seconds per epoch of both fits, each after an untimed one-epoch fit of its own (the
     first fit in a process pays one-time costs: in this benchmark's first version attreg
@@ -470,6 +518,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             module, x, b, gt, (1, 8), args.steps, args.threads, args.tf_rounds, worker_argv
         )
     rows += bench_ig(module, x, b, gt, args.steps)
+    rows += bench_layer_ig(module, x, b, args.steps)
     if args.scvi:
         rows += bench_scvi(adata, args.scvi_epochs)
     print_table(
