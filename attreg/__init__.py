@@ -28,6 +28,7 @@ from attreg._validation import validate_ground_truth
 from attreg.attr import (
     Attribution,
     ExpectedGradients,
+    GradientShap,
     InputGradient,
     InputXGradient,
     IntegratedGradients,
@@ -53,6 +54,7 @@ __all__ = [
     "AttributionPrior",
     "ExclusionPrior",
     "ExpectedGradients",
+    "GradientShap",
     "InputGradient",
     "InputXGradient",
     "IntegratedGradients",

@@ -15,6 +15,7 @@ from attreg._validation import check_finite, check_row_index, validate_ground_tr
 from attreg.attr._base import Attribution
 from attreg.attr._gradients import in_functorch_transform
 from attreg.attr.expected_gradients import ExpectedGradients
+from attreg.attr.gradient_shap import GradientShap
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
 from attreg.attr.layer import LayerTarget, sum_trailing
@@ -41,6 +42,7 @@ _METHODS: dict[str, type[Attribution]] = {
     "integrated_gradients": IntegratedGradients,
     "input_gradient": InputGradient,
     "input_x_gradient": InputXGradient,
+    "gradient_shap": GradientShap,
 }
 
 
@@ -284,6 +286,13 @@ class AttributionPrior(nn.Module):
                 n_samples=self.n_samples,
                 generator=self.generator,
                 internal_batch_size=self.internal_batch_size,
+            )
+        elif isinstance(m, GradientShap):  # the background, or the minibatch itself
+            refs = self.references
+            kwargs.update(
+                baselines=inputs if isinstance(refs, str) and refs == "batch" else refs,
+                n_samples=self.n_samples,
+                generator=self.generator,
             )
         elif isinstance(m, IntegratedGradients):
             kwargs.update(

@@ -38,3 +38,10 @@ class Saliency(attreg.InputGradient):
 class IntegratedGradients(attreg.IntegratedGradients):
     """captum's ``IntegratedGradients(forward_func, multiply_by_inputs=True)``: the
     baselines may come second, positionally, as in captum."""
+
+
+class GradientShap(attreg.GradientShap):
+    """captum's ``GradientShap(forward_func, multiply_by_inputs=True)``."""
+
+    def __init__(self, forward_func: Any, multiply_by_inputs: bool = True) -> None:
+        super().__init__(forward_func, multiply_by_inputs=multiply_by_inputs)

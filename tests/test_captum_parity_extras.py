@@ -100,3 +100,72 @@ def test_noise_tunnel_errors():
         NoiseTunnel(InputGradient(m)).attribute(X, nt_samples=0)
     with pytest.raises(ValueError, match="direction reducer"):
         NoiseTunnel(InputGradient(m, reducer=attreg.reducers.RandomDirections(2)))
+
+
+# -- GradientShap ---------------------------------------------------------------------
+from captum.attr import GradientShap as CaptumGradientShap  # noqa: E402
+
+from attreg.attr import GradientShap  # noqa: E402
+
+
+def test_gradient_shap_is_exact_on_a_linear_model_with_complete_draws():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 1).double()
+    background = torch.randn(6, 4, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    attr, delta = GradientShap(lin).attribute(
+        X, background, n_samples=7, stdevs=0.1, return_convergence_delta=True, generator=g
+    )
+    assert delta.shape == (5 * 7,) and delta.abs().max() < 1e-10  # complete per draw
+    # without noise and with one baseline row: (x - r) * w, whatever the alphas
+    exact = GradientShap(lin).attribute(X, background[:1], n_samples=3)
+    assert torch.allclose(exact, (X - background[:1]) * lin.weight, atol=1e-12)
+    theirs = CaptumGradientShap(lin).attribute(X, background[:1], n_samples=3, stdevs=0.0)
+    assert torch.allclose(exact, theirs, atol=1e-10)
+
+
+def test_gradient_shap_converges_to_completeness_and_matches_ig_without_noise():
+    m = model()
+    x = X[:2]
+    base = torch.zeros(1, 4, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    attr, delta = GradientShap(m).attribute(
+        x, base, n_samples=4000, target=1, return_convergence_delta=True, generator=g
+    )
+    ig = IntegratedGradients(m).attribute(x, baselines=base, target=1, n_steps=64)
+    assert torch.allclose(attr, ig, atol=0.05)
+    assert delta.reshape(2, -1).mean(1).abs().max() < 0.02  # complete in expectation
+    no_mult = GradientShap(m, multiply_by_inputs=False).attribute(
+        x, base, n_samples=3, target=1, generator=torch.Generator().manual_seed(5)
+    )
+    again = GradientShap(m).attribute(
+        x, base, n_samples=3, target=1, generator=torch.Generator().manual_seed(5)
+    )
+    assert torch.allclose(no_mult * (x - base), again, atol=1e-12)
+
+
+def test_gradient_shap_prior_and_tuple_inputs():
+    m = model()
+    prior = attreg.AttributionPrior(
+        m,
+        torch.tensor([1.0, 1.0, 0.0, 0.0]),
+        method="gradient_shap",
+        n_samples=2,
+        references=torch.zeros(3, 4, dtype=torch.float64),
+        reparameterizer="share",
+        loss="outside_share",
+        generator=torch.Generator().manual_seed(0),
+    )
+    prior(X, target=torch.tensor([0, 1, 2, 0, 1])).backward()
+    assert m[0].weight.grad is not None
+    two = lambda a, b: m(torch.cat([a, b], 1))  # noqa: E731
+    parts = GradientShap(two).attribute(
+        (X[:, :2], X[:, 2:]),
+        (torch.zeros(3, 2), torch.zeros(3, 2)),
+        target=0,
+        generator=torch.Generator().manual_seed(2),
+    )
+    whole = GradientShap(m).attribute(
+        X, torch.zeros(3, 4), target=0, generator=torch.Generator().manual_seed(2)
+    )
+    assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-12)

@@ -4,6 +4,7 @@
 from attreg.attr._base import Attribution
 from attreg.attr._gradients import gradients_at
 from attreg.attr.expected_gradients import ExpectedGradients
+from attreg.attr.gradient_shap import GradientShap
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
 from attreg.attr.layer import LayerTarget, sum_trailing
@@ -14,6 +15,7 @@ from attreg.attr.quadrature import QUADRATURE_RULES, quadrature
 __all__ = [
     "Attribution",
     "ExpectedGradients",
+    "GradientShap",
     "IntegratedGradients",
     "InputGradient",
     "InputXGradient",

@@ -197,6 +197,12 @@ class Attribution:
                 else torch.full_like(end, float(start_point))
             )
         n = end.shape[0]
+        if start.shape[0] not in (1, n) or start.shape[1:] != end.shape[1:]:
+            raise ValueError(
+                f"start_point of shape {tuple(start.shape)} does not match end_point "
+                f"{tuple(end.shape)}: give one row or one per sample (for attributions "
+                "averaged over several baselines, pass the baseline each sample used)."
+            )
         start = torch.broadcast_to(start.to(end.dtype), end.shape)
         _, reducer = self._prepare(end, target)
         with torch.no_grad():
