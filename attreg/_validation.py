@@ -19,6 +19,8 @@ __all__ = [
     "check_finite",
     "check_input_dtype",
     "check_no_batchnorm_in_train_mode",
+    "check_noise_sd",
+    "check_positive_int",
     "check_row_index",
     "check_target",
     "coupling_modules",
@@ -97,6 +99,21 @@ def check_no_batchnorm_in_train_mode(found: list[tuple[str, nn.Module]]) -> None
                 "mode: it normalises with batch statistics, which couples the samples "
                 f"of a minibatch, so per-sample attributions would be wrong. {_COUPLING_FIX}"
             )
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` if it is an int >= 1 (not a bool), else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def check_noise_sd(value: Any, name: str = "stdevs") -> float:
+    """``value`` as a float if it is finite and >= 0, else a ``ValueError`` naming ``name``."""
+    sd = float(value)
+    if not sd >= 0 or sd == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return sd
 
 
 def check_target(target: Any) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 from attreg import functional as AF
 from attreg._validation import check_finite, check_row_index, validate_ground_truth
 from attreg.attr._base import Attribution
-from attreg.attr._gradients import in_functorch_transform
+from attreg.attr._gradients import as_forward_args, in_functorch_transform
 from attreg.attr.expected_gradients import ExpectedGradients
 from attreg.attr.gradient_shap import GradientShap
 from attreg.attr.input_gradient import InputGradient, InputXGradient
@@ -84,13 +84,6 @@ def make_method(
         check_batchnorm=check_batchnorm,
         check_inputs=check_inputs,
     )
-
-
-def expand_args(args: Any) -> tuple:
-    """``additional_forward_args`` as a tuple (``None`` -> ``()``, one value -> ``(value,)``)."""
-    if args is None:
-        return ()
-    return args if isinstance(args, tuple) else (args,)
 
 
 def _check_grad_mode(prior: nn.Module) -> None:
@@ -269,7 +262,7 @@ class AttributionPrior(nn.Module):
         m = self.method
         inputs = x
         if self.layer_target is not None:  # attributions at the layer; x rides along
-            args = expand_args(additional_forward_args)
+            args = as_forward_args(additional_forward_args)
             inputs = self.layer_target.activations(x, *args)
             additional_forward_args = (x, *args)
             input_activations = None

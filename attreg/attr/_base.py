@@ -20,6 +20,8 @@ from attreg._validation import (
     check_target,
     coupling_modules,
 )
+from attreg.attr._gradients import expand_additional_args, forward_reduced
+from attreg.attr.tuple_inputs import PackedForward, TuplePacking, pack_argument
 from attreg.reducers import DirectionReducer, Reducer, TargetReducer, resolve_reducer
 
 __all__ = ["Attribution", "n_directions", "tile_rows", "untile_rows"]
@@ -173,9 +175,6 @@ class Attribution:
         >>> bool(ig.compute_convergence_delta(attr, torch.zeros(1, 3), x).abs().max() < 1e-5)
         True
         """
-        from attreg.attr._gradients import expand_additional_args, forward_reduced
-        from attreg.attr.tuple_inputs import PackedForward, TuplePacking
-
         forward = self.forward_func
         if start_point is None:  # captum: no baselines means zeros
             start_point = (
@@ -270,8 +269,6 @@ def _attribute_tuple(
     self: Attribution, attribute: Callable, inputs: Any, args: tuple, kwargs: dict
 ) -> Any:
     """Tuple inputs: pack, attribute the packed tensor, split the attributions back."""
-    from attreg.attr.tuple_inputs import PackedForward, TuplePacking, pack_argument
-
     packing = TuplePacking(list(inputs))
     kwargs = dict(kwargs)
     kwargs.pop("inputs", None)

@@ -23,7 +23,20 @@ import torch
 from attreg.fast_paths import fast_paths_enabled
 from attreg.reducers import apply_reducer
 
-__all__ = ["gradients_at", "expand_additional_args", "forward_reduced", "in_functorch_transform"]
+__all__ = [
+    "as_forward_args",
+    "gradients_at",
+    "expand_additional_args",
+    "forward_reduced",
+    "in_functorch_transform",
+]
+
+
+def as_forward_args(args: Any) -> tuple:
+    """``additional_forward_args`` as a tuple (``None`` -> ``()``, one value -> ``(value,)``)."""
+    if args is None:
+        return ()
+    return args if isinstance(args, tuple) else (args,)
 
 
 def expand_additional_args(args: Any, n: int, repeats: int) -> tuple:
@@ -32,10 +45,7 @@ def expand_additional_args(args: Any, n: int, repeats: int) -> tuple:
     The stacked points are laid out repeat-major (``[x_0 ... x_{n-1}] * repeats``), so
     tensors are repeated with ``Tensor.repeat``; other arguments pass unchanged.
     """
-    if args is None:
-        return ()
-    if not isinstance(args, tuple):
-        args = (args,)
+    args = as_forward_args(args)
     if repeats == 1:
         return args
     out = []

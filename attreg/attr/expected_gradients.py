@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from attreg._validation import check_finite
+from attreg._validation import check_finite, check_positive_int
 from attreg.attr._base import Attribution, n_directions, tile_rows, untile_rows
 from attreg.attr._gradients import expand_additional_args, gradients_at, in_functorch_transform
 from attreg.attr.linear_prefix import LinearPrefix
@@ -261,8 +261,7 @@ class ExpectedGradients(Attribution):
         ``input_activations``: for a :class:`~attreg.attr.LinearPrefix` target, the
         first-layer output ``linear(inputs)`` the caller already computed (saves a pass).
         """
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        check_positive_int(n_samples, "n_samples")
         inputs, reducer = self._prepare(inputs, target)
         n, m = inputs.shape[0], n_directions(reducer)
         if input_activations is not None and isinstance(self.forward_func, LinearPrefix):

@@ -24,15 +24,15 @@ Examples
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from attreg._validation import check_finite
+from attreg._validation import check_finite, check_noise_sd, check_positive_int
 from attreg.attr._base import Attribution, n_directions
 from attreg.attr._gradients import expand_additional_args, forward_reduced, gradients_at
+from attreg.attr.integrated_gradients import call_baselines
 
 __all__ = ["GradientShap"]
 
@@ -84,11 +84,8 @@ class GradientShap(Attribution):
         ``baselines``: rows ``(b, ...)`` drawn uniformly with replacement, or a callable
         ``fn()`` / ``fn(inputs)`` returning them.
         """
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-        stdevs = float(stdevs)
-        if not stdevs >= 0 or stdevs == float("inf"):
-            raise ValueError(f"stdevs must be a finite number >= 0, got {stdevs!r}.")
+        check_positive_int(n_samples, "n_samples")
+        stdevs = check_noise_sd(stdevs)
         inputs, reducer = self._prepare(inputs, target)
         if n_directions(reducer) > 1:
             raise ValueError(
@@ -131,9 +128,7 @@ class GradientShap(Attribution):
 
 
 def _baselines(baselines: Any, inputs: torch.Tensor) -> torch.Tensor:
-    if callable(baselines) and not isinstance(baselines, torch.Tensor):
-        takes_inputs = bool(inspect.signature(baselines).parameters)
-        baselines = baselines(inputs) if takes_inputs else baselines()
+    baselines = call_baselines(baselines, inputs)
     if not isinstance(baselines, torch.Tensor):
         raise TypeError(
             f"baselines must be a tensor of rows (b, ...) or a callable returning one, got "

@@ -16,7 +16,16 @@ from attreg.attr.quadrature import quadrature
 from attreg.fast_paths import fast_paths_enabled
 from attreg.transfer import to_device
 
-__all__ = ["IntegratedGradients", "resolve_baselines"]
+__all__ = ["IntegratedGradients", "call_baselines", "resolve_baselines"]
+
+
+def call_baselines(baselines: Any, inputs: torch.Tensor) -> Any:
+    """A callable ``baselines`` evaluated in either of captum's forms, ``fn(inputs)`` or
+    ``fn()``; anything else unchanged."""
+    if callable(baselines) and not isinstance(baselines, torch.Tensor):
+        takes_inputs = bool(inspect.signature(baselines).parameters)
+        return baselines(inputs) if takes_inputs else baselines()
+    return baselines
 
 
 def resolve_baselines(
@@ -27,10 +36,7 @@ def resolve_baselines(
     (captum's forms) returning one of those."""
     if baselines is None:
         return torch.zeros_like(inputs)
-    if callable(baselines) and not isinstance(baselines, torch.Tensor):
-        # captum's two forms: fn() or fn(inputs)
-        takes_inputs = bool(inspect.signature(baselines).parameters)
-        baselines = baselines(inputs) if takes_inputs else baselines()
+    baselines = call_baselines(baselines, inputs)
     if isinstance(baselines, (int, float)):
         return torch.full_like(inputs, float(baselines))
     if not isinstance(baselines, torch.Tensor):

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from attreg._validation import check_noise_sd, check_positive_int
 from attreg.attr._base import Attribution
 from attreg.attr._gradients import expand_additional_args
 from attreg.reducers import DirectionReducer
@@ -103,9 +104,11 @@ class NoiseTunnel(Attribution):
         dev = generator.device if generator is not None else inputs.device
         noise = torch.randn((k, *inputs.shape), generator=generator, device=dev)
         noisy = inputs.unsqueeze(0) + sd * noise.to(inputs.device, inputs.dtype)
-        per_call = k if nt_samples_batch_size is None else int(nt_samples_batch_size)
-        if per_call < 1:
-            raise ValueError(f"nt_samples_batch_size must be >= 1, got {nt_samples_batch_size!r}.")
+        per_call = (
+            k
+            if nt_samples_batch_size is None
+            else check_positive_int(nt_samples_batch_size, "nt_samples_batch_size")
+        )
         if "generator" in _method_parameters(self.method):
             kwargs["generator"] = generator
         parts = []
@@ -162,9 +165,4 @@ def _method_parameters(method: Attribution) -> set[str]:
 def _check(nt_type: str, nt_samples: int, stdevs: float) -> tuple[str, int, float]:
     if nt_type not in NT_TYPES:
         raise ValueError(f"unknown nt_type {nt_type!r}; use one of {NT_TYPES}.")
-    if isinstance(nt_samples, bool) or not isinstance(nt_samples, int) or nt_samples < 1:
-        raise ValueError(f"nt_samples must be a positive integer, got {nt_samples!r}.")
-    stdevs = float(stdevs)
-    if not stdevs >= 0 or stdevs == float("inf"):
-        raise ValueError(f"stdevs must be a finite number >= 0, got {stdevs!r}.")
-    return nt_type, nt_samples, stdevs
+    return nt_type, check_positive_int(nt_samples, "nt_samples"), check_noise_sd(stdevs)
