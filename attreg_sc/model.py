@@ -13,13 +13,14 @@ import scipy.sparse as sp
 import torch
 
 import attreg
-from attreg.prior import AttributionPrior, ExclusionPrior, PriorSet, make_method
-from attreg.reducers import Index, OutputUnits, RandomDirections, Reducer, resolve_reducer
+from attreg.prior import AttributionPrior, PriorSet
+from attreg.reducers import Index, resolve_reducer
 from attreg.transfer import to_device
 from attreg_sc._io import load_versioned, save_versioned
 from attreg_sc.data import CountData
 from attreg_sc.gt import CellGroundTruth, GroupedGroundTruth, from_cell_matrix, from_genes
 from attreg_sc.module.vae import SCAREModule
+from attreg_sc.priors import DIRECTION_REDUCERS, REDUCERS, build_prior_set
 from attreg_sc.train.trainer import TrainingPlan, minibatch, train_module
 
 __all__ = ["SCARE", "FORMAT_VERSION", "REDUCERS"]
@@ -78,10 +79,6 @@ def _normalize_ground_truths(adata, gt, gene_key: str | None) -> dict[str, Any]:
             )
         out[name] = val
     return out
-
-
-REDUCERS = ("random_direction", "per_dimension", "sum", "mean", "l2")
-DIRECTION_REDUCERS = ("random_direction", "per_dimension")
 
 
 def _resolve_blocks(
@@ -343,69 +340,27 @@ class SCARE:
             return {}
         return {name: self.priors.priors[f"gt{i}"] for i, name in enumerate(self.ground_truths)}
 
-    def _reducer(self, units: list[int] | None) -> Reducer:
-        """The prior's ``F`` over the latent dimensions ``units`` (``None``: all)."""
-        p, n_latent = self.prior_params, self.module.n_latent
-        name = p["reducer"]
-        if p["target"] == "model" or (units is None and name in ("sum", "mean", "l2")):
-            return resolve_reducer("sum" if name in DIRECTION_REDUCERS else name)
-        units = list(range(n_latent)) if units is None else units
-        if name == "random_direction":
-            return RandomDirections(p["n_directions"], units=units, generator=self._generator)
-        if name == "per_dimension":
-            return OutputUnits(units)
-        if name == "sum":
-            return Index(units)
-        raise ValueError(f"reducer {name!r} cannot act on a latent block; use a direction reducer.")
-
     def _build_priors(self) -> PriorSet:
         p = self.prior_params
-        target = self.module.attribution_target(p["target"])
-        if p["target"] == "model" and p["reducer"] in DIRECTION_REDUCERS:
-            logger.info("target='model' explains the log reconstruction: reducer 'sum' is used")
         self._generator = torch.Generator().manual_seed(self.seed)
-        methods: dict[tuple | None, Any] = {}
-
-        def method_for(units: list[int] | None):
-            key = None if units is None else tuple(units)
-            if key not in methods:  # one attribution pass per distinct set of units
-                # counts and GTs were validated before training: no per-step checks
-                methods[key] = make_method(
-                    target, p["attribution"], self._reducer(units), check_inputs=False
-                )
-            return methods[key]
-
-        common = dict(
+        return build_prior_set(
+            self.module.attribution_target(p["target"]),
+            self.ground_truths,
+            n_latent=self.module.n_latent,
+            generator=self._generator,
+            attribution=p["attribution"],
+            target_kind=p["target"],
+            reducer=p["reducer"],
+            reparameterizer=p["reparameterizer"],
+            loss=p["loss"],
+            aggregation=p["aggregation"],
             n_samples=p["n_samples"],
             n_steps=p["n_steps"],
-            generator=self._generator,
-            check_inputs=False,
-        )
-        all_dims = list(range(self.module.n_latent))
-        priors: dict[str, AttributionPrior] = {}
-        for i, (name, g) in enumerate(self.ground_truths.items()):
-            vector = torch.from_numpy(g.astype(np.float32)) if isinstance(g, np.ndarray) else None
-            block = self.latent_blocks.get(name)
-            weight = self.gt_weights.get(name, 1.0)
-            priors[f"gt{i}"] = AttributionPrior(
-                target,
-                vector,
-                method=method_for(block),
-                reparameterizer=p["reparameterizer"],
-                loss=p["loss"],
-                weight=weight,
-                **common,
-            )
-            rest = [d for d in all_dims if block is not None and d not in block]
-            if rest and vector is not None and p["w_exclusion"] > 0:
-                priors[f"gt{i}_exclusion"] = ExclusionPrior(
-                    target,
-                    vector,
-                    method=method_for(rest),
-                    weight=weight * p["w_exclusion"],
-                    **common,
-                )
-        return PriorSet(priors, p["aggregation"]).to(self.device)
+            n_directions=p["n_directions"],
+            w_exclusion=p["w_exclusion"],
+            latent_blocks=self.latent_blocks,
+            gt_weights=self.gt_weights,
+        ).to(self.device)
 
     def _prior_loss(
         self,
