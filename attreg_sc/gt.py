@@ -43,6 +43,7 @@ __all__ = [
     "mutual_information_markers",
     "GroupedGroundTruth",
     "CellGroundTruth",
+    "as_ground_truths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,25 @@ def from_genes(
     """Boolean vector over ``adata``'s genes: True for the listed genes.
 
     Matching is case-insensitive against ``var_names`` or ``adata.var[gene_key]``.
-    Genes not found are logged: a WARNING (shown by the CLI) when fewer than half of
-    the list was found, else INFO. Fewer than ``min_found`` found is an error.
+    Genes not found are a WARNING (shown by the CLI) with their count and names (the
+    first 20); fewer than ``min_found`` found is an error.
+
+    Parameters
+    ----------
+    adata
+        AnnData whose genes are matched.
+    genes
+        Any iterable of gene names (list, set, ``pd.Index``, array); not a single string.
+    gene_key
+        ``var`` column with gene symbols (``None``: ``var_names``).
+    name
+        How the list is named in messages.
+    min_found
+        Fewest genes that must be found.
+
+    Returns
+    -------
+    Boolean ``(n_genes,)`` vector.
     """
     if isinstance(genes, str):
         raise TypeError(f"genes must be a list of gene names, not the string {genes!r}.")
@@ -91,12 +109,13 @@ def from_genes(
         )
     if missing:
         few = 2 * len(found) < len(wanted)
-        (logger.warning if few else logger.info)(
-            "%s: %s%d of %d genes found; not in the data: %s%s",
+        logger.warning(
+            "%s: %s%d of %d genes found; %d not in the data: %s%s",
             name,
             "only " if few else "",
             len(found),
             len(wanted),
+            len(missing),
             ", ".join(missing[:20]),
             " ..." if len(missing) > 20 else "",
         )
@@ -373,3 +392,99 @@ def mutual_information_markers(
     code_of = {g: i for i, g in enumerate(groups)}
     codes = np.array([code_of.get(v, -1) for v in groups_of_cells], dtype=np.int64)
     return GroupedGroundTruth(codes, np.stack(table), groups)
+
+
+def _one_ground_truth(adata, name: str, g, gene_key: str | None):
+    import torch
+
+    if isinstance(g, (GroupedGroundTruth, CellGroundTruth)):
+        if g.shape != (adata.n_obs, adata.n_vars):
+            raise ValueError(
+                f"GT {name!r} has shape {g.shape}; the AnnData has "
+                f"{(adata.n_obs, adata.n_vars)} (cells x genes)."
+            )
+        return g
+    if isinstance(g, str):
+        if g not in adata.var:
+            raise KeyError(
+                f"GT {name!r} = {g!r} is not a column of adata.var (columns: "
+                f"{list(adata.var)}); give a var column of booleans or a list of gene names."
+            )
+        column = adata.var[g]
+        if column.dtype != bool:
+            raise TypeError(
+                f"adata.var[{g!r}] has dtype {column.dtype}; a GT column must be boolean."
+            )
+        return column.to_numpy().astype(bool)
+    if torch.is_tensor(g):
+        g = g.detach().cpu().numpy()
+    if not (sp.issparse(g) or isinstance(g, np.ndarray)):
+        items = list(g)
+        if items and all(isinstance(v, str) for v in items):
+            return from_genes(adata, items, gene_key, name=f"GT {name!r}")
+        g = np.asarray(items)
+    if isinstance(g, np.ndarray) and g.dtype.kind in "USO" and g.ndim == 1:
+        return from_genes(adata, [str(v) for v in g], gene_key, name=f"GT {name!r}")
+    arr = g if sp.issparse(g) else np.asarray(g)
+    if arr.ndim == 1:
+        if arr.shape[0] != adata.n_vars:
+            raise ValueError(
+                f"GT {name!r} has {arr.shape[0]} entries; the AnnData has "
+                f"{adata.n_vars} genes. Build it with attreg_sc.gt.from_genes(adata, ...)."
+            )
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"GT {name!r} must be binary (0/1 or boolean).")
+        return arr.astype(bool)
+    if arr.ndim == 2:
+        return from_cell_matrix(adata, arr)
+    raise ValueError(f"GT {name!r} must be a vector or a cells x genes matrix.")
+
+
+def as_ground_truths(adata, gt, gene_key: str | None = None) -> dict:
+    """Turn a user's ``gt`` into ``{name: bool vector | GroupedGroundTruth |
+    CellGroundTruth}``, checked against ``adata``.
+
+    Parameters
+    ----------
+    adata
+        The AnnData the model is trained on.
+    gt
+        ``None`` (no GT); one GT; or a dict ``name -> GT``. A GT is any iterable of gene
+        names, the name of a boolean ``adata.var`` column, a boolean/0-1 vector over the
+        genes, a cells x genes matrix, or a :class:`GroupedGroundTruth` /
+        :class:`CellGroundTruth`. One GT without a name is called ``"gt"``.
+    gene_key
+        ``var`` column with gene symbols used to match gene names.
+
+    Returns
+    -------
+    The GTs by name; an empty dict for ``None``.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.ones((2, 3), dtype=np.float32))
+    >>> adata.var_names = ["A", "B", "C"]
+    >>> adata.var["mine"] = [True, False, False]
+    >>> {k: v.tolist() for k, v in as_ground_truths(adata, "mine").items()}
+    {'gt': [True, False, False]}
+    >>> as_ground_truths(adata, {"b": {"B"}})["b"].tolist()
+    [False, True, False]
+    """
+    if gt is None:
+        return {}
+    if not isinstance(gt, Mapping):
+        gt = {"gt": gt}
+    out: dict = {}
+    for name, g in gt.items():
+        val = _one_ground_truth(adata, name, g, gene_key)
+        dense_any = val.any() if isinstance(val, np.ndarray) else val.to_dense().any()
+        if not dense_any:
+            raise ValueError(f"GT {name!r} selects no gene; check the gene names.")
+        if isinstance(val, np.ndarray) and val.all():
+            raise ValueError(
+                f"GT {name!r} selects every gene, which carries no information; "
+                "give a proper subset of the genes."
+            )
+        out[name] = val
+    return out

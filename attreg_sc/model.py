@@ -18,7 +18,7 @@ from attreg.reducers import Index, resolve_reducer
 from attreg.transfer import to_device
 from attreg_sc._io import load_versioned, save_versioned
 from attreg_sc.data import CountData
-from attreg_sc.gt import CellGroundTruth, GroupedGroundTruth, from_cell_matrix, from_genes
+from attreg_sc.gt import CellGroundTruth, GroupedGroundTruth, as_ground_truths
 from attreg_sc.module.vae import SCAREModule
 from attreg_sc.priors import DIRECTION_REDUCERS, REDUCERS, build_prior_set
 from attreg_sc.train.trainer import TrainingPlan, minibatch, train_module
@@ -35,50 +35,6 @@ def _resolve_device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise RuntimeError("accelerator='gpu' requested but CUDA is not available.")
     return torch.device("cuda" if accelerator in ("gpu", "cuda") else accelerator)
-
-
-def _normalize_ground_truths(adata, gt, gene_key: str | None) -> dict[str, Any]:
-    """Turn the user's ``gt`` into ``{name: bool vector | Grouped/CellGroundTruth}``."""
-    if gt is None:
-        return {}
-    if not isinstance(gt, Mapping):
-        gt = {"gt": gt}
-    out: dict[str, Any] = {}
-    for name, g in gt.items():
-        if isinstance(g, (GroupedGroundTruth, CellGroundTruth)):
-            if g.shape != (adata.n_obs, adata.n_vars):
-                raise ValueError(
-                    f"GT {name!r} has shape {g.shape}; the AnnData has "
-                    f"{(adata.n_obs, adata.n_vars)} (cells x genes)."
-                )
-            val = g
-        elif isinstance(g, (list, tuple)) and g and isinstance(g[0], str):
-            val = from_genes(adata, g, gene_key, name=f"GT {name!r}")
-        else:
-            arr = g if sp.issparse(g) else np.asarray(g.cpu() if torch.is_tensor(g) else g)
-            if arr.ndim == 1:
-                if arr.shape[0] != adata.n_vars:
-                    raise ValueError(
-                        f"GT {name!r} has {arr.shape[0]} entries; the AnnData has "
-                        f"{adata.n_vars} genes. Build it with attreg_sc.gt.from_genes(adata, ...)."
-                    )
-                if not np.isin(arr, (0, 1)).all():
-                    raise ValueError(f"GT {name!r} must be binary (0/1 or boolean).")
-                val = arr.astype(bool)
-            elif arr.ndim == 2:
-                val = from_cell_matrix(adata, arr)
-            else:
-                raise ValueError(f"GT {name!r} must be a vector or a cells x genes matrix.")
-        dense_any = val.any() if isinstance(val, np.ndarray) else val.to_dense().any()
-        if not dense_any:
-            raise ValueError(f"GT {name!r} selects no gene; check the gene names.")
-        if isinstance(val, np.ndarray) and val.all():
-            raise ValueError(
-                f"GT {name!r} selects every gene, which carries no information; "
-                "give a proper subset of the genes."
-            )
-        out[name] = val
-    return out
 
 
 def _resolve_blocks(
@@ -256,7 +212,7 @@ class SCARE:
         self.data = CountData.from_anndata(
             adata, layer, batch_key, _batch_categories, allow_non_integer
         )
-        self.ground_truths = _normalize_ground_truths(adata, gt, gene_key)
+        self.ground_truths = as_ground_truths(adata, gt, gene_key)
         if w_attr > 0 and not self.ground_truths:
             logger.info("no ground truth given: training a plain cVAE (w_attr has no effect)")
         self.w_attr, self.w_reconstruction, self.w_divergence = (

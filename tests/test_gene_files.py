@@ -52,8 +52,10 @@ def test_a_mostly_missing_gene_list_is_a_visible_warning(tmp_path, caplog):
         from_genes(adata, genes, name="mostly missing")
         from_genes(adata, list(adata.var_names[:3]) + ["NOT_A_GENE"], name="mostly found")
     levels = {r.getMessage().split(":")[0]: r.levelname for r in caplog.records}
-    assert levels == {"mostly missing": "WARNING", "mostly found": "INFO"}
-    assert "only 1 of 31 genes found" in caplog.text
+    # any missing gene is a visible warning with the count and the names
+    assert levels == {"mostly missing": "WARNING", "mostly found": "WARNING"}
+    assert "only 1 of 31 genes found; 30 not in the data: NOT_A_GENE_0" in caplog.text
+    assert "3 of 4 genes found; 1 not in the data: NOT_A_GENE" in caplog.text
 
     path = tmp_path / "data.h5ad"
     adata.write_h5ad(path)

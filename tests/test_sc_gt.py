@@ -115,3 +115,22 @@ def test_mutual_information_errors():
         G.mutual_information_markers(adata, "nan")
     with pytest.raises(ValueError, match="n_top"):
         G.mutual_information_markers(adata, "gt_state", n_top=0)
+
+
+def test_as_ground_truths_accepts_var_column_and_any_iterable_of_names(small):
+    import pandas as pd
+
+    small = small.copy()
+    small.var["mine"] = [True, False, True, False, False]
+    assert G.as_ground_truths(small, "mine")["gt"].tolist() == [1, 0, 1, 0, 0]
+    names = list(small.var_names[[0, 1]])
+    expected = [1, 1, 0, 0, 0]
+    for form in (set(names), tuple(names), pd.Index(names), np.array(names), iter(names)):
+        assert G.as_ground_truths(small, form)["gt"].tolist() == expected
+    with pytest.raises(KeyError, match="not a column of adata.var"):
+        G.as_ground_truths(small, "no_such_column")
+    small.var["numbers"] = np.arange(5)
+    with pytest.raises(TypeError, match="must be boolean"):
+        G.as_ground_truths(small, "numbers")
+    with pytest.raises(ValueError, match="selects every gene"):
+        G.as_ground_truths(small, np.ones(5, bool))

@@ -266,7 +266,7 @@ def bad(kind):
         ("empty", {}, ValueError, "AnnData is empty"),
         ("one_cell", {}, ValueError, "at least two cells"),
         ("one_gene", {}, ValueError, "two\\s+genes"),
-        (None, {"gt": np.array(["a"] * 60)}, ValueError, "must be binary"),
+        (None, {"gt": np.array(["a"] * 60)}, ValueError, "0 of 1 genes found"),
         ("batch_nan", {}, ValueError, "missing value"),
         (None, {"layer": "counts"}, KeyError, "layer 'counts' not found"),
         (None, {"batch_key": "sample"}, KeyError, "batch_key 'sample' not found"),
