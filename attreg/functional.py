@@ -427,7 +427,8 @@ def gini_coefficient(values: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     d = values.shape[-1]
     ordered, _ = torch.sort(values, dim=-1)
     ranks = torch.arange(1, d + 1, dtype=values.dtype, device=values.device)
-    return ((2 * ranks - d - 1) * ordered).sum(-1) / (d * values.sum(-1) + eps)
+    gini = ((2 * ranks - d - 1) * ordered).sum(-1) / (d * values.sum(-1) + eps)
+    return gini.clamp_min(0.0)  # equal values: exactly 0, not a rounding error of -1e-17
 
 
 def gini_sparsity_loss(attributions: torch.Tensor) -> torch.Tensor:

@@ -88,17 +88,36 @@ def write_h5ad_safely(adata, path: str | os.PathLike) -> None:
 # covers every byte of the payload: a flipped byte is refused with the file's name.
 MAGIC = b"attreg-file 1 sha256:"
 _NDARRAY, _STRARRAY = "__attreg_ndarray__", "__attreg_str_array__"
+_OBJARRAY, _FRAME = "__attreg_object_array__", "__attreg_data_frame__"
+_PLAIN = (bool, int, float, str, type(None))
 
 
 def to_safe(obj: Any) -> Any:
     """``obj`` with numpy arrays and scalars replaced by tensors / Python values (what a
     ``weights_only`` load accepts); :func:`from_safe` undoes it."""
+    import pandas as pd
     import torch
 
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind in "biuf":
             return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(obj)).clone()}
-        return {_STRARRAY: [str(v) for v in obj.ravel().tolist()], "shape": list(obj.shape)}
+        values = obj.ravel().tolist()
+        if all(isinstance(v, str) for v in values):
+            return {_STRARRAY: values, "shape": list(obj.shape)}
+        if all(isinstance(v, _PLAIN) for v in values):  # e.g. integer categories
+            return {_OBJARRAY: values, "shape": list(obj.shape)}
+        raise TypeError(
+            f"an array of {obj.dtype} holding {type(values[0]).__name__} "
+            "cannot be stored safely; store plain values."
+        )
+    if isinstance(obj, pd.DataFrame):
+        return {
+            _FRAME: {str(c): to_safe(obj[c].to_numpy()) for c in obj.columns},
+            "index": to_safe(np.asarray(obj.index)),
+            "index_name": obj.index.name,
+        }
+    if isinstance(obj, pd.Index):
+        return to_safe(np.asarray(obj))
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
@@ -113,8 +132,16 @@ def from_safe(obj: Any) -> Any:
     if isinstance(obj, dict):
         if _NDARRAY in obj:
             return obj[_NDARRAY].numpy()
-        if _STRARRAY in obj:
-            return np.array(obj[_STRARRAY], dtype=object).reshape(obj["shape"])
+        if _STRARRAY in obj or _OBJARRAY in obj:
+            values = obj.get(_STRARRAY, obj.get(_OBJARRAY))
+            out = np.empty(len(values), dtype=object)
+            out[:] = values
+            return out.reshape(obj["shape"])
+        if _FRAME in obj:
+            import pandas as pd
+
+            index = pd.Index(from_safe(obj["index"]), name=obj["index_name"])
+            return pd.DataFrame({k: from_safe(v) for k, v in obj[_FRAME].items()}, index=index)
         return {k: from_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(from_safe(v) for v in obj)

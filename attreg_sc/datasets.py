@@ -108,11 +108,15 @@ def pbmc_two_runs():
     ``pbmc_10k``). 2,223 genes: highly variable per batch, the shipped GO sets' genes and
     the PBMC markers. ``obs['cell_type']`` is assigned per cell from scanpy's marker
     scores for :data:`PBMC_MARKERS` (no clustering, no model; ``"unassigned"`` when every
-    score is <= 0). ``scripts/make_batch_sets.py`` made the file. No download.
+    score is <= 0). ``obsm['protein_expression']`` holds the CITE-seq counts of the 14
+    antibodies both runs' panels share (a DataFrame; for totalVI).
+    ``scripts/make_batch_sets.py`` made the file. No download.
 
     Examples
     --------
     >>> adata = pbmc_two_runs()
+    >>> adata.obsm["protein_expression"].shape
+    (400, 14)
     >>> adata.shape, sorted(adata.obs["batch"].cat.categories)
     ((400, 2223), ['pbmc_10k', 'pbmc_5k'])
     """

@@ -7,7 +7,9 @@ notes): ``pip download --no-deps --no-binary :all: scvi-tools==1.4.2`` (sdist) a
 ``pbmc_two_runs.h5ad``
     ``tests/test_data/pbmc_5k_protein_v3.h5ad`` and ``pbmc_10k_protein_v3.h5ad`` of the
     scvi-tools 1.4.2 sdist: 200 cells each of two real 10x PBMC runs (two batches,
-    ``obs['batch']`` = ``pbmc_5k`` / ``pbmc_10k``), dense integer counts, no labels.
+    ``obs['batch']`` = ``pbmc_5k`` / ``pbmc_10k``), dense integer counts, no labels, and
+    the counts of the 14 CITE-seq antibodies both panels share
+    (``obsm['protein_expression']``, for totalVI).
     Steps: keep the genes of both files; keep the genes seen in >= 3 of the 400 cells
     that are highly variable (2,000, scanpy's ``seurat`` flavour on log-normalized
     counts, ``batch_key='batch'``), in either shipped GO set, or in the PBMC markers.
@@ -78,6 +80,22 @@ def write(out: ad.AnnData, path: Path, source: str) -> None:
     print(out.obs["cell_type"].value_counts().to_dict(), out.obs["batch"].value_counts().to_dict())
 
 
+def protein_table(runs: dict) -> pd.DataFrame:
+    """The CITE-seq antibody counts of both runs for the antibodies of both panels (the
+    5k run has 29, the 10k run 14, all among the 29: 14 columns, integers), one row per
+    cell named like the cells of the shipped file (``obsm['protein_expression']``)."""
+    tables = {
+        name: pd.DataFrame(
+            np.asarray(a.obsm["protein_expression"], dtype=np.int64),
+            index=[f"{name}_{i}" for i in a.obs_names],
+            columns=[str(p).removesuffix("_TotalSeqB") for p in a.uns["protein_names"]],
+        )
+        for name, a in runs.items()
+    }
+    shared = [p for p in tables["pbmc_10k"].columns if p in set(tables["pbmc_5k"].columns)]
+    return pd.concat([t[shared] for t in tables.values()])
+
+
 def main(scvi_dir: str, scirpy_dir: str, dst: str) -> None:
     data = Path(scvi_dir) / "tests" / "test_data"
     runs = {
@@ -85,6 +103,7 @@ def main(scvi_dir: str, scirpy_dir: str, dst: str) -> None:
         "pbmc_10k": ad.read_h5ad(data / "pbmc_10k_protein_v3.h5ad"),
     }
     shared = runs["pbmc_5k"].var_names.intersection(runs["pbmc_10k"].var_names)
+    proteins = protein_table(runs)
     parts = []
     for name, a in runs.items():
         b = ad.AnnData(
@@ -94,6 +113,7 @@ def main(scvi_dir: str, scirpy_dir: str, dst: str) -> None:
         )
         parts.append(b)
     both = ad.concat(parts)
+    both.obsm["protein_expression"] = proteins.loc[both.obs_names]
     both.obs["batch"] = both.obs["batch"].astype("category")
     both.obs["cell_type"] = marker_cell_types(both)
     keep = select_genes(both)

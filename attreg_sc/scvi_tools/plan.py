@@ -1,0 +1,232 @@
+"""Training plans that add scARE's attribution prior ``w_A * L_A`` to any scvi-tools plan.
+
+The prior explains the model's latent encoder (``module.z_encoder`` in SCVI and SCANVI,
+``module.encoder`` in TOTALVI): ``F`` of the latent posterior mean, attributed to the
+encoder's first input (``log1p`` counts, followed by whatever the model concatenates:
+proteins in totalVI, continuous covariates, a batch embedding). The encoder's inputs
+are captured by a forward hook during the model's own forward pass, so the prior sees
+exactly what the encoder saw, for every model whose inference calls its encoder once
+first (all of scvi-tools' VAEs).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from attreg.prior import AttributionPrior, PriorSet
+from attreg_sc.priors import build_prior_set
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PriorConfig", "AttributionPriorPlanMixin", "attribution_prior_plan", "latent_encoder"]
+
+
+@dataclass
+class PriorConfig:
+    """What the plan needs to build the prior; made by the model (see
+    :meth:`attreg_sc.scvi_tools.AttributionPriorModelMixin.set_prior`).
+
+    Attributes
+    ----------
+    ground_truths
+        ``{name: bool vector over the genes}``: one GT for every cell.
+    label_table
+        ``(n_label_codes, n_genes)`` bool, or ``None``: the GT of each registered label
+        (row ``c`` for label code ``c``); cells whose label has no row in
+        ``label_has_gt`` are left out of this prior (unlabelled cells, say).
+    label_has_gt
+        ``(n_label_codes,)`` bool.
+    w_attr
+        ``w_A``.
+    options
+        Keyword arguments of :func:`attreg_sc.priors.build_prior_set` (reducer,
+        reparameterizer, loss, attribution, n_samples, ...).
+    seed
+        Seed of the prior's draws (EG references and alphas, random directions).
+    """
+
+    ground_truths: dict = field(default_factory=dict)
+    label_table: np.ndarray | None = None
+    label_has_gt: np.ndarray | None = None
+    w_attr: float = 30.0
+    options: dict = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.w_attr > 0 and (bool(self.ground_truths) or self.label_table is not None)
+
+
+def latent_encoder(module: torch.nn.Module) -> torch.nn.Module:
+    """The latent encoder of a scvi-tools module (``z_encoder`` or ``encoder``)."""
+    for name in ("z_encoder", "encoder"):
+        enc = getattr(module, name, None)
+        if isinstance(enc, torch.nn.Module):
+            return enc
+    raise TypeError(
+        f"{type(module).__name__} has no latent encoder named z_encoder or encoder; "
+        "attreg_sc's scvi-tools plans explain that encoder."
+    )
+
+
+def latent_mean(out: Any) -> torch.Tensor:
+    """The posterior mean from an encoder's output: ``(Normal, z, ...)`` or ``(q_m, q_v, z)``."""
+    first = out[0] if isinstance(out, (tuple, list)) else out
+    return first.loc if isinstance(first, torch.distributions.Distribution) else first
+
+
+def _padded(g: np.ndarray, width: int, what: str) -> np.ndarray:
+    if g.shape[-1] == width:
+        return g
+    if g.shape[-1] > width:
+        raise ValueError(f"{what} has {g.shape[-1]} entries; the encoder has {width} inputs.")
+    pad = np.zeros(g.shape[:-1] + (width - g.shape[-1],), dtype=g.dtype)
+    return np.concatenate([g, pad], axis=-1)
+
+
+class AttributionPriorPlanMixin:
+    """Adds ``w_A * L_A`` to the loss of the scvi-tools plan it is mixed into.
+
+    ``prior=`` (a :class:`PriorConfig`) is the one extra constructor argument. The prior
+    is added to the loss returned by the plan's ``forward``, so every plan's own
+    ``training_step`` (plain, semi-supervised, adversarial with manual optimisation)
+    backpropagates it, and ``validation_loss`` (early stopping) includes it; validation
+    uses the same draws on every call (common random numbers). Logged as
+    ``attribution_loss_train`` / ``attribution_loss_validation`` (unweighted ``L_A``).
+    """
+
+    def __init__(self, module, *args, prior: PriorConfig | None = None, **kwargs) -> None:
+        super().__init__(module, *args, **kwargs)
+        self.prior_config = prior if prior is not None and prior.active else None
+        self._captured: tuple | None = None
+        self._armed = False
+        self._vector_priors: PriorSet | None = None
+        self._label_prior: AttributionPrior | None = None
+        if self.prior_config is None:
+            return
+        self._encoder = latent_encoder(module)
+        if any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self._encoder.modules()
+        ):
+            raise ValueError(
+                "the latent encoder has BatchNorm, which couples the cells of a minibatch, so "
+                "attributions of one cell would depend on the others; build the model with "
+                "use_batch_norm='none' and use_layer_norm='both' (attreg_sc's default)."
+            )
+        self._generator = torch.Generator().manual_seed(int(self.prior_config.seed))
+
+    # the encoder's inputs of the model's own forward pass
+    def _capture_encoder_inputs(self, _module, args, _out) -> None:
+        if self._armed:
+            self._captured, self._armed = tuple(args), False
+
+    def _explained(self, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        return latent_mean(self._encoder(x, *rest))
+
+    def _build(self, width: int, n_latent: int, device: torch.device) -> None:
+        cfg = self.prior_config
+        opts = dict(cfg.options)
+        vectors = {k: _padded(v, width, f"GT {k!r}") for k, v in cfg.ground_truths.items()}
+        if vectors:
+            self._vector_priors = build_prior_set(
+                self._explained, vectors, n_latent=n_latent, generator=self._generator, **opts
+            ).to(device)
+        if cfg.label_table is not None:
+            opts.pop("latent_blocks", None), opts.pop("gt_weights", None)
+            self._label_prior = (
+                build_prior_set(
+                    self._explained,
+                    {"per_label": object()},
+                    n_latent=n_latent,
+                    generator=self._generator,
+                    **opts,
+                )
+                .priors["gt0"]
+                .to(device)
+            )
+            self._label_table = torch.from_numpy(
+                _padded(cfg.label_table.astype(np.float32), width, "the per-label GT")
+            ).to(device)
+            self._label_has_gt = torch.from_numpy(cfg.label_has_gt.astype(bool)).to(device)
+
+    def _attribution_loss(self, tensors: dict) -> torch.Tensor:
+        from scvi import REGISTRY_KEYS
+
+        x, *rest = self._captured
+        if self._vector_priors is None and self._label_prior is None:
+            with torch.no_grad():
+                n_latent = self._explained(x[:1], *(r[:1] for r in rest)).shape[-1]
+            self._build(x.shape[-1], n_latent, x.device)
+        total = x.new_zeros(())
+        if self._vector_priors is not None:
+            total = total + self._vector_priors(x.detach(), additional_forward_args=tuple(rest))
+        if self._label_prior is not None:
+            codes = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
+            keep = self._label_has_gt[codes]
+            if int(keep.sum()) >= 2:  # EG draws its references from the labelled cells
+                gt = self._label_table[codes[keep]]
+                args = tuple(r[keep] for r in rest)
+                total = total + self._label_prior(
+                    x.detach()[keep], gt=gt, additional_forward_args=args
+                )
+        return total
+
+    def forward(self, *args, **kwargs):
+        if self.prior_config is None:
+            return super().forward(*args, **kwargs)
+        self._captured, self._armed = None, True
+        hook = self._encoder.register_forward_hook(self._capture_encoder_inputs)
+        try:
+            inference_outputs, generative_outputs, loss_output = super().forward(*args, **kwargs)
+        finally:
+            self._armed = False
+            hook.remove()
+        if self._captured is None:
+            raise RuntimeError(
+                f"{type(self.module).__name__}'s forward did not call its latent encoder; "
+                "the attribution prior cannot be computed."
+            )
+        tensors = args[0] if args else kwargs["tensors"]
+        stage = "train" if self.training else "validation"
+        if self.training:
+            l_a = self._attribution_loss(tensors)
+        else:  # the same draws on every validation call; the training stream untouched
+            state = self._generator.get_state()
+            self._generator.manual_seed(int(self.prior_config.seed) + 1_000_003)
+            try:
+                with torch.enable_grad():
+                    l_a = self._attribution_loss(tensors).detach()
+            finally:
+                self._generator.set_state(state)
+        if not torch.isfinite(l_a):
+            raise FloatingPointError(f"the attribution loss is {float(l_a)} at this step.")
+        loss_output.loss = loss_output.loss + self.prior_config.w_attr * l_a
+        n = loss_output.n_obs_minibatch
+        self.log(
+            f"attribution_loss_{stage}", l_a.detach(), on_epoch=True, on_step=False, batch_size=n
+        )
+        return inference_outputs, generative_outputs, loss_output
+
+
+@cache
+def attribution_prior_plan(plan_cls: type) -> type:
+    """``plan_cls`` (any scvi-tools ``TrainingPlan`` subclass) with the attribution prior:
+    ``AttributionPrior<PlanName>``. The same class is returned for the same ``plan_cls``.
+
+    Examples
+    --------
+    >>> from scvi.train import TrainingPlan
+    >>> attribution_prior_plan(TrainingPlan).__name__
+    'AttributionPriorTrainingPlan'
+    """
+    return type(
+        f"AttributionPrior{plan_cls.__name__}",
+        (AttributionPriorPlanMixin, plan_cls),
+        {"__module__": __name__, "__doc__": f"{plan_cls.__name__} plus ``w_A * L_A``."},
+    )

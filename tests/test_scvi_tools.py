@@ -1,0 +1,277 @@
+"""attreg_sc on scvi-tools: priors for SCVI, SCANVI and TOTALVI (the GT share rises and
+training still converges), SCAREVI with scvi-tools' whole user API, and model files that
+cannot run code."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+scvi = pytest.importorskip("scvi")
+
+import attreg_sc as asc  # noqa: E402
+from attreg_sc.scvi_tools import SCAREVI, PriorConfig, with_prior  # noqa: E402
+from tests.test_safe_files import _malicious_bytes, _with_valid_header  # noqa: E402
+
+warnings.filterwarnings("ignore", module="lightning")
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return asc.datasets.synthetic(n_cells=400, n_genes=60, n_gt_genes=10, seed=0)
+
+
+def curve(model, key: str) -> np.ndarray:
+    return model.history[key].to_numpy(dtype=float).ravel()
+
+
+def gt_share(model, mask: np.ndarray, **kwargs) -> float:
+    a = np.abs(model.get_attributions(n_samples=4, **kwargs))
+    return float(a[:, mask].sum() / a.sum())
+
+
+def _train_scvi(adata, w_attr: float):
+    model_cls = with_prior(scvi.model.SCVI)
+    adata = adata.copy()
+    model_cls.setup_anndata(adata, batch_key="batch")
+    scvi.settings.seed = 0
+    model = model_cls(adata, gt="is_gt", w_attr=w_attr, n_latent=4)
+    model.train(max_epochs=15, check_val_every_n_epoch=1, **QUIET)
+    return model
+
+
+@pytest.fixture(scope="module")
+def scvi_pair(synthetic):
+    return _train_scvi(synthetic, 0.0), _train_scvi(synthetic, 30.0)
+
+
+def test_scvi_prior_raises_gt_share_and_training_converges(scvi_pair, synthetic):
+    plain, prior = scvi_pair
+    gt = synthetic.var["is_gt"].to_numpy()
+    before, after = gt_share(plain, gt), gt_share(prior, gt)
+    assert after > before + 0.2, (before, after)
+    for model in scvi_pair:
+        elbo = curve(model, "elbo_train")
+        assert np.isfinite(elbo).all() and elbo[-1] < elbo[0]
+    # the prior's loss is logged and falls; validation includes it
+    l_a = curve(prior, "attribution_loss_train")
+    assert l_a[-1] < l_a[0]
+    assert "attribution_loss_validation" in prior.history
+    assert "attribution_loss_train" not in plain.history  # w_attr=0: a plain SCVI
+
+
+def test_plan_uses_the_encoders_own_inputs_and_layer_norm(scvi_pair):
+    model = scvi_pair[1]
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.module.z_encoder.modules())
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in model.module.z_encoder.modules())
+
+
+def test_batch_norm_encoder_is_refused_before_training(synthetic):
+    model_cls = with_prior(scvi.model.SCVI)
+    adata = synthetic.copy()
+    model_cls.setup_anndata(adata, batch_key="batch")
+    model = model_cls(adata, gt="is_gt", use_batch_norm="both", use_layer_norm="none")
+    with pytest.raises(ValueError, match="BatchNorm, which couples the cells"):
+        model.train(max_epochs=1, **QUIET)
+
+
+def test_bad_prior_settings_are_refused_at_set_prior(synthetic):
+    model_cls = with_prior(scvi.model.SCVI)
+    adata = synthetic.copy()
+    model_cls.setup_anndata(adata, batch_key="batch")
+    model = model_cls(adata, n_latent=3)
+    with pytest.raises(TypeError, match="unknown prior options"):
+        model.set_prior("is_gt", reduce="sum")
+    with pytest.raises(ValueError, match="unknown reducer"):
+        model.set_prior("is_gt", reducer="max")
+    with pytest.raises(ValueError, match="w_attr must be a finite"):
+        model.set_prior("is_gt", w_attr=float("nan"))
+    with pytest.raises(ValueError, match="selects every gene"):
+        model.set_prior(np.ones(adata.n_vars, bool))
+    with pytest.raises(KeyError, match="not registered labels"):
+        model.set_prior(gt_per_label={"no such label": ["gene0"]})
+    cells = asc.gt.from_cell_matrix(adata, np.eye(adata.n_obs, adata.n_vars, dtype=bool))
+    with pytest.raises(TypeError, match="per-cell matrix"):
+        model.set_prior(cells)
+    with pytest.raises(ValueError, match="unknown reparameterizer|reparameterizer"):
+        model.set_prior("is_gt", reparameterizer="nope")
+    assert model.prior_config is None  # nothing half-set
+    model.set_prior("is_gt", w_attr=2.0, reducer="sum")
+    assert model.prior_config.w_attr == 2.0 and model.prior_config.active
+
+
+@pytest.fixture(scope="module")
+def pbmc():
+    return asc.datasets.pbmc_two_runs()
+
+
+def test_scanvi_per_label_prior_targets_each_labels_genes(synthetic):
+    """type0 cells should rest on the GT genes, type1 cells on the 'other' genes; type2
+    cells are left unlabelled (no GT row: outside the prior)."""
+    names = np.asarray(synthetic.var_names)
+    gt_of = {
+        "type0": list(names[synthetic.var["is_gt"]]),
+        "type1": list(names[synthetic.var["is_other"]]),
+    }
+    shares = {}
+    for w in (0.0, 30.0):
+        adata = synthetic.copy()
+        adata.obs["label"] = adata.obs["cell_type"].astype(str).replace("type2", "unknown")
+        base = with_prior(scvi.model.SCVI)
+        base.setup_anndata(adata, batch_key="batch", labels_key="label")
+        scvi.settings.seed = 0
+        ref = base(adata, n_latent=4)
+        ref.train(max_epochs=5, **QUIET)
+        model = with_prior(scvi.model.SCANVI).from_scvi_model(ref, "unknown", adata=adata)
+        model.set_prior(gt_per_label=gt_of, w_attr=w)
+        model.train(max_epochs=25, **QUIET)
+        assert np.isfinite(curve(model, "train_loss")).all()
+        # F = |mu|: every latent direction (the random-direction prior's aim)
+        a = np.abs(model.get_attributions(n_samples=4, reducer="l2"))
+        labels = adata.obs["label"].to_numpy()
+        shares[w] = {
+            label: float(
+                a[labels == label][:, np.isin(names, genes)].sum() / a[labels == label].sum()
+            )
+            for label, genes in gt_of.items()
+        }
+        assert model.predict().shape == (adata.n_obs,)
+    for label in gt_of:  # measured: type0 0.13 -> 0.25, type1 0.24 -> 0.35
+        assert shares[30.0][label] > shares[0.0][label] + 0.08, shares
+
+
+def test_totalvi_prior_on_genes_with_proteins_outside(pbmc):
+    shares = {}
+    genes = sorted({g for v in asc.datasets.PBMC_MARKERS.values() for g in v})  # 23 genes
+    for w in (0.0, 30.0):
+        adata = pbmc.copy()
+        model_cls = with_prior(scvi.model.TOTALVI)
+        model_cls.setup_anndata(
+            adata, protein_expression_obsm_key="protein_expression", batch_key="batch"
+        )
+        scvi.settings.seed = 0
+        model = model_cls(adata, gt=genes, w_attr=w, n_latent=6)
+        model.train(max_epochs=20, **QUIET)
+        assert np.isfinite(curve(model, "train_loss")).all()
+        full = np.abs(model.get_attributions(n_samples=4, genes_only=False, reducer="l2"))
+        assert full.shape == (adata.n_obs, adata.n_vars + 14)  # genes, then proteins
+        mask = np.zeros(full.shape[1], bool)
+        mask[: adata.n_vars] = asc.gt.from_genes(adata, genes)
+        shares[w] = float(full[:, mask].sum() / full.sum())
+    assert shares[30.0] > shares[0.0] + 0.1, shares  # measured 0.06 -> 0.3-0.4
+
+
+# -- SCAREVI: scvi-tools' API -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scarevi(pbmc):
+    adata = pbmc.copy()
+    adata.obs["percent_mito"] = np.linspace(0, 1, adata.n_obs)
+    adata.obs["donor"] = np.where(np.arange(adata.n_obs) % 2, "d1", "d2")
+    SCAREVI.setup_anndata(
+        adata,
+        batch_key="batch",
+        labels_key="cell_type",
+        categorical_covariate_keys=["donor"],
+        continuous_covariate_keys=["percent_mito"],
+    )
+    scvi.settings.seed = 0
+    model = SCAREVI(adata, gt=asc.datasets.PBMC_MARKERS["B"], n_latent=5)
+    model.train(max_epochs=4, progress_bar=False, accelerator="cpu", plan_kwargs={"lr": 2e-3})
+    return model
+
+
+def test_scarevi_has_scares_architecture_and_prior(scarevi):
+    m = scarevi.module
+    assert not m.use_observed_lib_size and m.encode_covariates and m.gene_likelihood == "nb"
+    assert m.n_latent == 5 and scarevi.prior_config.w_attr == 30.0
+    assert scarevi.prior_config.options["reducer"] == "random_direction"
+    assert isinstance(scarevi, scvi.model.SCVI)
+
+
+def test_scarevi_answers_every_scvi_tools_method(scarevi):
+    model, adata = scarevi, scarevi.adata
+    n, g = adata.n_obs, adata.n_vars
+    assert model.get_normalized_expression().shape == (n, g)
+    assert model.get_normalized_expression(library_size=1e4, n_samples=2).shape == (n, g)
+    de = model.differential_expression(groupby="cell_type", group1="B", group2="NK")
+    assert {"bayes_factor", "proba_m1", "scale1"} <= set(de.columns) and len(de) == g
+    assert model.posterior_predictive_sample(n_samples=1).shape == (n, g)
+    params = model.get_likelihood_parameters(n_samples=1)
+    assert params["mean"].shape == (n, g)
+    assert model.get_latent_library_size().shape == (n, 1)
+    for value in (model.get_elbo(), model.get_marginal_ll(n_mc_samples=3)):
+        assert np.isfinite(float(value))
+    assert np.isfinite(float(model.get_reconstruction_error()["reconstruction_loss"]))
+    idx = np.arange(10)
+    assert model.get_latent_representation(indices=idx).shape == (10, 5)
+    sample = model.get_latent_representation(give_mean=False)
+    assert sample.shape == (n, 5) and not np.allclose(sample, model.get_latent_representation())
+    qz_m, qz_v = model.get_latent_representation(return_dist=True)
+    assert qz_m.shape == qz_v.shape == (n, 5) and (qz_v > 0).all()
+    model.view_anndata_setup()
+    assert isinstance(model.history["elbo_train"], pd.DataFrame)
+    assert {"attribution_loss_train", "validation_loss"} <= set(model.history)
+
+
+def test_scarevi_query_with_a_new_batch(scarevi, tmp_path):
+    query = scarevi.adata[:60].copy()
+    query.obs["batch"] = pd.Categorical(["new_run"] * 60)
+    query.obs["cell_type"] = pd.Categorical(["unassigned"] * 60)
+    SCAREVI.prepare_query_anndata(query, scarevi)
+    q = SCAREVI.load_query_data(query, scarevi)
+    q.train(max_epochs=1, progress_bar=False, plan_kwargs={"weight_decay": 0.0})
+    assert q.get_latent_representation().shape == (60, 5)
+    assert q.prior_config is not None  # the reference's prior carries over
+    # a reference given as a path is read with the safe loader
+    scarevi.save(tmp_path / "ref")
+    q2 = SCAREVI.load_query_data(query.copy(), str(tmp_path / "ref"))
+    q2.train(max_epochs=1, progress_bar=False)
+    assert q2.get_latent_representation().shape == (60, 5)
+    assert q2.prior_config.options == scarevi.prior_config.options
+
+
+def test_scarevi_save_load_round_trip_with_and_without_adata(scarevi, tmp_path):
+    scarevi.save(tmp_path / "m", save_anndata=True)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["adata.h5ad", "model.pt"]
+    loaded = SCAREVI.load(tmp_path / "m")  # the saved AnnData
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(), scarevi.get_latent_representation(), atol=1e-6
+    )
+    assert loaded.prior_config.options == scarevi.prior_config.options
+    assert isinstance(loaded.history["elbo_train"], pd.DataFrame)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        scarevi.save(tmp_path / "m")
+    scarevi.save(tmp_path / "m", overwrite=True)
+    again = SCAREVI.load(tmp_path / "m", adata=scarevi.adata)
+    assert again.is_trained
+
+
+def test_scarevi_files_cannot_run_code(scarevi, tmp_path):
+    marker = tmp_path / "attreg_pwned_marker"
+    for wrapped, match in ((False, "no attreg header"), (True, "safe load refuses")):
+        folder = tmp_path / f"m{wrapped}"
+        folder.mkdir()
+        data = _malicious_bytes(marker)
+        (folder / "model.pt").write_bytes(_with_valid_header(data) if wrapped else data)
+        with pytest.raises(ValueError, match=match):
+            SCAREVI.load(folder, adata=scarevi.adata)
+        with pytest.raises(ValueError, match=match):
+            SCAREVI.load_query_data(scarevi.adata[:10].copy(), str(folder))
+        assert not marker.exists()
+    # scvi-tools' own pickled file is refused too, with the reason
+    plain = tmp_path / "scvi_file"
+    scvi.model.SCVI.save(scarevi, plain)
+    with pytest.raises(ValueError, match="could run code"):
+        SCAREVI.load(plain, adata=scarevi.adata)
+
+
+def test_prior_config_is_plain_data():
+    cfg = PriorConfig(ground_truths={"g": np.array([True, False])}, w_attr=0.0)
+    assert not cfg.active
