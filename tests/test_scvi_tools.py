@@ -275,3 +275,34 @@ def test_scarevi_files_cannot_run_code(scarevi, tmp_path):
 def test_prior_config_is_plain_data():
     cfg = PriorConfig(ground_truths={"g": np.array([True, False])}, w_attr=0.0)
     assert not cfg.active
+
+
+def test_scarevi_fast_paths_change_speed_not_results(synthetic):
+    """oneDNN products, the fast NB derivative, fused Adam and per-epoch metric logging
+    (attreg.fast_paths) give the history of scvi-tools' own code paths."""
+    import attreg
+    from attreg_sc.scvi_tools.module import FastNegativeBinomial
+
+    histories = {}
+    for fast in (True, False):
+        with attreg.fast_paths(fast):
+            scvi.settings.seed = 0
+            model = SCAREVI(synthetic.copy(), batch_key="batch", gt="is_gt", n_latent=4)
+            model.train(max_epochs=3, progress_bar=False, enable_model_summary=False)
+            histories[fast] = model.history
+    assert set(histories[True]) == set(histories[False])
+    for key, frame in histories[False].items():
+        np.testing.assert_allclose(
+            histories[True][key].to_numpy(float), frame.to_numpy(float), rtol=1e-4, err_msg=key
+        )
+    # the fast NB log-likelihood equals scvi-tools' in value and gradient
+    torch.manual_seed(0)
+    x = torch.poisson(torch.rand(16, 50) * 5)
+    mu = (torch.rand(16, 50) * 4 + 0.1).requires_grad_()
+    theta = (torch.rand(50) * 3 + 0.2).requires_grad_()
+    ref = scvi.distributions.NegativeBinomial(mu=mu, theta=theta).log_prob(x).sum()
+    fast = FastNegativeBinomial(mu=mu, theta=theta).log_prob(x).sum()
+    torch.testing.assert_close(fast, ref)
+    grads = torch.autograd.grad(fast, (mu, theta)), torch.autograd.grad(ref, (mu, theta))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -9,6 +9,7 @@ from typing import Any
 import scvi
 
 from attreg_sc.scvi_tools.model import AttributionPriorModelMixin
+from attreg_sc.scvi_tools.module import SCAREVAE
 from attreg_sc.scvi_tools.plan import attribution_prior_plan
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class SCAREVI(AttributionPriorModelMixin, scvi.model.SCVI):
     """scARE as a scvi-tools model: a batch-conditioned NB VAE with a library-size
     encoder, trained with attribution priors on its encoder.
 
-    It *is* a :class:`scvi.model.SCVI` (every scvi-tools method works:
+    Its module is :class:`~attreg_sc.scvi_tools.module.SCAREVAE`, scvi-tools' VAE with
+    attreg's fast paths. It *is* a :class:`scvi.model.SCVI` (every scvi-tools method works:
     ``get_normalized_expression``, ``differential_expression``, ``get_elbo``,
     ``load_query_data``, ...) with scARE's architecture (LayerNorm, batch given to the
     encoder, learned library size, NB), scARE's prior (default: random-direction
@@ -77,6 +79,7 @@ class SCAREVI(AttributionPriorModelMixin, scvi.model.SCVI):
     (150, 30)
     """
 
+    _module_cls = SCAREVAE
     _training_plan_cls = attribution_prior_plan(scvi.train.TrainingPlan)
 
     def __init__(
