@@ -290,7 +290,10 @@ def test_scarevi_fast_paths_change_speed_not_results(synthetic):
             model = SCAREVI(synthetic.copy(), batch_key="batch", gt="is_gt", n_latent=4)
             model.train(max_epochs=3, progress_bar=False, enable_model_summary=False)
             histories[fast] = model.history
-    assert set(histories[True]) == set(histories[False])
+    # scvi-tools logs the KL weight per step (outside the history); folded, it is per epoch
+    assert set(histories[True]) == set(histories[False]) | {"kl_weight"}
+    warmup = histories[True]["kl_weight"].to_numpy(float).ravel()
+    assert np.all(np.diff(warmup) > 0) and warmup[0] < 1
     for key, frame in histories[False].items():
         np.testing.assert_allclose(
             histories[True][key].to_numpy(float), frame.to_numpy(float), rtol=1e-4, err_msg=key
@@ -306,3 +309,49 @@ def test_scarevi_fast_paths_change_speed_not_results(synthetic):
     grads = torch.autograd.grad(fast, (mu, theta)), torch.autograd.grad(ref, (mu, theta))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_layers,inject", [(1, False), (2, True), (2, False)])
+def test_encoder_prefix_is_the_same_function_and_attributions(n_layers, inject):
+    import attreg
+    from attreg_sc.scvi_tools.encoder_prefix import covariate_part, encoder_prefix
+
+    torch.manual_seed(0)
+    enc = scvi.nn.Encoder(
+        30,
+        4,
+        n_cat_list=[3, 2],
+        n_layers=n_layers,
+        n_hidden=16,
+        use_batch_norm=False,
+        use_layer_norm=True,
+        inject_covariates=inject,
+        return_dist=True,
+    ).eval()
+    x = torch.randn(20, 30)
+    b, d = torch.randint(0, 3, (20, 1)), torch.randint(0, 2, (20, 1))
+    prefix = encoder_prefix(enc, 30, (x, b, d))
+    assert prefix is not None
+    torch.testing.assert_close(prefix(x, b, d), enc(x, b, d)[0].loc)
+    acts = enc.encoder.fc_layers[0][0](
+        torch.cat(
+            [x, torch.nn.functional.one_hot(b[:, 0], 3), torch.nn.functional.one_hot(d[:, 0], 2)], 1
+        )
+    )
+    acts = acts - covariate_part(enc, 30, b, d)
+    draws = {}
+    for name, target, kwargs in (
+        ("generic", lambda z, *c: enc(z, *c)[0].loc, {}),
+        ("prefix", prefix, {"input_activations": acts}),
+    ):
+        eg = attreg.ExpectedGradients(target, attreg.reducers.Sum())
+        draws[name] = eg.attribute(
+            x,
+            additional_forward_args=(b, d),
+            n_samples=2,
+            generator=torch.Generator().manual_seed(1),
+            **kwargs,
+        )
+    torch.testing.assert_close(draws["prefix"], draws["generic"], rtol=1e-4, atol=1e-5)
+    bn = scvi.nn.Encoder(30, 4, n_cat_list=[3], use_batch_norm=True, return_dist=True)
+    assert encoder_prefix(bn, 30, (x, b)) is None  # BatchNorm: the generic path

@@ -105,6 +105,8 @@ class AttributionPriorPlanMixin:
         super().__init__(module, *args, **kwargs)
         self.prior_config = prior if prior is not None and prior.active else None
         self._captured: tuple | None = None
+        self._first_out: torch.Tensor | None = None
+        self._prefix = None
         self._armed = False
         self._vector_priors: PriorSet | None = None
         self._label_prior: AttributionPrior | None = None
@@ -160,7 +162,34 @@ class AttributionPriorPlanMixin:
     def _fast_logging(self) -> bool:
         from attreg.fast_paths import fast_paths_enabled
 
-        return fast_paths_enabled() and not self.on_step and not self.use_sync_dist
+        attached = getattr(self, "_trainer", None) is not None
+        return fast_paths_enabled() and not self.on_step and not (attached and self.use_sync_dist)
+
+    def _accumulate_mean(self, stage: str, name: str, value: torch.Tensor, n: int) -> None:
+        """Add to the per-epoch weighted mean ``name`` (logged at the epoch's end)."""
+        weighted = self.__dict__.setdefault("_epoch_means", {}).setdefault(stage, {})
+        total, count = weighted.get(name, (0.0, 0))
+        weighted[name] = (total + value.detach() * n, count + n)
+
+    def training_step(self, batch, batch_idx):
+        """scvi-tools' plain ``training_step`` with its per-step logs (``train_loss``, the
+        KL weight) folded into per-epoch values when the fast paths are on: Lightning's
+        bookkeeping of a logged value costs about a millisecond per step on CPU
+        (``benchmarks/bench_scvi_tools.py``). Other plans run unchanged."""
+        from scvi.train import TrainingPlan
+
+        base = super().training_step.__func__
+        if not (self._fast_logging() and base is TrainingPlan.training_step):
+            return super().training_step(batch, batch_idx)
+        if "kl_weight" in self.loss_kwargs:
+            self.loss_kwargs.update({"kl_weight": self.kl_weight})
+            self.__dict__.setdefault("_epoch_last", {})["kl_weight"] = self.kl_weight
+        _, _, scvi_loss = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self._accumulate_mean("train", "train_loss", scvi_loss.loss, int(scvi_loss.n_obs_minibatch))
+        self.compute_and_log_metrics(scvi_loss, self.train_metrics, "train")
+        if scvi_loss.extra_metrics is not None and len(scvi_loss.extra_metrics.keys()) > 0:
+            self.prepare_scib_autotune(scvi_loss.extra_metrics, "training")
+        return scvi_loss.loss
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):
         if not self._metrics_deferred(loss_output):
@@ -177,6 +206,9 @@ class AttributionPriorPlanMixin:
         sums["n_batches"] = sums.get("n_batches", 0) + 1
 
     def _log_epoch_metrics(self, mode: str) -> None:
+        last = self.__dict__.get("_epoch_last", {})
+        if mode == "train" and "kl_weight" in last:
+            self.log("kl_weight", float(last.pop("kl_weight")), on_step=False, on_epoch=True)
         means = self.__dict__.get("_epoch_means", {}).pop(mode, None)
         if means:
             self.log_dict({k: t / c for k, (t, c) in means.items()}, on_step=False, on_epoch=True)
@@ -209,22 +241,37 @@ class AttributionPriorPlanMixin:
         if self._armed:
             self._captured, self._armed = tuple(args), False
 
+    def _capture_first_layer(self, _module, _args, out) -> None:
+        if self._first_out is None and self._armed:
+            self._first_out = out
+
+    def _first_linear(self) -> torch.nn.Linear | None:
+        """The first product of an FCLayers encoder (scvi-tools' layout), if any."""
+        layers = getattr(getattr(self._encoder, "encoder", None), "fc_layers", None)
+        first = layers[0][0] if layers is not None and len(layers) else None
+        return first if isinstance(first, torch.nn.Linear) else None
+
     def _explained(self, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         return latent_mean(self._encoder(x, *rest))
 
     def _build(self, width: int, n_latent: int, device: torch.device) -> None:
+        from attreg_sc.scvi_tools.encoder_prefix import encoder_prefix
+
         cfg = self.prior_config
         opts = dict(cfg.options)
+        # the encoder split after its first product (same function; the fast EG path)
+        self._prefix = encoder_prefix(self._encoder, width, self._captured)
+        target = self._prefix if self._prefix is not None else self._explained
         vectors = {k: _padded(v, width, f"GT {k!r}") for k, v in cfg.ground_truths.items()}
         if vectors:
             self._vector_priors = build_prior_set(
-                self._explained, vectors, n_latent=n_latent, generator=self._generator, **opts
+                target, vectors, n_latent=n_latent, generator=self._generator, **opts
             ).to(device)
         if cfg.label_table is not None:
             opts.pop("latent_blocks", None), opts.pop("gt_weights", None)
             self._label_prior = (
                 build_prior_set(
-                    self._explained,
+                    target,
                     {"per_label": object()},
                     n_latent=n_latent,
                     generator=self._generator,
@@ -246,9 +293,17 @@ class AttributionPriorPlanMixin:
             with torch.no_grad():
                 n_latent = self._explained(x[:1], *(r[:1] for r in rest)).shape[-1]
             self._build(x.shape[-1], n_latent, x.device)
+        acts = None
+        if self._prefix is not None and self._first_out is not None:
+            from attreg_sc.scvi_tools.encoder_prefix import covariate_part
+
+            # the prefix's activations from the model's own first product: W_x x + b
+            acts = self._first_out - covariate_part(self._encoder, x.shape[-1], *rest)
         total = x.new_zeros(())
         if self._vector_priors is not None:
-            total = total + self._vector_priors(x.detach(), additional_forward_args=tuple(rest))
+            total = total + self._vector_priors(
+                x.detach(), additional_forward_args=tuple(rest), input_activations=acts
+            )
         if self._label_prior is not None:
             codes = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
             keep = self._label_has_gt[codes]
@@ -256,20 +311,27 @@ class AttributionPriorPlanMixin:
                 gt = self._label_table[codes[keep]]
                 args = tuple(r[keep] for r in rest)
                 total = total + self._label_prior(
-                    x.detach()[keep], gt=gt, additional_forward_args=args
+                    x.detach()[keep],
+                    gt=gt,
+                    additional_forward_args=args,
+                    input_activations=None if acts is None else acts[keep],
                 )
         return total
 
     def forward(self, *args, **kwargs):
         if self.prior_config is None:
             return super().forward(*args, **kwargs)
-        self._captured, self._armed = None, True
-        hook = self._encoder.register_forward_hook(self._capture_encoder_inputs)
+        self._captured, self._first_out, self._armed = None, None, True
+        hooks = [self._encoder.register_forward_hook(self._capture_encoder_inputs)]
+        first = self._first_linear()
+        if first is not None:  # runs before the encoder's own hook: both see one call
+            hooks.append(first.register_forward_hook(self._capture_first_layer))
         try:
             inference_outputs, generative_outputs, loss_output = super().forward(*args, **kwargs)
         finally:
             self._armed = False
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
         if self._captured is None:
             raise RuntimeError(
                 f"{type(self.module).__name__}'s forward did not call its latent encoder; "
@@ -293,9 +355,7 @@ class AttributionPriorPlanMixin:
         n = int(loss_output.n_obs_minibatch)
         name = f"attribution_loss_{stage}"
         if self._fast_logging():  # a weighted mean per epoch, logged at the epoch's end
-            weighted = self.__dict__.setdefault("_epoch_means", {}).setdefault(stage, {})
-            total, count = weighted.get(name, (0.0, 0))
-            weighted[name] = (total + l_a.detach() * n, count + n)
+            self._accumulate_mean(stage, name, l_a, n)
         else:
             self.log(name, l_a.detach(), on_epoch=True, on_step=False, batch_size=n)
         return inference_outputs, generative_outputs, loss_output
