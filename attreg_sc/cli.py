@@ -104,52 +104,131 @@ def _threads_arg(value: str) -> int | str:
     return n
 
 
-def _add_data_args(p: argparse.ArgumentParser, gt: bool = True) -> None:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown in ``--help``; descriptions keep their line breaks."""
+
+
+def _verbose_parent() -> argparse.ArgumentParser:
+    """``-v`` accepted after the subcommand as well as before it."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log INFO messages (progress of each step)",
+    )
+    return parent
+
+
+def _add_data_args(
+    p: argparse.ArgumentParser, gt: bool = True, layer: bool = True, batch: bool = True
+) -> None:
     p.add_argument("data", help="AnnData .h5ad with raw counts")
-    p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
-    p.add_argument("--batch-key", default=None, help="obs column with the batch")
-    p.add_argument("--gene-key", default=None, help="var column with gene symbols")
+    if layer:
+        p.add_argument("--layer", default=None, help="layer with raw counts (None: X)")
+    if batch:
+        p.add_argument("--batch-key", default=None, help="obs column with the batch")
     if gt:
-        p.add_argument("--genes", action="append", help="file with a gene list (one GT each)")
         p.add_argument(
-            "--gmt", action="append", help="GMT file, optionally FILE:SET[,SET] (one GT per set)"
+            "--gene-key", default=None, help="var column with gene symbols (None: var_names)"
+        )
+        p.add_argument(
+            "--genes", action="append", help="file with a gene list (one GT each; repeatable)"
+        )
+        p.add_argument(
+            "--gmt",
+            action="append",
+            help="GMT file, optionally FILE:SET[,SET] (one GT per set; repeatable)",
         )
 
 
 def _parser() -> argparse.ArgumentParser:
     from attreg_sc.metrics.fssf import PAIRINGS, VOTES
-    from attreg_sc.model import REDUCERS
+    from attreg_sc.priors import REDUCERS
 
     defaults = scare_defaults()
+    common = {"formatter_class": _HelpFormatter, "parents": [_verbose_parent()]}
     parser = argparse.ArgumentParser(
-        prog="attreg-sc", description="scARE: attribution-regularized single-cell VAEs."
+        prog="attreg-sc",
+        description="scARE: attribution-regularized single-cell VAEs.",
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log INFO messages (progress of each step)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a scARE model and write it with the latent")
+    t = sub.add_parser("train", help="train a scARE model and write it with the latent", **common)
     _add_data_args(t)
+    t.add_argument(
+        "--allow-non-integer",
+        action="store_true",
+        help="accept non-integer counts (e.g. ambient-corrected estimates)",
+    )
     t.add_argument("--markers-by", default=None, help="GT = MI markers of this obs label")
-    t.add_argument("--markers-groupby", default=None, help="markers within each group")
-    t.add_argument("--n-markers", type=int, default=40)
+    t.add_argument(
+        "--markers-groupby", default=None, help="MI markers within each group of this obs column"
+    )
+    t.add_argument("--n-markers", type=int, default=40, help="markers per label (--markers-by)")
     t.add_argument("--w-attr", type=float, default=defaults["w_attr"], help="weight w_A of L_A")
-    t.add_argument("--attribution", choices=["eg", "ig"], default="eg")
+    t.add_argument(
+        "--attribution",
+        choices=["eg", "ig"],
+        default=defaults["attribution"],
+        help="Expected Gradients or Integrated Gradients",
+    )
     t.add_argument(
         "--reducer",
         choices=REDUCERS,
         default=defaults["reducer"],
-        help="F over the latent: random directions (default), every dimension, or the paper's sum",
+        help="F over the latent: random directions, every dimension, or the paper's sum",
     )
-    t.add_argument("--n-directions", type=int, default=defaults["n_directions"])
-    t.add_argument("--target", choices=["encoder", "model"], default="encoder")
-    t.add_argument("--reparameterizer", default=defaults["reparameterizer"])
-    t.add_argument("--loss", choices=["mse", "mae", "outside_share"], default=defaults["loss"])
-    t.add_argument("--n-latent", type=int, default=defaults["n_latent"])
-    t.add_argument("--max-epochs", type=int, default=100)
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument(
+        "--n-directions",
+        type=int,
+        default=defaults["n_directions"],
+        help="random directions per step (--reducer random_direction)",
+    )
+    t.add_argument(
+        "--target",
+        choices=["encoder", "model"],
+        default=defaults["target"],
+        help="explain the latent mean (encoder) or the log reconstruction (model)",
+    )
+    t.add_argument(
+        "--reparameterizer",
+        default=defaults["reparameterizer"],
+        help="attributions -> [0, 1]: share, abs_minmax, sigmoid, ...",
+    )
+    t.add_argument(
+        "--loss",
+        choices=["mse", "mae", "outside_share"],
+        default=defaults["loss"],
+        help="loss between reparameterized attributions and the GT",
+    )
+    t.add_argument("--n-latent", type=int, default=defaults["n_latent"], help="latent dimensions")
+    t.add_argument("--n-hidden", type=int, default=defaults["n_hidden"], help="units per layer")
+    t.add_argument(
+        "--n-layers", type=int, default=defaults["n_layers"], help="hidden layers per network"
+    )
+    t.add_argument(
+        "--likelihood",
+        choices=["nb", "zinb"],
+        default=defaults["likelihood"],
+        help="count likelihood of the decoder",
+    )
+    t.add_argument("--max-epochs", type=int, default=100, help="upper bound on epochs")
+    t.add_argument("--batch-size", type=int, default=128, help="cells per minibatch")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=10,
+        help="early stopping: epochs without improvement of the validation loss",
+    )
+    t.add_argument("--seed", type=int, default=0, help="seed of weights, minibatches and draws")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--out", required=True, help="output folder (written as one unit)")
     t.add_argument(
         "--overwrite", action="store_true", help="replace an existing --out once the run is done"
@@ -166,45 +245,49 @@ def _parser() -> argparse.ArgumentParser:
         "--threads",
         type=_threads_arg,
         default="auto",
-        help="CPU threads: 'auto' (default: the cores other processes leave free, "
-        "re-measured every epoch) or a number (pins it: bit-reproducible runs)",
+        help="CPU threads: 'auto' (the cores other processes leave free, re-measured every "
+        "epoch) or a number (pins it: bit-reproducible runs)",
     )
 
-    f = sub.add_parser("fssf", help="FSSF of a trained model for a GT gene set")
+    f = sub.add_parser("fssf", help="FSSF of a trained model for a GT gene set", **common)
     f.add_argument("model", help="folder written by 'attreg-sc train' (or SCARE.save)")
-    _add_data_args(f)
-    f.add_argument("--cell-type-key", required=True)
-    f.add_argument("--n-random", type=int, default=100)
-    f.add_argument("--resolution", type=float, default=0.5)
+    _add_data_args(f, layer=False, batch=False)  # the model knows its layer and batch key
+    f.add_argument("--cell-type-key", required=True, help="obs column with cell types")
+    f.add_argument("--n-random", type=int, default=100, help="random gene sets (the control)")
+    f.add_argument("--resolution", type=float, default=0.5, help="Leiden resolution of subclusters")
     f.add_argument("--vote", choices=VOTES, default="all", help="strict 'all' or 'pair'")
-    f.add_argument("--pairing", choices=PAIRINGS, default="random")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--pairing", choices=PAIRINGS, default="random", help="how cells are paired")
+    f.add_argument("--seed", type=int, default=0, help="seed of subclusters, pairs, random sets")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.add_argument("--out", required=True, help="CSV file for the FSSF table")
 
-    r = sub.add_parser("report", help="plots and tables comparing trained models")
-    r.add_argument("--model", action="append", required=True, metavar="NAME=DIR")
-    _add_data_args(r)
-    r.add_argument("--cell-type-key", required=True)
+    r = sub.add_parser("report", help="plots and tables comparing trained models", **common)
+    r.add_argument(
+        "--model", action="append", required=True, metavar="NAME=DIR", help="a model (repeatable)"
+    )
+    _add_data_args(r, layer=False, batch=False)
+    r.add_argument("--cell-type-key", required=True, help="obs column with cell types")
     r.add_argument("--label-key", default=None, help="obs label for the separation plot")
-    r.add_argument("--n-random", type=int, default=100)
+    r.add_argument("--n-random", type=int, default=100, help="random gene sets for FSSF")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--out", required=True, help="report folder (written as one unit)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    m = sub.add_parser("markers", help="mutual-information marker genes of a label (GMT)")
-    _add_data_args(m, gt=False)
+    m = sub.add_parser("markers", help="mutual-information marker genes of a label (GMT)", **common)
+    _add_data_args(m, gt=False, batch=False)
     m.add_argument("--label", required=True, help="obs column, e.g. time point")
     m.add_argument("--groupby", default=None, help="one marker set per group (cell type)")
-    m.add_argument("--n-top", type=int, default=40)
+    m.add_argument("--n-top", type=int, default=40, help="markers per set")
     m.add_argument("--out", required=True, help="GMT file to write")
 
-    d = sub.add_parser("demo", help="baseline vs scARE on built-in data, FSSF, report")
+    d = sub.add_parser("demo", help="baseline vs scARE on built-in data, FSSF, report", **common)
     d.add_argument("--synthetic", action="store_true", help="synthetic data fitted to PBMC 3k")
     d.add_argument("--out", default="scare_demo", help="report folder")
-    d.add_argument("--max-epochs", type=int, default=100)
-    d.add_argument("--n-random", type=int, default=100)
-    d.add_argument("--w-attr", type=float, default=defaults["w_attr"])
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--max-epochs", type=int, default=100, help="upper bound on epochs")
+    d.add_argument("--n-random", type=int, default=100, help="random gene sets for FSSF")
+    d.add_argument("--w-attr", type=float, default=defaults["w_attr"], help="weight w_A of L_A")
+    d.add_argument("--seed", type=int, default=0, help="seed of everything")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--threads", type=_threads_arg, default="auto", help="as for train")
     return parser
 
@@ -262,6 +345,10 @@ def _cmd_train(args) -> None:
         reparameterizer=args.reparameterizer,
         loss=args.loss,
         n_latent=args.n_latent,
+        n_hidden=args.n_hidden,
+        n_layers=args.n_layers,
+        likelihood=args.likelihood,
+        allow_non_integer=args.allow_non_integer,
         gene_key=args.gene_key,
         seed=args.seed,
     )
@@ -277,6 +364,7 @@ def _cmd_train(args) -> None:
             max_epochs=args.max_epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            patience=args.patience,
             progress_bar=not args.no_progress,
             checkpoint_path=folder.checkpoint,
             checkpoint_every=args.checkpoint_every,
@@ -302,6 +390,12 @@ def _cmd_train(args) -> None:
                 f"could not write the outputs ({err.strerror or err}): nothing was written to "
                 f"{folder.path}. Free space or choose another --out{kept}."
             ) from err
+    epochs = len(model.history.get("loss", []))
+    if epochs < args.max_epochs:
+        print(
+            f"early stopping after {epochs} of {args.max_epochs} epochs: the validation loss "
+            f"did not improve for {args.patience} epochs (the best epoch's weights are kept)"
+        )
     print(
         f"wrote {folder.path}/: model/model.pt, adata.h5ad (obsm['X_scare']), history.csv, run.json"
     )
@@ -354,6 +448,7 @@ def _cmd_fssf(args) -> None:
         seed=args.seed,
         vote=args.vote,
         pairing=args.pairing,
+        progress_bar=not args.no_progress,
     )
     if res.table.empty:
         reasons = "; ".join(f"{k}: {v}" for k, v in res.skipped.items()) or "no cell types"
@@ -393,6 +488,7 @@ def _cmd_report(args) -> None:
             adata,
             label_key=args.label_key,
             n_random=args.n_random,
+            progress_bar=not args.no_progress,
         )
         write_report(ev, staging)
         _write_run_record(staging, args)
@@ -409,6 +505,7 @@ def _cmd_markers(args) -> None:
     _check_key(adata, args.label, "--label")
     if args.groupby:
         _check_key(adata, args.groupby, "--groupby")
+    logger.info("mutual information of %d genes with %r", adata.n_vars, args.label)
     res = mutual_information_markers(adata, args.label, args.groupby, args.n_top, args.layer)
     names = np.asarray(adata.var_names)
     if isinstance(res, GroupedGroundTruth):
@@ -495,8 +592,24 @@ def _demo_evaluation(synthetic, max_epochs, n_random, w_attr, seed, progress_bar
     return ev, adata, gt, name
 
 
+# the library's messages name Python arguments; on the command line, the flags
+_FLAG_OF = {
+    "allow_non_integer=True": "--allow-non-integer",
+    "gene_key=": "--gene-key",
+    "layer=None": "no --layer",
+    "layer=": "--layer",
+}
+
+
+def _for_cli(message: str) -> str:
+    for python, flag in _FLAG_OF.items():
+        message = message.replace(python, flag)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -524,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (KeyError, ValueError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"attreg-sc {args.command}: error: {msg}", file=sys.stderr)
+        print(f"attreg-sc {args.command}: error: {_for_cli(str(msg))}", file=sys.stderr)
         return 2
     except OSError as err:  # full disk, file size limit, permissions, I/O errors
         print(

@@ -39,7 +39,7 @@ from attreg_sc.metrics import (
 )
 from attreg_sc.metrics.evaluation import _gt_total
 
-__all__ = ["Evaluation", "evaluate", "write_report", "atomic_write_text"]
+__all__ = ["Evaluation", "evaluate", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class Evaluation:
     dimension_shares: dict = field(default_factory=dict)
     active_dimensions: dict = field(default_factory=dict)
     label_key: str | None = None
+    data_name: str | None = None
+    gt_name: str | None = None
 
     def summary(self) -> pd.DataFrame:
         """One row per model: mean FSSF (GT, random), polarization, GT share, ..."""
@@ -90,7 +92,22 @@ class Evaluation:
             for k, v in self.integration.get(name, {}).items():
                 row[k] = v
             rows[name] = row
-        return pd.DataFrame(rows).T
+        return _integers_as_integers(pd.DataFrame(rows).T)
+
+
+_INTEGER_COLUMNS = ("max_subclusters", "active_dimensions")
+
+
+def _integers_as_integers(table: pd.DataFrame) -> pd.DataFrame:
+    """Counts (``n_*`` and :data:`_INTEGER_COLUMNS`) as integers, not ``28.000``."""
+    table = table.copy()
+    for col in table.columns:
+        if str(col).startswith("n_") or col in _INTEGER_COLUMNS:
+            values = pd.to_numeric(table[col], errors="coerce")
+            finite = values.dropna()
+            if len(finite) and np.allclose(finite, np.round(finite)):
+                table[col] = values.round().astype("Int64")
+    return table
 
 
 def evaluate(
@@ -106,15 +123,46 @@ def evaluate(
     attribution_samples: int = 4,
     seed: int = 0,
     progress_bar: bool = False,
+    data_name: str | None = None,
+    gt_name: str | None = None,
 ) -> Evaluation:
     """FSSF (GT and random control, latent-structure diagnostics), GT polarization, GT
     attribution share per cell type and per latent dimension, active dimensions, label
-    separation (``label_key``) and integration metrics (when there are batches)."""
-    ev = Evaluation(dict(models), np.asarray(gt, dtype=bool), cell_type_key, label_key=label_key)
+    separation (``label_key``) and integration metrics (when there are batches).
+
+    Parameters
+    ----------
+    models
+        ``{name: trained SCARE}``.
+    gt
+        Boolean GT vector over the genes.
+    cell_type_key
+        ``obs`` column with cell types.
+    adata
+        Cells to evaluate (default: each model's own AnnData).
+    label_key
+        ``obs`` label whose separation within cell types is measured.
+    n_random, resolution, min_cells, seed
+        FSSF's settings (:func:`attreg_sc.metrics.fssf`).
+    attributions, attribution_samples
+        Compute EG attributions (``attribution_samples`` references per cell).
+    progress_bar
+        Show progress bars.
+    data_name, gt_name
+        How the report names the data and the GT gene set.
+    """
+    ev = Evaluation(
+        dict(models),
+        np.asarray(gt, dtype=bool),
+        cell_type_key,
+        label_key=label_key,
+        data_name=data_name,
+        gt_name=gt_name,
+    )
     for name, model in models.items():
         a = model.adata if adata is None else adata
         cell_types = a.obs[cell_type_key].astype(str).to_numpy()
-        logger.info("evaluating %s", name)
+        logger.info("evaluating %s: FSSF with %d random gene sets", name, n_random)
         ev.fssf[name] = fssf(
             model,
             ev.gt,
@@ -130,7 +178,10 @@ def evaluate(
         data = model._data_for(a)
         ev.polarization[name] = gt_polarization(latent, data.matrix, ev.gt, cell_types)
         if attributions:
-            attr = model.get_attributions(a, n_samples=attribution_samples, seed=seed)
+            logger.info("evaluating %s: attributions of %d cells", name, a.n_obs)
+            attr = model.get_attributions(
+                a, n_samples=attribution_samples, seed=seed, progress_bar=progress_bar
+            )
             ev.attributions[name] = attr
             share = attribution_share(attr, ev.gt, cell_types)
             ev.gt_share[name] = share.groupby("group").share.mean()
@@ -168,7 +219,7 @@ def write_report(ev: Evaluation, out: str | os.PathLike, plots: bool = True) -> 
     atomic_write_text(
         out / "summary.json", json.dumps(json.loads(summary.to_json(orient="index")), indent=2)
     )
-    figures: list[tuple[str, str]] = []
+    figures: dict[str, tuple[str, str]] = {}
     if plots:
         import matplotlib
 
@@ -176,9 +227,16 @@ def write_report(ev: Evaluation, out: str | os.PathLike, plots: bool = True) -> 
         from attreg_sc import pl
 
         _save_fig(pl.loss_curves({n: m.history for n, m in ev.models.items()}), out / "loss.png")
-        figures.append(("loss.png", "Loss terms per epoch (L_R, L_D, L_A, validation)."))
+        figures["loss"] = (
+            "loss.png",
+            "Loss terms per epoch: L_R, L_D, L_A and the validation objective, one line per model.",
+        )
         _save_fig(pl.fssf_heatmap({n: r.summary() for n, r in ev.fssf.items()}), out / "fssf.png")
-        figures.append(("fssf.png", "Mean FSSF per cell type: GT genes vs random genes."))
+        figures["fssf"] = (
+            "fssf.png",
+            "Heatmap of mean FSSF per cell type (rows) for the GT genes and for random "
+            "gene sets of the same size (columns), per model.",
+        )
         for name, model in ev.models.items():
             data = model._data_for(model.adata)
             fig = pl.embedding_by_cell_type(
@@ -189,54 +247,165 @@ def write_report(ev: Evaluation, out: str | os.PathLike, plots: bool = True) -> 
             )
             fname = f"umap_{_slug(name)}.png"
             _save_fig(fig, out / fname)
-            figures.append((fname, f"{name}: UMAP per cell type, by subcluster and GT-total."))
+            figures[f"umap:{name}"] = (
+                fname,
+                f"{name}: UMAP of the latent per cell type, coloured by Leiden subcluster "
+                "and by the cells' GT-gene counts.",
+            )
         if ev.gt_share:
             _save_fig(pl.gt_share_bars(ev.gt_share), out / "gt_share.png")
-            figures.append(("gt_share.png", "Share of encoder attribution on GT genes."))
+            figures["gt_share"] = (
+                "gt_share.png",
+                "Bars: share of the encoder's |attribution| on the GT genes, per cell type "
+                "and model.",
+            )
         if ev.label_separation:
             _save_fig(pl.label_separation_bars(ev.label_separation), out / "labels.png")
-            figures.append(("labels.png", f"Separation of '{ev.label_key}' within cell types."))
+            figures["labels"] = (
+                "labels.png",
+                f"Bars: separation of '{ev.label_key}' within each cell type (kNN purity "
+                "over chance), per model.",
+            )
+    atomic_write_text(out / "index.html", _html_page(ev, summary, figures))
+    return out
+
+
+def _table(df: pd.DataFrame, index: bool = True) -> str:
+    return _integers_as_integers(df).to_html(
+        float_format=lambda v: f"{v:.3f}", index=index, na_rep="", border=0
+    )
+
+
+def _versions() -> str:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for package in ("attreg", "torch", "numpy", "anndata", "scanpy"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(parts + [f"Python {platform.python_version()}"])
+
+
+def _run_facts(ev: Evaluation) -> list[str]:
+    first = next(iter(ev.models.values()))
+    adata = first.adata
+    batches = len(first.data.batch_categories) if hasattr(first, "data") else None
+    data = html.escape(ev.data_name or "the models' AnnData")
+    rows = [
+        (
+            "Data",
+            f"{data}: {adata.n_obs:,} cells x {adata.n_vars:,} genes"
+            + (f", {batches} batch(es)" if batches else "")
+            + f"; cell types from <code>{html.escape(ev.cell_type_key)}</code>",
+        ),
+        ("Gene set (GT)", f"{html.escape(ev.gt_name or 'GT')}: {int(ev.gt.sum())} genes"),
+        ("Versions", html.escape(_versions())),
+    ]
+    models = []
+    for name, m in ev.models.items():
+        epochs = len(m.history.get("loss", m.history.get("reconstruction", [])))
+        prior = getattr(m, "prior_params", {})
+        models.append(
+            {
+                "model": name,
+                "w_attr": getattr(m, "w_attr", float("nan")),
+                "epochs": epochs,
+                "reducer": prior.get("reducer", ""),
+                "attribution": prior.get("attribution", ""),
+                "n_latent": getattr(getattr(m, "module", None), "n_latent", None),
+            }
+        )
+    facts = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    return [
+        f"<table class='facts'>{facts}</table>",
+        "<h3>Models</h3>",
+        _table(pd.DataFrame(models), index=False),
+    ]
+
+
+def _pair(title: str, figure: tuple[str, str] | None, tables: list[str], note: str = "") -> str:
+    """A section with the figure beside its numbers."""
+    fig = ""
+    if figure is not None:
+        fname, caption = figure
+        fig = (
+            f"<figure><img src='{fname}' alt='{html.escape(caption, quote=True)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    body = "".join(tables) + (f"<p>{note}</p>" if note else "")
+    head = f"<section><h2>{html.escape(title)}</h2>"
+    return f"{head}<div class='pair'>{fig}<div>{body}</div></div></section>"
+
+
+def _html_page(ev: Evaluation, summary: pd.DataFrame, figures: dict) -> str:
     body = [
         "<h1>scARE report</h1>",
-        f"<p>GT: {int(ev.gt.sum())} genes; cell types from <code>{html.escape(ev.cell_type_key)}"
-        "</code>. FSSF = (n_g - n_o) / n_t per subcluster pair; random = same-size random "
-        "non-GT gene sets.</p>",
+        *_run_facts(ev),
         "<h2>Summary</h2>",
-        summary.to_html(float_format=lambda v: f"{v:.3f}"),
-        "<p>gt_attribution_share: share of |EG attribution| of the latent's sum on the GT "
-        "genes; gt_share_per_dimension: the same for each latent dimension, averaged; "
-        "max_subclusters: the most Leiden subclusters of one cell type; move_median: how far "
-        "a GT-swapped cell moves toward its donor (0 stays, 1 arrives).</p>",
+        _table(summary),
+        "<p>fssf_gt / fssf_random: mean FSSF = (n_g - n_o) / n_t over subcluster pairs for "
+        "the GT genes / random same-size non-GT gene sets; gt_attribution_share: share of "
+        "|EG attribution| of the latent's sum on the GT genes; gt_share_per_dimension: the "
+        "same per latent dimension, averaged; max_subclusters: the most Leiden subclusters of "
+        "one cell type; move_median: how far a GT-swapped cell moves toward its donor (0 "
+        "stays, 1 arrives).</p>",
     ]
-    for name, table in ev.dimension_shares.items():
-        body += [
-            f"<h2>GT share per latent dimension: {html.escape(name)}</h2>",
-            table.T.to_html(float_format=lambda v: f"{v:.3f}"),
-        ]
+    losses = pd.DataFrame(
+        {n: {k: v[-1] for k, v in m.history.items() if len(v)} for n, m in ev.models.items()}
+    )
+    body.append(_pair("Training", figures.get("loss"), ["<p>Last epoch:</p>", _table(losses)]))
+    fssf_tables = []
     for name, r in ev.fssf.items():
-        body += [
-            f"<h2>FSSF per cell type: {html.escape(name)}</h2>",
-            r.summary().to_html(float_format=lambda v: f"{v:.3f}"),
-        ]
+        fssf_tables += [f"<h3>{html.escape(name)}</h3>", _table(r.summary())]
         if r.skipped:
-            body.append(
+            fssf_tables.append(
                 "<p>skipped: "
                 + html.escape("; ".join(f"{k} ({v})" for k, v in r.skipped.items()))
                 + "</p>"
             )
-    for fname, caption in figures:
+    body.append(_pair("FSSF per cell type", figures.get("fssf"), fssf_tables))
+    if ev.gt_share:
         body.append(
-            f'<figure><img src="{fname}" style="max-width:100%"><figcaption>'
-            f"{html.escape(caption)}</figcaption></figure>"
+            _pair(
+                "GT share of the attributions",
+                figures.get("gt_share"),
+                [_table(pd.DataFrame(ev.gt_share))],
+            )
         )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>scARE report</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-        "table{border-collapse:collapse}td,th{padding:2px 8px;border:1px solid #ccc}</style>"
-        "</head><body>" + "\n".join(body) + "</body></html>"
+    if ev.label_separation:
+        tables = []
+        for name, t in ev.label_separation.items():
+            tables += [f"<h3>{html.escape(name)}</h3>", _table(t, index=False)]
+        body.append(_pair(f"Separation of '{ev.label_key}'", figures.get("labels"), tables))
+    for name, table in ev.dimension_shares.items():
+        body.append(_pair(f"GT share per latent dimension: {name}", None, [_table(table.T)]))
+    for name in ev.models:
+        key = f"umap:{name}"
+        if key in figures:
+            body.append(
+                _pair(
+                    f"Latent structure: {name}",
+                    figures[key],
+                    [_table(ev.fssf[name].summary()[["n_subclusters"]])]
+                    if len(ev.fssf[name].table)
+                    else [],
+                )
+            )
+    style = (
+        "body{font-family:sans-serif;max-width:1400px;margin:auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:.4em 0}td,th{padding:2px 8px;border:1px solid #ccc;"
+        "text-align:right}.facts th,.facts td{text-align:left}"
+        ".pair{display:flex;gap:1.5em;align-items:flex-start;flex-wrap:wrap}"
+        ".pair figure{flex:1 1 560px;margin:0}.pair img{max-width:100%}"
+        ".pair>div{flex:1 1 380px;overflow-x:auto}"
     )
-    atomic_write_text(out / "index.html", page)
-    return out
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>scARE report</title>"
+        f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>"
+    )
 
 
 def _slug(name: str) -> str:

@@ -76,8 +76,6 @@ def test_train_fssf_report_markers_end_to_end(h5ad, capsys):
             "fssf",
             out / "model",
             data,
-            "--batch-key",
-            "batch",
             "--gmt",
             f"{gmt}:setA",
             "--cell-type-key",
@@ -99,8 +97,6 @@ def test_train_fssf_report_markers_end_to_end(h5ad, capsys):
             "--model",
             f"scARE={out / 'model'}",
             data,
-            "--batch-key",
-            "batch",
             "--genes",
             genes,
             "--cell-type-key",
@@ -201,3 +197,77 @@ def test_demo_quick(tmp_path, capsys):
     assert set(summary.index) == {"baseline", "scARE"}
     assert np.isfinite(summary["fssf_gt"]).all()
     assert (tmp_path / "demo" / "index.html").exists()
+
+
+def test_report_html_puts_figures_beside_numbers_and_states_the_run(h5ad, capsys):
+    """The report's structure, parsed: run facts, alt text, figure and table side by side,
+    counts as integers (no headless browser is installable offline)."""
+    from html.parser import HTMLParser
+
+    d, data, genes, _ = h5ad
+    out = d / "run_r"
+    argv = ["train", data, "--genes", genes, "--batch-key", "batch", "--max-epochs", 2]
+    assert run([*argv, "--n-latent", 3, "--no-progress", "--out", out], capsys)[0] == 0
+    argv = ["report", "--model", f"mine={out / 'model'}", data, "--genes", genes]
+    argv += ["--cell-type-key", "cell_type", "--n-random", 2, "--no-progress"]
+    assert run([*argv, "--out", d / "rep"], capsys)[0] == 0
+    page = (d / "rep" / "index.html").read_text()
+
+    class Structure(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.imgs, self.pairs, self.stack = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "div" and attrs.get("class") == "pair":
+                self.pairs.append({"img": False, "table": False})
+                self.stack.append("pair")
+            elif tag == "div":
+                self.stack.append("div")
+            if tag == "img":
+                self.imgs.append(attrs)
+            if "pair" in self.stack and tag in ("img", "table"):
+                self.pairs[-1][tag] = True
+
+        def handle_endtag(self, tag):
+            if tag == "div" and self.stack:
+                self.stack.pop()
+
+    parsed = Structure()
+    parsed.feed(page)
+    assert parsed.imgs and all(len(a.get("alt", "")) > 20 for a in parsed.imgs)
+    assert sum(p["img"] and p["table"] for p in parsed.pairs) >= 3  # figure beside numbers
+    for fact in ("300 cells x 60 genes", "2 batch(es)", "attreg", "torch", "Python"):
+        assert fact in page, fact
+    assert "<td>mine</td>" in page and "w_attr" in page and "epochs" in page
+    summary = pd.read_csv(d / "rep" / "summary.csv", index_col=0)
+    n_pairs = summary.loc["mine", "n_pairs"]
+    assert f"<td>{n_pairs}</td>" in page and f"{n_pairs}.000" not in page
+
+
+def test_cli_help_verbose_and_flags(h5ad, capsys, tmp_path):
+    d, data, genes, _ = h5ad
+    from attreg_sc.cli import _parser
+
+    help_text = _parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for flag in ("--n-hidden", "--n-layers", "--likelihood", "--patience", "--allow-non-integer"):
+        assert flag in help_text
+    assert "(default: 30.0)" in help_text  # defaults shown
+    for action in _parser()._subparsers._group_actions[0].choices["train"]._actions:
+        assert action.help, action.dest  # every option explained
+    # -v after the subcommand, and markers refuses options it would ignore
+    argv = ["markers", data, "--label", "gt_state", "--n-top", 3, "--out", tmp_path / "m.gmt"]
+    assert run([*argv, "-v"], capsys)[0] == 0
+    with pytest.raises(SystemExit):
+        run([*argv, "--batch-key", "batch"], capsys)
+    # an error's suggested fix is a flag that exists
+    import anndata as ad
+
+    adata = ad.read_h5ad(data)
+    adata.X = adata.X * 0.5
+    adata.write_h5ad(tmp_path / "half.h5ad")
+    code, _, err = run(["train", tmp_path / "half.h5ad", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "--allow-non-integer" in err
+    argv = ["train", tmp_path / "half.h5ad", "--allow-non-integer", "--max-epochs", 1]
+    assert run([*argv, "--no-progress", "--out", tmp_path / "o"], capsys)[0] == 0

@@ -288,7 +288,8 @@ def _train_module(
     bar = tqdm(
         range(first_epoch, plan.max_epochs),
         disable=not plan.progress_bar,
-        desc="scARE",
+        # the bar names the model it trains: scARE, or the cVAE of a baseline
+        desc="scARE" if prior_loss is not None and plan.w_attribution > 0 else "cVAE (no prior)",
         unit="epoch",
         initial=first_epoch,
         total=plan.max_epochs,
@@ -362,7 +363,13 @@ def _train_module(
                 },
             )
         if plan.early_stopping and len(val_idx) and watching and stopper.waited >= stopper.patience:
-            logger.info("early stopping at epoch %d (best %.3f)", epoch, stopper.best)
+            logger.info(
+                "early stopping at epoch %d: the validation loss did not improve for %d epochs "
+                "(best %.3f; its weights are kept)",
+                epoch + 1,
+                stopper.patience,
+                stopper.best,
+            )
             break
     if best_state is not None:
         module.load_state_dict(best_state)
