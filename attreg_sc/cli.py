@@ -565,7 +565,7 @@ def _demo_evaluation(synthetic, max_epochs, n_random, w_attr, seed, progress_bar
     from attreg_sc.report import evaluate
 
     sets = asc.datasets.go_gene_sets()
-    ref = asc.datasets.pbmc3k()
+    ref = asc.datasets.pbmc3k(genes="selected")
     if synthetic:
         adata = asc.datasets.synthetic(
             n_cells=3000, reference=ref, n_cell_types=4, gt_genes=sets["GO:0043410"], seed=seed

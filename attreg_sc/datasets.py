@@ -37,25 +37,40 @@ PBMC_MARKERS: dict[str, list[str]] = {
 _DATA = Path(__file__).resolve().parent / "data"
 
 
-def pbmc3k():
-    """PBMC 3k (10x Genomics): 2,700 real cells with raw UMI counts, shipped compactly.
+def pbmc3k(genes: str = "all"):
+    """PBMC 3k (10x Genomics): 2,700 real cells with raw UMI counts. No download.
 
-    2,265 genes: the 2,000 most variable, every gene of the shipped GO sets found in
+    All 13,714 genes seen in at least 3 cells (CD3D included). ``var['highly_variable']``
+    marks the 2,000 most variable genes (scanpy's ``seurat`` flavour), ``var['selected']``
+    a compact selection of 2,265 genes: those, every gene of the shipped GO sets found in
     the data (269 of the 496 MAPK genes and 54 of the 67 NF-kB genes match a symbol
-    among its 13,714 genes; the data notes count 466 and 64, presumably against all
-    32,738 genes of the 10x file) and the PBMC markers. ``obs['cell_type']`` names the
-    Leiden clusters by :data:`PBMC_MARKERS` (``scripts/make_pbmc3k.py`` made the file and
-    records every step). One batch. No download.
+    among the 13,714; the data notes count 466 and 64, presumably against all 32,738
+    genes of the 10x file) and the PBMC markers. ``obs['cell_type']`` names the Leiden
+    clusters by :data:`PBMC_MARKERS` (``scripts/make_pbmc3k.py`` made the file and records
+    every step). One batch.
+
+    Parameters
+    ----------
+    genes
+        ``"all"`` (default) or ``"selected"``: only ``var['selected']``, the genes the
+        package's demo, reproduction and studies use (their numbers were measured on
+        them); the same as ``adata[:, adata.var["selected"]].copy()``.
 
     Examples
     --------
     >>> adata = pbmc3k()
-    >>> adata.shape, int(adata.obs["cell_type"].nunique())
-    ((2700, 2265), 8)
+    >>> adata.shape, int(adata.obs["cell_type"].nunique()), "CD3D" in adata.var_names
+    ((2700, 13714), 8, True)
+    >>> pbmc3k(genes="selected").shape
+    (2700, 2265)
     """
     import anndata as ad
 
+    if genes not in ("all", "selected"):
+        raise ValueError(f"genes must be 'all' or 'selected', got {genes!r}.")
     adata = ad.read_h5ad(_DATA / "pbmc3k.h5ad")
+    if genes == "selected":
+        adata = adata[:, adata.var["selected"].to_numpy()].copy()
     adata.X = adata.X.astype(np.float32)
     return adata
 

@@ -52,7 +52,7 @@ if os.environ.get("BENCH_THREADS_AUTO"):
     from attreg_sc.train.threads import busy_cores_elsewhere, recommended_threads
     torch.set_num_threads(recommended_threads(busy_cores_elsewhere()))
 attreg.retain_freed_cpu_memory()
-adata = asc.datasets.pbmc3k()
+adata = asc.datasets.pbmc3k(genes="selected")
 gt = asc.gt.from_genes(adata, asc.datasets.go_gene_sets()["GO:0043410"])
 model = asc.SCARE(adata, gt=gt, seed=0)
 module = model.module.train()

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi"):
         logging.getLogger(name).setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
-    adata = asc.datasets.pbmc3k()
+    adata = asc.datasets.pbmc3k(genes="selected")
     gt = asc.gt.from_genes(adata, asc.datasets.go_gene_sets()["GO:0043410"])
     load = os.getloadavg()[0]
     steps = time_steps(adata, gt, args.steps, args.warmup)

@@ -76,7 +76,7 @@ CONFIGS = {
 
 
 def load(name: str):
-    return asc.datasets.pbmc3k() if name == "pbmc3k" else asc.datasets.pbmc68k()
+    return asc.datasets.pbmc3k(genes="selected") if name == "pbmc3k" else asc.datasets.pbmc68k()
 
 
 def bio_conservation(latent: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:

@@ -45,7 +45,7 @@ def configs(w: float) -> dict[str, dict]:
 
 
 def run_one(config: str, seed: int, args) -> list[dict]:
-    adata = asc.datasets.pbmc3k()
+    adata = asc.datasets.pbmc3k(genes="selected")
     go = asc.datasets.go_gene_sets()
     gts = {name: asc.gt.from_genes(adata, go[term]) for name, term in SETS.items()}
     model = asc.SCARE(adata, gt=gts, seed=seed, n_latent=10, **configs(args.w_attr)[config])

@@ -86,7 +86,10 @@ PAPER_SETTINGS = {"reducer": "sum", "reparameterizer": "abs_minmax", "loss": "ms
 def study1(args, bar) -> dict:
     sets = asc.datasets.go_gene_sets()
     out = {"main": [], "sweep": [], "multi": []}
-    datasets = {"PBMC 3k": asc.datasets.pbmc3k(), "PBMC 68k-reduced (700)": asc.datasets.pbmc68k()}
+    datasets = {
+        "PBMC 3k": asc.datasets.pbmc3k(genes="selected"),
+        "PBMC 68k-reduced (700)": asc.datasets.pbmc68k(),
+    }
     for dname, adata in datasets.items():
         gt = asc.gt.from_genes(adata, sets["GO:0043410"], name="MAPK")
         for seed in args.seeds:
@@ -183,7 +186,7 @@ def integration_datasets(args) -> dict:
         out[name] = (adata, asc.gt.from_genes(adata, sets["GO:0043410"], name="MAPK"))
     semi = asc.datasets.synthetic(
         n_cells=args.semi_cells,
-        reference=asc.datasets.pbmc3k(),
+        reference=asc.datasets.pbmc3k(genes="selected"),
         n_cell_types=5,
         gt_genes=sets["GO:0043410"],
         seed=0,

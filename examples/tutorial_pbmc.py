@@ -29,7 +29,7 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    adata = asc.datasets.pbmc3k()
+    adata = asc.datasets.pbmc3k(genes="selected")
     sets = asc.datasets.go_gene_sets()
     gt = asc.gt.from_genes(adata, sets["GO:0043410"], name="GO:0043410")
     print(f"PBMC 3k: {adata.n_obs} cells x {adata.n_vars} genes; GT: {gt.sum()} MAPK genes")

@@ -4,14 +4,16 @@ Source: ``pbmc3k_counts.h5ad`` (10x Genomics PBMC 3k, 2,700 cells x 13,714 genes
 >= 3 cells, integer UMI counts; the same matrix ships in the ``desc`` 2.1.1 wheel as
 ``desc/datasets/pbmc.h5ad``). Steps:
 
-1. keep all 2,700 cells; keep the genes that are highly variable (2,000, scanpy's
-   ``seurat`` flavour on log-normalized counts), in either shipped GO set, or in the
-   marker lists below;
+1. keep all 2,700 cells and all 13,714 genes; ``var['highly_variable']`` marks the 2,000
+   highly variable genes (scanpy's ``seurat`` flavour on log-normalized counts) and
+   ``var['selected']`` the compact selection the package used until 0.x: the highly
+   variable genes, the genes of either shipped GO set and of the marker lists below
+   (2,265 genes; ``pbmc3k(genes="selected")``);
 2. annotate cell types: normalize to 1e4, log1p, HVG, PCA (50), kNN (15), Leiden
    (resolution 0.8, seed 0) on all 13,714 genes; each cluster is named after the
    marker set with the highest mean z-scored expression (classic PBMC markers);
 3. write integer counts (CSR, int32) + ``obs['cell_type']``, ``obs['leiden']`` +
-   ``var['gene_ids']``, gzip-compressed.
+   ``var['gene_ids']``, ``var['highly_variable']``, ``var['selected']``, gzip-compressed.
 
 Usage::
 
@@ -60,18 +62,17 @@ def main(src: str, dst: str) -> None:
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
     sc.pp.highly_variable_genes(a, n_top_genes=2000, flavor="seurat")
-    keep = a.var["highly_variable"].to_numpy()
+    hvg = a.var["highly_variable"].to_numpy()
     wanted = {g.upper() for genes in go_gene_sets().values() for g in genes}
     wanted |= {g.upper() for genes in PBMC_MARKERS.values() for g in genes}
-    keep |= full.var_names.str.upper().isin(wanted)
-    out = ad.AnnData(
-        sp.csr_matrix(full.X[:, keep]).astype(np.int32),
-        obs=obs,
-        var=full.var.loc[keep, ["gene_ids"]].copy(),
-    )
+    var = full.var[["gene_ids"]].copy()
+    var["highly_variable"] = hvg
+    var["selected"] = hvg | full.var_names.str.upper().isin(wanted)
+    out = ad.AnnData(sp.csr_matrix(full.X).astype(np.int32), obs=obs, var=var)
     out.uns["source"] = (
-        "10x Genomics PBMC 3k (Zheng et al. 2017), raw UMI counts; genes: 2,000 HVG + GO "
-        "GO:0043410/GO:1901224 + PBMC markers; cell types: Leiden (res 0.8) named by "
+        "10x Genomics PBMC 3k (Zheng et al. 2017), raw UMI counts, all 13,714 genes seen in "
+        ">= 3 cells; var['highly_variable']: 2,000 HVG; var['selected']: HVG + GO "
+        "GO:0043410/GO:1901224 + PBMC markers (2,265); cell types: Leiden (res 0.8) named by "
         "markers; made by scripts/make_pbmc3k.py"
     )
     out.write_h5ad(dst, compression="gzip")

@@ -76,3 +76,17 @@ def test_simulator_counts_do_not_depend_on_the_chunk_size():
 
     with pytest.raises(ValueError, match="chunk_size"):
         asc.datasets.synthetic(chunk_size=0, **kw)
+
+
+def test_pbmc3k_ships_every_gene_and_the_selection_one_argument_away():
+    full = asc.datasets.pbmc3k()
+    assert full.shape == (2700, 13714) and "CD3D" in full.var_names
+    hvg, selected = full.var["highly_variable"], full.var["selected"]
+    assert hvg.sum() == 2000 and selected.sum() == 2265 and not (hvg & ~selected).any()
+    compact = asc.datasets.pbmc3k(genes="selected")
+    assert list(compact.var_names) == list(full.var_names[selected])
+    assert (compact.X != full[:, selected].X).nnz == 0
+    go = asc.datasets.go_gene_sets()["GO:0043410"]
+    assert asc.gt.from_genes(compact, go).sum() == asc.gt.from_genes(full, go).sum() == 269
+    with pytest.raises(ValueError, match="'all' or 'selected'"):
+        asc.datasets.pbmc3k(genes="hvg")
