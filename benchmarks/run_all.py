@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
         if q
         else [],
     )
+    runs["scvi_tools"] = (
+        "bench_scvi_tools",
+        ["--steps", "2", "--warmup", "1", "--rounds", "1"] if q else [],
+    )
     if args.peers:
         runs["peers"] = ("bench_peers", ["--scvi"])
         runs["decoy_mnist"] = ("bench_decoy_mnist", [])

@@ -25,6 +25,7 @@ def test_run_all_quick(tmp_path):
         "models",
         "eg_profile",
         "contention",
+        "scvi_tools",
     }
     # the oneDNN products agree with torch.mm (float32 rounding only)
     assert all(r["max_abs_diff"] < 1e-2 for r in res["matmul"])
