@@ -28,7 +28,15 @@ logger = logging.getLogger(__name__)
 
 
 def get_counts_matrix(adata, layer: str | None):
-    """``adata.X`` or ``adata.layers[layer]``, with a clear error for a missing layer."""
+    """``adata.X`` or ``adata.layers[layer]``, with a clear error for a missing layer.
+
+    Parameters
+    ----------
+    adata
+        The AnnData.
+    layer
+        Layer with raw counts (``None``: ``X``).
+    """
     if layer is None:
         if adata.X is None:
             raise ValueError("adata.X is empty; pass layer= naming the layer with raw counts.")
@@ -52,7 +60,15 @@ def _values(block) -> np.ndarray:
 
 
 def row_totals(matrix, chunk: int = 10_000) -> np.ndarray:
-    """Per-row sums; backed matrices are read in chunks of rows."""
+    """Per-row sums; backed matrices are read in chunks of rows.
+
+    Parameters
+    ----------
+    matrix
+        Counts (dense or sparse).
+    chunk
+        Rows summed at a time.
+    """
     if sp.issparse(matrix) or isinstance(matrix, np.ndarray):
         return np.asarray(matrix.sum(axis=1)).ravel()
     return np.concatenate([np.asarray(b.sum(axis=1)).ravel() for b in _row_blocks(matrix, chunk)])
@@ -64,6 +80,13 @@ def check_sparse_structure(matrix, chunk: int = 10_000_000) -> None:
     stored values; ``indices`` out of range. Such a matrix crashes scipy (a segmentation
     fault) or silently puts counts in the wrong genes. Vectorized; ``indices`` are read in
     chunks, so a backed (on-disk) matrix is checked in one pass without loading it.
+
+    Parameters
+    ----------
+    matrix
+        A scipy sparse matrix.
+    chunk
+        Entries checked at a time.
 
     Examples
     --------
@@ -116,6 +139,15 @@ def validate_counts(matrix, allow_non_integer: bool = False, chunk: int = 10_000
 
     Checked in chunks (rows of a dense matrix, ``chunk * 1000`` stored values of a
     sparse one), so the temporaries stay small whatever the size of the data.
+
+    Parameters
+    ----------
+    matrix
+        Counts (dense, CSR or CSC).
+    allow_non_integer
+        Accept non-integer values.
+    chunk
+        Rows checked at a time.
     """
     if sp.issparse(matrix):
         data = np.asarray(matrix.data)

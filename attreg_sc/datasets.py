@@ -243,6 +243,31 @@ def synthetic(
     do not depend on ``chunk_size`` (the random stream is consumed in the same order).
     Returns an AnnData with integer counts in a CSR ``X`` (float32).
 
+    Parameters
+    ----------
+    n_cells, n_genes
+        Size of the count matrix (``n_genes`` is ignored with ``reference``).
+    n_cell_types, n_batches
+        Cell types and batches.
+    n_gt_genes
+        GT genes (and as many "other" genes).
+    gt_fold, other_fold
+        Expression factor of the GT / other genes in the cells of the state.
+    batch_effect
+        Standard deviation of the log-normal gene-wise batch factors.
+    library_size
+        Mean counts per cell (without ``reference``).
+    theta
+        NB inverse dispersion (without ``reference``).
+    seed
+        Seed of everything.
+    reference
+        AnnData of real counts to fit the statistics to.
+    gt_genes
+        Gene names of the GT program (with ``reference``).
+    chunk_size
+        Cells drawn at a time (bounds memory).
+
     Examples
     --------
     >>> adata = synthetic(n_cells=100, n_genes=80, n_gt_genes=10, seed=1)

@@ -30,7 +30,19 @@ __all__ = [
 def negative_binomial_log_prob(
     x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8
 ) -> torch.Tensor:
-    """Elementwise ``log NB(x; mu, theta)``, stable for small and large ``theta``."""
+    """Elementwise ``log NB(x; mu, theta)``, stable for small and large ``theta``.
+
+    Parameters
+    ----------
+    x
+        Counts.
+    mu
+        Means (> 0).
+    theta
+        Inverse dispersions (> 0), broadcastable to ``mu``.
+    eps
+        Added inside the logarithms.
+    """
     log_theta_mu = torch.log(theta + mu + eps)
     return (
         theta * (torch.log(theta + eps) - log_theta_mu)
@@ -48,7 +60,21 @@ def zero_inflated_negative_binomial_log_prob(
     zi_logits: torch.Tensor,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """Elementwise ``log ZINB(x; mu, theta, pi)`` with ``pi = sigmoid(zi_logits)``."""
+    """Elementwise ``log ZINB(x; mu, theta, pi)`` with ``pi = sigmoid(zi_logits)``.
+
+    Parameters
+    ----------
+    x
+        Counts.
+    mu
+        Means of the NB component (> 0).
+    theta
+        Inverse dispersions (> 0).
+    zi_logits
+        Logits of the zero-inflation probability ``pi``.
+    eps
+        Added inside the logarithms.
+    """
     softplus_neg = F.softplus(-zi_logits)
     log_theta_mu = torch.log(theta + mu + eps)
     pow_theta = theta * (torch.log(theta + eps) - log_theta_mu)
@@ -63,7 +89,15 @@ def kl_normal(
     prior_mean: torch.Tensor | float = 0.0,
     prior_var: torch.Tensor | float = 1.0,
 ) -> torch.Tensor:
-    """``KL(N(mean, var) || N(prior_mean, prior_var))`` summed over the last dimension."""
+    """``KL(N(mean, var) || N(prior_mean, prior_var))`` summed over the last dimension.
+
+    Parameters
+    ----------
+    mean, var
+        The posterior's mean and variance.
+    prior_mean, prior_var
+        The prior's mean and variance.
+    """
     prior_mean = torch.as_tensor(prior_mean, dtype=mean.dtype, device=mean.device)
     prior_var = torch.as_tensor(prior_var, dtype=mean.dtype, device=mean.device)
     kl = 0.5 * (torch.log(prior_var / var) + (var + (mean - prior_mean) ** 2) / prior_var - 1.0)

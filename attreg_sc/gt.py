@@ -136,6 +136,11 @@ def read_gene_list(path: str | os.PathLike) -> list[str]:
     r"""Read a gene list: names separated by newlines, spaces, tabs or commas; ``#`` starts a
     comment that runs to the end of its line; UTF-8 (with or without a byte-order mark).
 
+    Parameters
+    ----------
+    path
+        Text file with gene names.
+
     Examples
     --------
     >>> import tempfile, os
@@ -153,7 +158,13 @@ def read_gene_list(path: str | os.PathLike) -> list[str]:
 def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
     """Read a GMT file: one set per line, ``name <TAB> description <TAB> gene ...``
     (UTF-8; a byte-order mark is dropped). A set name given twice is an error (which of
-    the two was meant cannot be told)."""
+    the two was meant cannot be told).
+
+    Parameters
+    ----------
+    path
+        GMT file.
+    """
     sets: dict[str, list[str]] = {}
     for lineno, line in enumerate(_read_text(path, "GMT file").splitlines(), 1):
         parts = line.rstrip("\r").split("\t")
@@ -177,7 +188,17 @@ def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
 
 def gmt_line(name: str, description: str, genes: Iterable[str]) -> str:
     """One GMT line; refuses a name, description or gene containing a tab or a line break
-    (it would split into extra fields or extra gene sets)."""
+    (it would split into extra fields or extra gene sets).
+
+    Parameters
+    ----------
+    name
+        The set's name (no tab or newline).
+    description
+        Its description (no tab or newline).
+    genes
+        Its genes.
+    """
     fields = [str(name), str(description), *map(str, genes)]
     bad = [f for f in fields if any(c in f for c in "\t\n\r")]
     if bad:
@@ -195,7 +216,21 @@ def from_gmt(
     gene_key: str | None = None,
     min_found: int = 1,
 ) -> dict[str, np.ndarray]:
-    """One boolean vector per gene set of a GMT file (all sets, or the named ones)."""
+    """One boolean vector per gene set of a GMT file (all sets, or the named ones).
+
+    Parameters
+    ----------
+    adata
+        AnnData whose genes are matched.
+    path
+        GMT file (:func:`read_gmt`).
+    sets
+        Names of the sets to use (default: every set of the file).
+    gene_key
+        ``var`` column with gene symbols (``None``: ``var_names``).
+    min_found
+        Fewest genes of each set that must be found.
+    """
     table = read_gmt(path)
     names = list(table) if sets is None else list(sets)
     unknown = [s for s in names if s not in table]
@@ -246,7 +281,13 @@ class GroupedGroundTruth:
 
 @dataclass
 class CellGroundTruth:
-    """Any cells x genes boolean matrix, stored as CSR."""
+    """Any cells x genes boolean matrix, stored as CSR.
+
+    Parameters
+    ----------
+    matrix
+        Cells x genes boolean CSR matrix (:func:`from_cell_matrix` builds it).
+    """
 
     matrix: sp.csr_matrix
 
@@ -274,6 +315,17 @@ def from_groups(
 
     Cells of groups without a gene list get an all-zero row (the prior then asks for
     small attributions everywhere in those cells; leave such groups out on purpose).
+
+    Parameters
+    ----------
+    adata
+        AnnData whose cells and genes the GT covers.
+    groupby
+        ``obs`` column with the groups (e.g. cell type).
+    genes_per_group
+        ``{group: gene names}``.
+    gene_key
+        ``var`` column with gene symbols (``None``: ``var_names``).
     """
     if groupby not in adata.obs:
         raise KeyError(f"groupby {groupby!r} not in adata.obs (columns: {list(adata.obs)}).")
@@ -299,7 +351,15 @@ def from_groups(
 
 
 def from_cell_matrix(adata, matrix) -> CellGroundTruth:
-    """A per-cell GT from any ``(n_cells, n_genes)`` boolean/0-1 array or sparse matrix."""
+    """A per-cell GT from any ``(n_cells, n_genes)`` boolean/0-1 array or sparse matrix.
+
+    Parameters
+    ----------
+    adata
+        AnnData whose cells and genes the matrix covers, in order.
+    matrix
+        ``(n_cells, n_genes)`` boolean or 0/1 array or sparse matrix.
+    """
     m = sp.csr_matrix(matrix)
     if m.shape != (adata.n_obs, adata.n_vars):
         raise ValueError(
@@ -348,6 +408,25 @@ def mutual_information_markers(
     Without ``groupby``: one global vector. With ``groupby`` (e.g. cell type): MI within
     each group -> a :class:`GroupedGroundTruth`; groups with fewer than ``min_cells``
     cells or a single label are skipped (logged) and get all-zero rows.
+
+    Parameters
+    ----------
+    adata
+        AnnData with raw counts.
+    label_key
+        ``obs`` column with the label (e.g. time point).
+    groupby
+        ``obs`` column: markers within each group (a :class:`GroupedGroundTruth`).
+    n_top
+        Markers per set.
+    layer
+        Layer with raw counts (``None``: ``X``).
+    random_state
+        Seed of scikit-learn's MI estimate.
+    min_cells
+        Groups with fewer cells are skipped.
+    chunk
+        Genes per chunk (bounds memory).
     """
     from attreg_sc.data import get_counts_matrix
 

@@ -264,6 +264,19 @@ def attributions(
     """:func:`attribution_heatmap` of an AnnData: ``adata.layers[layer]`` (written by
     ``SCARE.get_attributions(key_added=...)``) grouped by ``adata.obs[groupby]``.
 
+    Parameters
+    ----------
+    adata
+        AnnData with the attributions in a layer.
+    layer
+        The layer.
+    groupby
+        ``obs`` column with the groups (rows of the heatmap).
+    n_genes
+        Genes shown (largest mean ``|attribution|``).
+    ax, show, save
+        Draw into this ``Axes``; show the figure; write it to this path.
+
     Examples
     --------
     >>> import matplotlib; matplotlib.use("Agg")

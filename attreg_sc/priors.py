@@ -31,6 +31,21 @@ def latent_reducer(
 ) -> Reducer:
     """``F`` over the latent dimensions ``units`` (``None``: all) for reducer ``name``.
 
+    Parameters
+    ----------
+    name
+        Reducer name (:data:`REDUCERS`).
+    units
+        Latent dimensions ``F`` acts on (``None``: all).
+    n_latent
+        Latent dimensions of the model.
+    n_directions
+        Directions per step (``random_direction``).
+    generator
+        Random generator of the directions.
+    target_kind
+        ``"encoder"`` or ``"model"`` (always the sum).
+
     Examples
     --------
     >>> import torch
@@ -75,6 +90,25 @@ def build_prior_set(
 
     ``ground_truths`` maps names to a boolean vector over the features (one GT for every
     sample) or to anything else (a GT matrix given per call through ``gts=``).
+
+    Parameters
+    ----------
+    target
+        The explained function (the encoder's latent mean, or a :class:`attreg.LinearPrefix`).
+    ground_truths
+        ``{name: bool vector | GT given per call}``.
+    n_latent
+        Latent dimensions.
+    generator
+        Random generator of the draws.
+    attribution, target_kind, reducer, reparameterizer, loss, aggregation
+        As in :class:`attreg_sc.SCARE` (``target_kind`` is its ``target``).
+    n_samples, n_steps, n_directions, w_exclusion
+        As in :class:`attreg_sc.SCARE`.
+    latent_blocks
+        ``{GT name: latent dimensions}``.
+    gt_weights
+        ``{GT name: weight}`` (default 1).
 
     Examples
     --------

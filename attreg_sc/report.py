@@ -46,7 +46,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Evaluation:
-    """Everything :func:`write_report` shows, per model name."""
+    """Everything :func:`write_report` shows, per model name.
+
+    Parameters
+    ----------
+    models
+        ``{name: trained model}``.
+    gt
+        Boolean GT vector over the genes.
+    cell_type_key
+        ``obs`` column with cell types.
+    fssf, polarization, gt_share, attributions, label_separation
+        Results per model name, filled by :func:`evaluate`.
+    integration, dimension_shares, active_dimensions
+        The same.
+    label_key
+        ``obs`` label whose separation was measured.
+    data_name, gt_name
+        How the report names the data and the GT gene set.
+    """
 
     models: dict
     gt: np.ndarray
@@ -207,7 +225,17 @@ def _save_fig(fig, path: Path) -> None:
 
 
 def write_report(ev: Evaluation, out: str | os.PathLike, plots: bool = True) -> Path:
-    """Write tables (CSV/JSON), figures (PNG) and ``index.html`` into ``out``."""
+    """Write tables (CSV/JSON), figures (PNG) and ``index.html`` into ``out``.
+
+    Parameters
+    ----------
+    ev
+        The result of :func:`evaluate`.
+    out
+        Folder to write into (created).
+    plots
+        Also draw the figures (PNG).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = ev.summary()

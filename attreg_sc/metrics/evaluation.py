@@ -40,6 +40,15 @@ def attribution_share(
 
     Returns one row per cell (``share``, and ``group`` when given); use
     ``.groupby("group").share.mean()`` for a per-cell-type summary.
+
+    Parameters
+    ----------
+    attributions
+        Cells x genes.
+    gt_genes
+        Boolean mask over the genes.
+    groups
+        Group of every cell (e.g. cell type); ``None``: one group.
     """
     a = np.abs(np.asarray(attributions, dtype=np.float64))
     gt_genes = np.asarray(gt_genes, dtype=bool)
@@ -105,6 +114,13 @@ def active_dimensions(latent: np.ndarray, threshold: float = 0.01) -> int:
     """Number of active latent dimensions: variance of the latent mean across cells
     above ``threshold`` (Burda et al., 2016's "active units"; collapse shows as few).
 
+    Parameters
+    ----------
+    latent
+        Cells x latent dimensions.
+    threshold
+        A dimension is active when its variance across cells exceeds this.
+
     Examples
     --------
     >>> import numpy as np
@@ -122,6 +138,17 @@ def attribution_summary(
 
     Returns a ``groups x genes`` DataFrame; ``.T.nlargest(10, "B")`` lists the ten genes
     the model is most sensitive to in B cells.
+
+    Parameters
+    ----------
+    attributions
+        Cells x genes.
+    var_names
+        Gene names.
+    groups
+        Group of every cell.
+    absolute
+        Summarize ``|attribution|`` (else signed values).
     """
     a = np.abs(attributions) if absolute else np.asarray(attributions)
     df = pd.DataFrame(a, columns=list(map(str, var_names)))
@@ -142,6 +169,19 @@ def gt_polarization(
     axis of that type's latent (the paper's Figure 2: is the type polarized by the GT?).
 
     GT-total is ``log1p(sum of GT-gene counts / library * 1e4)``.
+
+    Parameters
+    ----------
+    latent
+        Cells x latent dimensions.
+    counts
+        Cells x genes counts (dense or sparse).
+    gt_genes
+        Boolean mask over the genes.
+    cell_types
+        Cell type of every cell.
+    min_cells
+        Cell types with fewer cells are skipped.
     """
     total = _gt_total(counts, np.asarray(gt_genes, dtype=bool))
     cell_types = np.asarray(cell_types).astype(str)
@@ -186,6 +226,19 @@ def label_separation(
     ``knn_purity``: mean fraction of a cell's ``k`` nearest neighbours (same type) that
     share its label; ``purity_over_chance``: that minus the purity of a random labelling
     (``sum_l p_l^2``); ``silhouette``: mean silhouette of the labels (in [-1, 1]).
+
+    Parameters
+    ----------
+    latent
+        Cells x latent dimensions.
+    labels
+        Label of every cell (e.g. time point).
+    cell_types
+        Cell type of every cell.
+    k
+        Neighbours of the kNN purity.
+    min_cells
+        Cell types with fewer cells are skipped.
     """
     labels = np.asarray(labels).astype(str)
     cell_types = np.asarray(cell_types).astype(str)
@@ -224,6 +277,17 @@ def integration_metrics(
       over its maximum (1: perfectly mixed);
     * ``graph_connectivity``: mean over labels of the share of the label's cells in the
       largest connected component of the kNN graph restricted to the label.
+
+    Parameters
+    ----------
+    latent
+        Cells x latent dimensions.
+    batches
+        Batch of every cell.
+    labels
+        Label (cell type) of every cell.
+    k
+        Neighbours of the kNN batch mixing.
     """
     batches = np.asarray(batches).astype(str)
     labels = np.asarray(labels).astype(str)
@@ -279,6 +343,17 @@ def scib_integration_metrics(
     without its min-max scaling across methods). A metric that scib-metrics cannot
     compute on the data (e.g. kBET on labels of a few cells) is NaN and left out of the
     means; the reason is logged.
+
+    Parameters
+    ----------
+    latent
+        Cells x latent dimensions.
+    batches
+        Batch of every cell.
+    labels
+        Label (cell type) of every cell.
+    n_neighbors
+        Neighbours of scib-metrics' kNN graph.
 
     Examples
     --------

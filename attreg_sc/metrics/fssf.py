@@ -127,6 +127,19 @@ def leiden_subclusters(
     """Leiden clusters of ``latent`` (scanpy's kNN graph + ``tl.leiden``, igraph flavour).
 
     Clusters smaller than ``min_size`` get the label ``""`` (not used in pairs).
+
+    Parameters
+    ----------
+    latent
+        Latent of one cell type's cells.
+    resolution
+        Leiden resolution.
+    n_neighbors
+        Neighbours of the kNN graph.
+    min_size
+        Subclusters with fewer cells are labelled ``""`` (excluded from FSSF pairs).
+    seed
+        Seed of the kNN graph and Leiden.
     """
     import anndata as ad
     import scanpy as sc

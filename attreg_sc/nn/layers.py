@@ -129,7 +129,23 @@ class FCLayers(nn.Module):
 
 
 class Encoder(nn.Module):
-    """``q(z | x, c)``: returns ``(mean, var)`` of a diagonal Gaussian."""
+    """``q(z | x, c)``: returns ``(mean, var)`` of a diagonal Gaussian.
+
+    Parameters
+    ----------
+    n_in
+        Input features (genes).
+    n_out
+        Latent dimensions.
+    n_cat
+        Categories of the covariate (batch) injected into the first layer.
+    n_hidden, n_layers
+        Units per hidden layer; hidden layers.
+    dropout
+        Dropout rate.
+    var_eps
+        Added to the posterior variance.
+    """
 
     def __init__(
         self,
@@ -184,7 +200,19 @@ class Encoder(nn.Module):
 
 
 class LibraryEncoder(Encoder):
-    """``q(log l | x, c)``: a one-dimensional :class:`Encoder`."""
+    """``q(log l | x, c)``: a one-dimensional :class:`Encoder`.
+
+    Parameters
+    ----------
+    n_in
+        Input features (genes).
+    n_cat
+        Categories of the covariate (batch).
+    n_hidden
+        Units of the hidden layer.
+    dropout
+        Dropout rate.
+    """
 
     def __init__(self, n_in: int, n_cat: int = 0, n_hidden: int = 128, dropout: float = 0.1):
         super().__init__(n_in, 1, n_cat, n_hidden, 1, dropout)
@@ -195,6 +223,23 @@ class Decoder(nn.Module):
 
     Returns a dict with ``scale`` (proportions), ``log_theta`` (only for per-cell
     dispersion) and ``zi_logits`` (only for the zero-inflated likelihood).
+
+    Parameters
+    ----------
+    n_latent
+        Latent dimensions.
+    n_genes
+        Output genes.
+    n_cat
+        Categories of the covariate (batch).
+    n_hidden, n_layers
+        Units per hidden layer; hidden layers.
+    dropout
+        Dropout rate.
+    per_cell_dispersion
+        Decode a dispersion per cell and gene.
+    zero_inflated
+        Decode zero-inflation logits (ZINB).
     """
 
     def __init__(

@@ -92,6 +92,19 @@ class AttributionPriorModelMixin:
     otherwise (BatchNorm couples the cells of a minibatch), trains with the plan of
     :func:`attreg_sc.scvi_tools.attribution_prior_plan`, and saves/loads in a format that
     cannot run code. Everything else is the scvi-tools model.
+
+    Parameters
+    ----------
+    adata, registry
+        As for the scvi-tools model.
+    gt, gt_per_label, w_attr, gene_key
+        The prior, see :meth:`set_prior`.
+    prior_seed
+        Seed of the prior's draws.
+    prior_options
+        The prior's settings (:data:`PRIOR_OPTIONS`).
+    **kwargs
+        The scvi-tools model's arguments.
     """
 
     _prior_config: PriorConfig | None = None

@@ -64,7 +64,13 @@ class PriorConfig:
 
 
 def latent_encoder(module: torch.nn.Module) -> torch.nn.Module:
-    """The latent encoder of a scvi-tools module (``z_encoder`` or ``encoder``)."""
+    """The latent encoder of a scvi-tools module (``z_encoder`` or ``encoder``).
+
+    Parameters
+    ----------
+    module
+        A scvi-tools module (``VAE``, ``SCANVAE``, ``TOTALVAE``, ...).
+    """
     for name in ("z_encoder", "encoder"):
         enc = getattr(module, name, None)
         if isinstance(enc, torch.nn.Module):
@@ -99,6 +105,15 @@ class AttributionPriorPlanMixin:
     backpropagates it, and ``validation_loss`` (early stopping) includes it; validation
     uses the same draws on every call (common random numbers). Logged as
     ``attribution_loss_train`` / ``attribution_loss_validation`` (unweighted ``L_A``).
+
+    Parameters
+    ----------
+    module
+        The scvi-tools module.
+    prior
+        What to add (``None`` or an inactive config: the plan is scvi-tools' own).
+    *args, **kwargs
+        The scvi-tools plan's arguments.
     """
 
     def __init__(self, module, *args, prior: PriorConfig | None = None, **kwargs) -> None:

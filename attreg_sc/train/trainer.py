@@ -34,7 +34,19 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainingPlan:
-    """Optimisation settings (all documented in :meth:`attreg_sc.SCARE.train`)."""
+    """Optimisation settings (all documented in :meth:`attreg_sc.SCARE.train`).
+
+    Parameters
+    ----------
+    max_epochs, batch_size, lr, weight_decay, kl_warmup_epochs, prior_warmup_epochs
+        As in :meth:`attreg_sc.SCARE.train`.
+    validation_fraction, early_stopping, patience, grad_clip, seed, progress_bar
+        As in :meth:`attreg_sc.SCARE.train`.
+    checkpoint_path, checkpoint_every
+        As in :meth:`attreg_sc.SCARE.train`.
+    w_reconstruction, w_divergence, w_attribution
+        ``w_R``, ``w_D`` and ``w_A``.
+    """
 
     max_epochs: int = 100
     batch_size: int = 128
@@ -235,6 +247,27 @@ def train_module(
 
     ``threads``: torch's CPU thread count during training (see
     :class:`~attreg_sc.train.threads.ThreadPolicy`), restored at the end.
+
+    Parameters
+    ----------
+    module
+        The model (e.g. :class:`attreg_sc.SCAREModule`).
+    data
+        Counts, batches and library statistics.
+    plan
+        Optimisation settings.
+    prior_loss
+        ``L_A`` of a minibatch (``None``: no prior).
+    device
+        Where to train.
+    generators
+        Random generators of the prior, checkpointed with the run.
+    resume
+        Continue from ``plan.checkpoint_path``.
+    fingerprint
+        What else the run depends on (checked on resume).
+    threads
+        CPU threads (``None``: leave torch's setting; ``"auto"``; a number).
     """
     with ThreadPolicy(threads) as policy:
         return _train_module(
