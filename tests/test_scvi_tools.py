@@ -355,3 +355,25 @@ def test_encoder_prefix_is_the_same_function_and_attributions(n_layers, inject):
     torch.testing.assert_close(draws["prefix"], draws["generic"], rtol=1e-4, atol=1e-5)
     bn = scvi.nn.Encoder(30, 4, n_cat_list=[3], use_batch_norm=True, return_dist=True)
     assert encoder_prefix(bn, 30, (x, b)) is None  # BatchNorm: the generic path
+
+
+def test_fssf_and_report_tools_accept_a_scvi_tools_model(synthetic):
+    adata = synthetic.copy()
+    scvi.settings.seed = 0
+    model = SCAREVI(adata, batch_key="batch", gt="is_gt", n_latent=4)
+    model.train(max_epochs=3, progress_bar=False, enable_model_summary=False)
+    gt = adata.var["is_gt"].to_numpy()
+    res = asc.metrics.fssf(model, gt, "cell_type", n_random=2, min_cells=50)
+    assert len(res.table) > 0 and res.table["score"].between(-1, 1).all()
+    assert res.subclusters.index.equals(adata.obs_names)
+    # the swap encoder is the model's own: unswapped cells map onto their latent
+    res_names = asc.metrics.fssf(model, list(adata.var_names[gt]), "cell_type", n_random=1)
+    assert len(res_names.table) == len(res.table)
+    # a model whose encoder reads more than counts and a batch is refused, with the reason
+    tv_adata = asc.datasets.pbmc_two_runs()
+    tv_cls = with_prior(scvi.model.TOTALVI)
+    tv_cls.setup_anndata(tv_adata, protein_expression_obsm_key="protein_expression")
+    tv = tv_cls(tv_adata, n_latent=3)
+    tv.is_trained_ = True
+    with pytest.raises(NotImplementedError, match="also reads"):
+        asc.metrics.fssf(tv, np.arange(tv_adata.n_vars) < 10, "cell_type", n_random=1)

@@ -463,6 +463,115 @@ class _ScareFirstLayer:
         return m.encoder.mean_from_first(h + self.b, codes).cpu().numpy()[:, self.dims]
 
 
+def _subclusters(
+    latent: np.ndarray,
+    cell_types: np.ndarray,
+    resolution: float,
+    n_neighbors: int,
+    min_cells: int,
+    min_subcluster_size: int,
+    seed: int,
+) -> tuple[np.ndarray, dict]:
+    """Leiden subclusters of every large enough cell type (``""``: none), and why the
+    other cell types were skipped."""
+    sub = np.full(len(cell_types), "", dtype=object)
+    skipped = {}
+    for ct in pd.unique(cell_types):
+        idx = np.flatnonzero(cell_types == ct)
+        if len(idx) < min_cells:
+            skipped[ct] = f"{len(idx)} cells < min_cells={min_cells}"
+            continue
+        labels = leiden_subclusters(latent[idx], resolution, n_neighbors, min_subcluster_size, seed)
+        if len(set(labels) - {""}) < 2:
+            skipped[ct] = "fewer than 2 subclusters"
+            continue
+        sub[idx] = labels
+    for ct, why in skipped.items():
+        logger.info("FSSF: cell type %r skipped (%s)", ct, why)
+    if len(skipped) == len(pd.unique(cell_types)):
+        logger.warning(
+            "FSSF: every cell type was skipped (%s); the result has no pairs. Lower "
+            "min_cells / min_subcluster_size or raise the Leiden resolution.",
+            "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5]),
+        )
+    return sub, skipped
+
+
+def _fssf_scvi_tools(model, gt, cell_type_key: str, adata, settings: dict) -> FSSFResult:
+    """FSSF of a scvi-tools model whose encoder reads counts and the batch only."""
+    from scvi import REGISTRY_KEYS
+
+    from attreg_sc.gt import from_genes
+
+    adata = model._validate_anndata(adata)
+    manager = model.get_anndata_manager(adata, required=True)
+    extra = {REGISTRY_KEYS.CONT_COVS_KEY, REGISTRY_KEYS.CAT_COVS_KEY, REGISTRY_KEYS.PROTEIN_EXP_KEY}
+    registered = set(manager.data_registry) & extra
+    if registered:
+        raise NotImplementedError(
+            f"FSSF swaps gene expression between cells; this model's encoder also reads "
+            f"{sorted(registered)}, which a swapped cell would need too. Score a model set up "
+            "with counts and a batch only."
+        )
+    if cell_type_key not in adata.obs:
+        raise KeyError(
+            f"cell_type_key {cell_type_key!r} not in adata.obs (columns: {list(adata.obs)})."
+        )
+    if not isinstance(gt, np.ndarray):
+        gt = from_genes(adata, list(gt), name="the FSSF gene set")
+    gt = np.asarray(gt, dtype=bool)
+    dims = settings["latent_dims"]
+    dims = slice(None) if dims is None else np.asarray(dims, dtype=np.int64)
+    counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+    batch = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel().astype(np.int64)
+    latent = model.get_latent_representation(adata)[:, dims]
+    cell_types = adata.obs[cell_type_key].astype(str).to_numpy()
+    sub, skipped = _subclusters(
+        latent,
+        cell_types,
+        settings["resolution"],
+        settings["n_neighbors"],
+        settings["min_cells"],
+        settings["min_subcluster_size"],
+        settings["seed"],
+    )
+    module = model.module
+    module.eval()
+    device = next(module.parameters()).device
+
+    @torch.no_grad()
+    def encode(x: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = []
+        for s in range(0, len(x), 4096):
+            tensors = {
+                REGISTRY_KEYS.X_KEY: torch.from_numpy(np.asarray(x[s : s + 4096])).to(device),
+                REGISTRY_KEYS.BATCH_KEY: torch.from_numpy(b[s : s + 4096, None]).to(device),
+            }
+            qz = module.inference(**module._get_inference_input(tensors))["qz"]
+            out.append(qz.loc.cpu().numpy())
+        z = np.concatenate(out) if out else np.zeros((0, module.n_latent), np.float32)
+        return z[:, dims]
+
+    res = fssf_from_encoder(
+        encode,
+        counts,
+        gt,
+        cell_types,
+        sub,
+        batch,
+        latent,
+        n_random=settings["n_random"],
+        k_vote=settings["k_vote"],
+        seed=settings["seed"],
+        progress_bar=settings["progress_bar"],
+        vote=settings["vote"],
+        pairing=settings["pairing"],
+    )
+    res.subclusters = pd.Series(sub, index=adata.obs_names, name="fssf_subcluster")
+    res.skipped = skipped
+    return res
+
+
 def fssf(
     model,
     gt,
@@ -486,7 +595,8 @@ def fssf(
     Parameters
     ----------
     model
-        A trained SCARE model.
+        A trained :class:`attreg_sc.SCARE`, or a scvi-tools model whose encoder reads counts
+        and the batch only (e.g. :class:`attreg_sc.scvi_tools.SCAREVI`, SCVI).
     gt
         Gene list or boolean vector over the model's genes.
     cell_type_key
@@ -523,6 +633,26 @@ def fssf(
             f"subclusters), got {min_cells!r}."
         )
     adata = model.adata if adata is None else adata
+    if not hasattr(model, "_data_for"):  # a scvi-tools model (attreg_sc.scvi_tools)
+        return _fssf_scvi_tools(
+            model,
+            gt,
+            cell_type_key,
+            adata,
+            dict(
+                resolution=resolution,
+                n_neighbors=n_neighbors,
+                min_cells=min_cells,
+                min_subcluster_size=min_subcluster_size,
+                n_random=n_random,
+                k_vote=k_vote,
+                seed=seed,
+                progress_bar=progress_bar,
+                vote=vote,
+                pairing=pairing,
+                latent_dims=latent_dims,
+            ),
+        )
     data = model._data_for(adata)
     if cell_type_key not in adata.obs:
         raise KeyError(
@@ -534,26 +664,9 @@ def fssf(
     dims = slice(None) if latent_dims is None else np.asarray(latent_dims, dtype=np.int64)
     latent = model.get_latent_representation(adata)[:, dims]
     cell_types = adata.obs[cell_type_key].astype(str).to_numpy()
-    sub = np.full(adata.n_obs, "", dtype=object)
-    skipped = {}
-    for ct in pd.unique(cell_types):
-        idx = np.flatnonzero(cell_types == ct)
-        if len(idx) < min_cells:
-            skipped[ct] = f"{len(idx)} cells < min_cells={min_cells}"
-            continue
-        labels = leiden_subclusters(latent[idx], resolution, n_neighbors, min_subcluster_size, seed)
-        if len(set(labels) - {""}) < 2:
-            skipped[ct] = "fewer than 2 subclusters"
-            continue
-        sub[idx] = labels
-    for ct, why in skipped.items():
-        logger.info("FSSF: cell type %r skipped (%s)", ct, why)
-    if len(skipped) == len(pd.unique(cell_types)):
-        logger.warning(
-            "FSSF: every cell type was skipped (%s); the result has no pairs. Lower "
-            "min_cells / min_subcluster_size or raise the Leiden resolution.",
-            "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5]),
-        )
+    sub, skipped = _subclusters(
+        latent, cell_types, resolution, n_neighbors, min_cells, min_subcluster_size, seed
+    )
     module = model.module
     module.eval()
 
