@@ -126,9 +126,17 @@ def _add_data_args(
 ) -> None:
     p.add_argument("data", help="AnnData .h5ad with raw counts")
     if layer:
-        p.add_argument("--layer", default=None, help="layer with raw counts (None: X)")
+        p.add_argument(
+            "--layer",
+            default=None,
+            help="layer with raw counts (None: X; fssf/report: the model's)",
+        )
     if batch:
-        p.add_argument("--batch-key", default=None, help="obs column with the batch")
+        p.add_argument(
+            "--batch-key",
+            default=None,
+            help="obs column with the batch (fssf/report: must match the model's)",
+        )
     if gt:
         p.add_argument(
             "--gene-key", default=None, help="var column with gene symbols (None: var_names)"
@@ -251,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fssf", help="FSSF of a trained model for a GT gene set", **common)
     f.add_argument("model", help="folder written by 'attreg-sc train' (or SCARE.save)")
-    _add_data_args(f, layer=False, batch=False)  # the model knows its layer and batch key
+    _add_data_args(f)  # --layer/--batch-key: checked against the model's own
     f.add_argument("--cell-type-key", required=True, help="obs column with cell types")
     f.add_argument("--n-random", type=int, default=100, help="random gene sets (the control)")
     f.add_argument("--resolution", type=float, default=0.5, help="Leiden resolution of subclusters")
@@ -265,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--model", action="append", required=True, metavar="NAME=DIR", help="a model (repeatable)"
     )
-    _add_data_args(r, layer=False, batch=False)
+    _add_data_args(r)
     r.add_argument("--cell-type-key", required=True, help="obs column with cell types")
     r.add_argument("--label-key", default=None, help="obs label for the separation plot")
     r.add_argument("--n-random", type=int, default=100, help="random gene sets for FSSF")
@@ -292,12 +300,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_model(path: str, adata):
+def _load_model(path: str, adata, args=None):
+    """Load a saved SCARE; a --layer/--batch-key given must be the model's own."""
     from attreg_sc import SCARE
 
     if not (Path(path) / "model.pt").exists():
         raise CLIError(f"no saved model in {path} (expected {path}/model.pt).")
-    return SCARE.load(path, adata)
+    model = SCARE.load(path, adata)
+    for flag, given, own in (
+        ("--batch-key", getattr(args, "batch_key", None), model.batch_key),
+        ("--layer", getattr(args, "layer", None), model.layer),
+    ):
+        if given is not None and given != own:
+            raise CLIError(
+                f"{flag} {given} differs from the model's ({own!r}, set when it was trained "
+                f"in {path}); leave {flag} out to use the model's."
+            )
+    return model
 
 
 def _input_files(args) -> list[str]:
@@ -437,7 +456,7 @@ def _cmd_fssf(args) -> None:
     adata = _read_h5ad(args.data)
     _check_key(adata, args.cell_type_key, "--cell-type-key")
     _refuse_input_overwrite(args.out, args)
-    model = _load_model(args.model, adata)
+    model = _load_model(args.model, adata, args)
     res = fssf(
         model,
         _single_gt(adata, args),
@@ -480,7 +499,7 @@ def _cmd_report(args) -> None:
         args.out, overwrite=args.overwrite, inputs=_input_files(args) + model_files
     )
     with folder as staging:  # checked and locked before the (long) evaluation
-        models = {name: _load_model(path, adata) for name, path in specs.items()}
+        models = {name: _load_model(path, adata, args) for name, path in specs.items()}
         ev = evaluate(
             models,
             _single_gt(adata, args),

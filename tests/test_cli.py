@@ -271,3 +271,15 @@ def test_cli_help_verbose_and_flags(h5ad, capsys, tmp_path):
     assert code == 2 and "--allow-non-integer" in err
     argv = ["train", tmp_path / "half.h5ad", "--allow-non-integer", "--max-epochs", 1]
     assert run([*argv, "--no-progress", "--out", tmp_path / "o"], capsys)[0] == 0
+
+
+def test_fssf_checks_layer_and_batch_key_against_the_model(h5ad, capsys):
+    d, data, genes, _ = h5ad
+    out = d / "run_k"
+    argv = ["train", data, "--genes", genes, "--batch-key", "batch", "--max-epochs", 1]
+    assert run([*argv, "--n-latent", 2, "--no-progress", "--out", out], capsys)[0] == 0
+    argv = ["fssf", out / "model", data, "--genes", genes, "--cell-type-key", "cell_type"]
+    argv += ["--n-random", 1, "--no-progress", "--out", d / "f.csv"]
+    assert run([*argv, "--batch-key", "batch"], capsys)[0] == 0  # the model's own: accepted
+    code, _, err = run([*argv, "--batch-key", "cell_type"], capsys)
+    assert code == 2 and "--batch-key cell_type differs from the model's ('batch'" in err
