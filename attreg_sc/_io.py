@@ -23,6 +23,7 @@ __all__ = [
     "load_versioned",
     "to_safe",
     "from_safe",
+    "saved_payload_keys",
 ]
 
 
@@ -162,6 +163,24 @@ def save_versioned(path: str | os.PathLike, payload: dict) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def saved_payload_keys(path: str | os.PathLike) -> set[str]:
+    """The top-level keys of a file written by :func:`save_versioned` (read safely;
+    ``set()`` for anything else): tells the model kinds apart before loading."""
+    import torch
+
+    raw = Path(path).read_bytes()
+    if not raw.startswith(MAGIC):
+        return set()
+    header_end = raw.find(b"\n", len(MAGIC))
+    try:
+        payload = torch.load(
+            io.BytesIO(raw[header_end + 1 :]), map_location="cpu", weights_only=True
+        )
+    except Exception:
+        return set()
+    return set(payload) if isinstance(payload, dict) else set()
 
 
 def load_versioned(path: str | os.PathLike | None, version: int, kind: str, hint: str = "") -> dict:

@@ -170,6 +170,12 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a scARE model and write it with the latent", **common)
     _add_data_args(t)
     t.add_argument(
+        "--scvi-tools",
+        action="store_true",
+        help="train SCAREVI, scARE on scvi-tools (attreg_sc.scvi_tools): a scvi.model.SCVI "
+        "with the prior; no --resume, --target model or per-cell GT matrices",
+    )
+    t.add_argument(
         "--allow-non-integer",
         action="store_true",
         help="accept non-integer counts (e.g. ambient-corrected estimates)",
@@ -303,9 +309,17 @@ def _parser() -> argparse.ArgumentParser:
 def _load_model(path: str, adata, args=None):
     """Load a saved SCARE; a --layer/--batch-key given must be the model's own."""
     from attreg_sc import SCARE
+    from attreg_sc._io import saved_payload_keys
 
     if not (Path(path) / "model.pt").exists():
         raise CLIError(f"no saved model in {path} (expected {path}/model.pt).")
+    if "model_class" in saved_payload_keys(Path(path) / "model.pt"):
+        from attreg_sc.scvi_tools import SCAREVI  # saved by train --scvi-tools
+
+        model = SCAREVI.load(path, adata=adata.copy())
+        if getattr(args, "batch_key", None) or getattr(args, "layer", None):
+            logger.info("the SCAREVI model's own setup (layer, batch key) is used")
+        return model
     model = SCARE.load(path, adata)
     for flag, given, own in (
         ("--batch-key", getattr(args, "batch_key", None), model.batch_key),
@@ -351,6 +365,8 @@ def _cmd_train(args) -> None:
     gts = _ground_truths(adata, args)
     if not gts:
         logger.warning("no --genes/--gmt/--markers-by: training a plain cVAE")
+    if args.scvi_tools:
+        return _cmd_train_scvi_tools(args, adata, gts)
     model = SCARE(
         adata,
         layer=args.layer,
@@ -417,6 +433,82 @@ def _cmd_train(args) -> None:
         )
     print(
         f"wrote {folder.path}/: model/model.pt, adata.h5ad (obsm['X_scare']), history.csv, run.json"
+    )
+
+
+def _cmd_train_scvi_tools(args, adata, gts: dict) -> None:
+    """``train --scvi-tools``: SCAREVI with the same settings, the same output folder."""
+    import pandas as pd
+
+    from attreg_sc._io import write_h5ad_safely
+    from attreg_sc.output_folder import OutputFolder
+
+    if args.resume:
+        raise CLIError("--resume is not available with --scvi-tools; train without it.")
+    if args.target != "encoder":
+        raise CLIError("--scvi-tools explains the encoder only; leave --target out.")
+    if args.allow_non_integer:
+        logger.info("scvi-tools warns about non-integer counts and trains on them")
+    import scvi
+
+    from attreg_sc.scvi_tools import SCAREVI
+
+    scvi.settings.seed = args.seed
+    if isinstance(args.threads, int):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    data = adata.copy()
+    model = SCAREVI(
+        data,
+        layer=args.layer,
+        batch_key=args.batch_key,
+        gt=gts or None,
+        w_attr=args.w_attr,
+        gene_key=args.gene_key,
+        seed=args.seed,
+        attribution=args.attribution,
+        reducer=args.reducer,
+        n_directions=args.n_directions,
+        reparameterizer=args.reparameterizer,
+        loss=args.loss,
+        n_latent=args.n_latent,
+        n_hidden=args.n_hidden,
+        n_layers=args.n_layers,
+        likelihood=args.likelihood,
+    )
+    folder = OutputFolder(
+        args.out,
+        overwrite=args.overwrite,
+        inputs=_input_files(args),
+        needed_bytes=_needed_bytes(args.data),
+    )
+    with folder as staging:
+        model.train(
+            max_epochs=args.max_epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            patience=args.patience,
+            progress_bar=not args.no_progress,
+            accelerator="auto",
+            enable_model_summary=False,
+        )
+        history = model.scare_history
+        try:
+            model.save(staging / "model")
+            result = adata.copy()
+            result.obsm["X_scare"] = model.get_latent_representation()
+            write_h5ad_safely(result, staging / "adata.h5ad")
+            (staging / "history.csv").write_text(pd.DataFrame(history).to_csv(index_label="epoch"))
+            _write_run_record(staging, args, gts, epochs=len(history.get("loss", [])))
+        except OSError as err:
+            raise CLIError(
+                f"could not write the outputs ({err.strerror or err}): nothing was written to "
+                f"{folder.path}. Free space or choose another --out."
+            ) from err
+    print(
+        f"wrote {folder.path}/: model/model.pt (SCAREVI), adata.h5ad (obsm['X_scare']), "
+        "history.csv, run.json"
     )
 
 

@@ -91,7 +91,7 @@ class Evaluation:
                 "fssf_random": t.random_mean.mean() if len(t) else np.nan,
                 "n_pairs": len(t),
                 "gt_polarization": self.polarization[name].abs_corr_pc1.mean(),
-                "reconstruction": self.models[name].history["reconstruction"][-1],
+                "reconstruction": _history(self.models[name])["reconstruction"][-1],
                 "max_subclusters": self.fssf[name].summary()["n_subclusters"].max()
                 if len(t)
                 else 0,
@@ -114,6 +114,11 @@ class Evaluation:
 
 
 _INTEGER_COLUMNS = ("max_subclusters", "active_dimensions")
+
+
+def _history(model) -> dict:
+    """A model's per-epoch history under SCARE's names (scvi-tools models translate)."""
+    return getattr(model, "scare_history", None) or model.history
 
 
 def _integers_as_integers(table: pd.DataFrame) -> pd.DataFrame:
@@ -254,7 +259,8 @@ def write_report(ev: Evaluation, out: str | os.PathLike, plots: bool = True) -> 
         matplotlib.use("Agg")
         from attreg_sc import pl
 
-        _save_fig(pl.loss_curves({n: m.history for n, m in ev.models.items()}), out / "loss.png")
+        histories = {n: _history(m) for n, m in ev.models.items()}
+        _save_fig(pl.loss_curves(histories), out / "loss.png")
         figures["loss"] = (
             "loss.png",
             "Loss terms per epoch: L_R, L_D, L_A and the validation objective, one line per model.",
@@ -334,7 +340,8 @@ def _run_facts(ev: Evaluation) -> list[str]:
     ]
     models = []
     for name, m in ev.models.items():
-        epochs = len(m.history.get("loss", m.history.get("reconstruction", [])))
+        h = _history(m)
+        epochs = len(h.get("loss", h.get("reconstruction", [])))
         prior = getattr(m, "prior_params", {})
         models.append(
             {
@@ -382,7 +389,7 @@ def _html_page(ev: Evaluation, summary: pd.DataFrame, figures: dict) -> str:
         "stays, 1 arrives).</p>",
     ]
     losses = pd.DataFrame(
-        {n: {k: v[-1] for k, v in m.history.items() if len(v)} for n, m in ev.models.items()}
+        {n: {k: v[-1] for k, v in _history(m).items() if len(v)} for n, m in ev.models.items()}
     )
     body.append(_pair("Training", figures.get("loss"), ["<p>Last epoch:</p>", _table(losses)]))
     fssf_tables = []

@@ -283,3 +283,26 @@ def test_fssf_checks_layer_and_batch_key_against_the_model(h5ad, capsys):
     assert run([*argv, "--batch-key", "batch"], capsys)[0] == 0  # the model's own: accepted
     code, _, err = run([*argv, "--batch-key", "cell_type"], capsys)
     assert code == 2 and "--batch-key cell_type differs from the model's ('batch'" in err
+
+
+def test_train_with_scvi_tools_then_fssf_and_report(h5ad, capsys):
+    pytest.importorskip("scvi")
+    d, data, genes, _ = h5ad
+    out = d / "run_scvi"
+    argv = ["train", data, "--genes", genes, "--batch-key", "batch", "--scvi-tools"]
+    code, text, _ = run(
+        [*argv, "--max-epochs", 2, "--n-latent", 3, "--no-progress", "--out", out], capsys
+    )
+    assert code == 0 and "SCAREVI" in text
+    import anndata as ad
+
+    assert ad.read_h5ad(out / "adata.h5ad").obsm["X_scare"].shape == (300, 3)
+    assert {"reconstruction", "attribution"} <= set(pd.read_csv(out / "history.csv").columns)
+    argv = ["fssf", out / "model", data, "--genes", genes, "--cell-type-key", "cell_type"]
+    assert run([*argv, "--n-random", 1, "--no-progress", "--out", d / "fv.csv"], capsys)[0] == 0
+    assert len(pd.read_csv(d / "fv.csv")) > 0
+    argv = ["report", "--model", f"scvi={out / 'model'}", data, "--genes", genes]
+    argv += ["--cell-type-key", "cell_type", "--n-random", 1, "--no-progress"]
+    assert run([*argv, "--out", d / "rv"], capsys)[0] == 0
+    code, _, err = run(["train", data, "--scvi-tools", "--resume", "--out", d / "x"], capsys)
+    assert code == 2 and "--resume is not available with --scvi-tools" in err

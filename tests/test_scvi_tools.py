@@ -377,3 +377,26 @@ def test_fssf_and_report_tools_accept_a_scvi_tools_model(synthetic):
     tv.is_trained_ = True
     with pytest.raises(NotImplementedError, match="also reads"):
         asc.metrics.fssf(tv, np.arange(tv_adata.n_vars) < 10, "cell_type", n_random=1)
+
+
+def test_report_compares_scarevi_with_scare(synthetic, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    gt = synthetic.var["is_gt"].to_numpy()
+    scare = asc.SCARE(synthetic, batch_key="batch", gt=gt, n_latent=3)
+    scare.train(max_epochs=2, progress_bar=False)
+    scvi.settings.seed = 0
+    scarevi = SCAREVI(synthetic.copy(), batch_key="batch", gt=gt, n_latent=3)
+    scarevi.train(max_epochs=2, progress_bar=False, enable_model_summary=False)
+    assert scarevi.w_attr == 30.0 and scarevi.prior_params["reducer"] == "random_direction"
+    assert len(scarevi.scare_history["reconstruction"]) == 2
+    ev = asc.report.evaluate(
+        {"SCARE": scare, "SCAREVI": scarevi}, gt, "cell_type", n_random=2, attribution_samples=2
+    )
+    summary = ev.summary()
+    assert set(summary.index) == {"SCARE", "SCAREVI"}
+    assert np.isfinite(summary.loc["SCAREVI", ["gt_attribution_share", "reconstruction"]]).all()
+    asc.report.write_report(ev, tmp_path / "rep")
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "SCAREVI" in page and "umap_scarevi.png" in page

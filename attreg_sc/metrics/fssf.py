@@ -633,7 +633,7 @@ def fssf(
             f"subclusters), got {min_cells!r}."
         )
     adata = model.adata if adata is None else adata
-    if not hasattr(model, "_data_for"):  # a scvi-tools model (attreg_sc.scvi_tools)
+    if hasattr(model, "get_anndata_manager"):  # a scvi-tools model (attreg_sc.scvi_tools)
         return _fssf_scvi_tools(
             model,
             gt,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -35,6 +36,16 @@ PRIOR_OPTIONS = (
     "latent_blocks",
     "gt_weights",
 )
+
+
+@dataclass
+class RegisteredCounts:
+    """Counts and batches of a scvi-tools model's AnnData, under the names of
+    :class:`attreg_sc.data.CountData` that the metrics and the report read."""
+
+    matrix: Any
+    batch_codes: np.ndarray
+    batch_categories: list[str]
 
 
 class _SavedReference:
@@ -263,6 +274,55 @@ class AttributionPriorModelMixin:
         plan_kwargs.setdefault("prior", self._prior_config)
         return super().train(*args, plan_kwargs=plan_kwargs, **kwargs)
 
+    # -- what attreg_sc's metrics, report and CLI read from a model -----------------------
+    @property
+    def w_attr(self) -> float:
+        """``w_A`` of the prior (0 without one)."""
+        return self._prior_config.w_attr if self._prior_config is not None else 0.0
+
+    @property
+    def prior_params(self) -> dict:
+        """The prior's settings (``{}`` without one)."""
+        return dict(self._prior_config.options) if self._prior_config is not None else {}
+
+    @property
+    def gene_key(self) -> None:
+        """GT gene names are matched against ``var_names``."""
+        return None
+
+    @property
+    def scare_history(self) -> dict[str, list[float]]:
+        """The training history under :class:`attreg_sc.SCARE`'s names (``loss``,
+        ``reconstruction``, ``kl``, ``attribution``, ``validation_loss``), for the plots
+        and the report."""
+        names = {
+            "loss": "train_loss",
+            "reconstruction": "reconstruction_loss_train",
+            "kl": "kl_local_train",
+            "attribution": "attribution_loss_train",
+            "validation_loss": "validation_loss",
+        }
+        history = self.history if self.history is not None else {}
+        return {
+            ours: history[theirs].to_numpy(dtype=float).ravel().tolist()
+            for ours, theirs in names.items()
+            if theirs in history
+        }
+
+    def _data_for(self, adata=None) -> RegisteredCounts:
+        """The counts and batches scvi-tools registered for ``adata``."""
+        from scvi import REGISTRY_KEYS
+
+        adata = self._validate_anndata(adata)
+        manager = self.get_anndata_manager(adata, required=True)
+        batch = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+        categories = manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
+        return RegisteredCounts(
+            manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+            batch.astype(np.int64),
+            [str(c) for c in categories],
+        )
+
     # -- explanations ------------------------------------------------------------------
     def _encoder_inputs(self, tensors: dict) -> tuple:
         """The latent encoder's inputs for a minibatch, as the model's inference builds them."""
@@ -291,6 +351,7 @@ class AttributionPriorModelMixin:
         batch_size: int = 256,
         seed: int = 0,
         genes_only: bool = True,
+        progress_bar: bool = False,
     ) -> np.ndarray:
         """Post-hoc attributions of the latent encoder, ``(n_cells, n_genes)``.
 
@@ -307,6 +368,8 @@ class AttributionPriorModelMixin:
             ``batch_size`` cells) or ``"ig"`` (``n_steps`` from zeros).
         genes_only
             Return the gene columns only (drop proteins/covariates).
+        progress_bar
+            Show a tqdm bar over minibatches.
         seed
             Seed of the EG draws.
         """
@@ -329,7 +392,9 @@ class AttributionPriorModelMixin:
         generator = torch.Generator().manual_seed(seed)
         self.module.eval()
         out = []
-        for tensors in loader:
+        from tqdm.auto import tqdm
+
+        for tensors in tqdm(loader, desc="attributions", disable=not progress_bar):
             x, *rest = self._encoder_inputs(tensors)
             kwargs = (
                 {"n_samples": n_samples, "generator": generator}
