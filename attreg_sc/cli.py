@@ -292,6 +292,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--label", required=True, help="obs column, e.g. time point")
     m.add_argument("--groupby", default=None, help="one marker set per group (cell type)")
     m.add_argument("--n-top", type=int, default=40, help="markers per set")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.add_argument("--out", required=True, help="GMT file to write")
 
     d = sub.add_parser("demo", help="baseline vs scARE on built-in data, FSSF, report", **common)
@@ -617,7 +618,14 @@ def _cmd_markers(args) -> None:
     if args.groupby:
         _check_key(adata, args.groupby, "--groupby")
     logger.info("mutual information of %d genes with %r", adata.n_vars, args.label)
-    res = mutual_information_markers(adata, args.label, args.groupby, args.n_top, args.layer)
+    res = mutual_information_markers(
+        adata,
+        args.label,
+        args.groupby,
+        args.n_top,
+        args.layer,
+        progress_bar=not args.no_progress,
+    )
     names = np.asarray(adata.var_names)
     if isinstance(res, GroupedGroundTruth):
         lines = [

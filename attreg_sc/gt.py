@@ -377,12 +377,14 @@ def _log_normalized_columns(matrix, cols: np.ndarray, lib: np.ndarray) -> np.nda
     return np.log1p(block / lib[:, None] * 1e4).astype(np.float32)
 
 
-def _mi_scores(matrix, labels: np.ndarray, random_state: int, chunk: int) -> np.ndarray:
+def _mi_scores(matrix, labels: np.ndarray, random_state: int, chunk: int, bar=None) -> np.ndarray:
     from sklearn.feature_selection import mutual_info_classif
 
     lib = np.asarray(matrix.sum(axis=1)).ravel().clip(min=1.0)
     scores = np.zeros(matrix.shape[1])
     for start in range(0, matrix.shape[1], chunk):
+        if bar is not None:
+            bar.update(min(chunk, matrix.shape[1] - start))
         cols = np.arange(start, min(start + chunk, matrix.shape[1]))
         x = _log_normalized_columns(matrix, cols, lib)
         scores[cols] = mutual_info_classif(
@@ -400,6 +402,7 @@ def mutual_information_markers(
     random_state: int = 0,
     min_cells: int = 10,
     chunk: int = 2000,
+    progress_bar: bool = False,
 ) -> np.ndarray | GroupedGroundTruth:
     """Top-``n_top`` genes by mutual information with a label (e.g. time point).
 
@@ -427,6 +430,8 @@ def mutual_information_markers(
         Groups with fewer cells are skipped.
     chunk
         Genes per chunk (bounds memory).
+    progress_bar
+        Show a tqdm bar over genes (and groups).
     """
     from attreg_sc.data import get_counts_matrix
 
@@ -445,8 +450,15 @@ def mutual_information_markers(
     if sp.issparse(matrix):
         matrix = sp.csr_matrix(matrix)
 
+    from tqdm.auto import tqdm
+
+    n_groups = adata.obs[groupby].nunique() if groupby in adata.obs else 1
+    bar = tqdm(
+        total=adata.n_vars * n_groups, desc="MI markers", unit="gene", disable=not progress_bar
+    )
+
     def top_mask(rows: np.ndarray | slice) -> np.ndarray:
-        scores = _mi_scores(matrix[rows], labels[rows], random_state, chunk)
+        scores = _mi_scores(matrix[rows], labels[rows], random_state, chunk, bar)
         mask = np.zeros(adata.n_vars, dtype=bool)
         mask[np.argsort(-scores, kind="stable")[:n_top]] = True
         return mask
@@ -454,7 +466,9 @@ def mutual_information_markers(
     if groupby is None:
         if len(set(labels)) < 2:
             raise ValueError(f"adata.obs[{label_key!r}] has one value; MI needs two or more.")
-        return top_mask(slice(None))
+        mask = top_mask(slice(None))
+        bar.close()
+        return mask
     if groupby not in adata.obs:
         raise KeyError(f"groupby {groupby!r} not in adata.obs (columns: {list(adata.obs)}).")
     groups_of_cells = adata.obs[groupby].astype(str).to_numpy()
@@ -463,9 +477,11 @@ def mutual_information_markers(
         rows = np.flatnonzero(groups_of_cells == g)
         if len(rows) < min_cells or len(set(labels[rows])) < 2:
             logger.info("markers: group %r skipped (%d cells, one label or too few)", g, len(rows))
+            bar.update(adata.n_vars)
             continue
         groups.append(str(g))
         table.append(top_mask(rows))
+    bar.close()
     if not groups:
         raise ValueError(f"no group of {groupby!r} has >= {min_cells} cells and two labels.")
     code_of = {g: i for i, g in enumerate(groups)}
