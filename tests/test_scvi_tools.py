@@ -400,3 +400,32 @@ def test_report_compares_scarevi_with_scare(synthetic, tmp_path):
     asc.report.write_report(ev, tmp_path / "rep")
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "SCAREVI" in page and "umap_scarevi.png" in page
+
+
+def test_scarevi_takes_scares_names_and_scvi_tools_train_arguments(synthetic):
+    scvi.settings.seed = 0
+    model = SCAREVI(
+        synthetic.copy(),
+        batch_key="batch",
+        gt="is_gt",
+        n_latent=3,
+        dropout=0.2,
+        likelihood="zinb",
+        use_observed_library=True,
+        target="encoder",
+        reducer="per_dimension",
+    )
+    assert model.module.gene_likelihood == "zinb" and model.module.use_observed_lib_size
+    model.train(
+        max_epochs=2,
+        train_size=0.8,
+        check_val_every_n_epoch=1,
+        batch_size=64,
+        progress_bar=False,
+        plan_kwargs={"weight_decay": 0.0},
+    )
+    assert len(model.validation_indices) == pytest.approx(0.2 * synthetic.n_obs, abs=2)
+    assert len(model.history["validation_loss"]) == 2
+    for name, value in (("w_reconstruction", 2.0), ("target", "model"), ("normalize_input", True)):
+        with pytest.raises(TypeError, match=f"SCAREVI has no {name}="):
+            SCAREVI(synthetic.copy(), batch_key="batch", **{name: value})

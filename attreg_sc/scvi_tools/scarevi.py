@@ -31,6 +31,20 @@ SCARE_ARCHITECTURE = {
 }
 
 
+#: attreg_sc.SCARE arguments that SCAREVI has no equivalent for, and what to do instead
+SCARE_ONLY = {
+    "target": "SCAREVI explains the encoder (target='encoder'); use attreg_sc.SCARE for "
+    "target='model'.",
+    "w_reconstruction": "scvi-tools' loss has no reconstruction weight; use attreg_sc.SCARE.",
+    "w_divergence": "scvi-tools' KL weight is annealed by the plan: pass "
+    "plan_kwargs={'max_kl_weight': ...} to train().",
+    "normalize_input": "scvi-tools' encoder reads log1p(counts); use attreg_sc.SCARE for "
+    "normalize_input=True.",
+    "accelerator": "pass accelerator= to train() (scvi-tools chooses the device there).",
+    "allow_non_integer": "scvi-tools trains on non-integer counts and warns; leave it out.",
+}
+
+
 class SCAREVI(AttributionPriorModelMixin, scvi.model.SCVI):
     """scARE as a scvi-tools model: a batch-conditioned NB VAE with a library-size
     encoder, trained with attribution priors on its encoder.
@@ -110,6 +124,11 @@ class SCAREVI(AttributionPriorModelMixin, scvi.model.SCVI):
         batch_key: str | None = None,
         **kwargs: Any,
     ) -> None:
+        for name in set(kwargs) & set(SCARE_ONLY):
+            if name == "target" and kwargs[name] == "encoder":
+                kwargs.pop(name)
+                continue
+            raise TypeError(f"SCAREVI has no {name}=: {SCARE_ONLY[name]}")
         for scare_name, scvi_name, value in (
             ("dropout", "dropout_rate", dropout),
             ("likelihood", "gene_likelihood", likelihood),
