@@ -64,7 +64,13 @@ def set_fast_paths(enabled: bool) -> bool:
 
 @contextlib.contextmanager
 def fast_paths(enabled: bool) -> Iterator[None]:
-    """Context manager: :func:`set_fast_paths` for the body, restored afterwards."""
+    """Context manager: :func:`set_fast_paths` for the body, restored afterwards.
+
+    Parameters
+    ----------
+    enabled
+        ``True``: attreg's accelerations on; ``False``: the reference math only.
+    """
     previous = set_fast_paths(enabled)
     try:
         yield

@@ -70,7 +70,23 @@ def integrated_gradients(
     create_graph: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """Functional :class:`attreg.attr.IntegratedGradients` (keyword args of ``attribute``)."""
+    """Functional :class:`attreg.attr.IntegratedGradients` (keyword args of ``attribute``).
+
+    Parameters
+    ----------
+    forward_func
+        The model or function explained.
+    inputs
+        The inputs.
+    baselines
+        Start points of the path (``None``: zeros).
+    reducer
+        ``F`` (:mod:`attreg.reducers`).
+    create_graph
+        Keep the graph (differentiable attributions).
+    **kwargs
+        ``attribute``'s arguments (``n_steps``, ``method``, ``target``, ...).
+    """
     method = IntegratedGradients(forward_func, reducer, differentiable=create_graph)
     return method.attribute(inputs, baselines, **kwargs)
 
@@ -84,7 +100,23 @@ def expected_gradients(
     create_graph: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """Functional :class:`attreg.attr.ExpectedGradients` (keyword args of ``attribute``)."""
+    """Functional :class:`attreg.attr.ExpectedGradients` (keyword args of ``attribute``).
+
+    Parameters
+    ----------
+    forward_func
+        The model or function explained.
+    inputs
+        The inputs.
+    references
+        ``"batch"``, a background tensor, ``"noise"`` or a callable (see the class).
+    reducer
+        ``F`` (:mod:`attreg.reducers`).
+    create_graph
+        Keep the graph (differentiable attributions).
+    **kwargs
+        ``attribute``'s arguments (``n_samples``, ``generator``, ``target``, ...).
+    """
     method = ExpectedGradients(forward_func, reducer, differentiable=create_graph)
     return method.attribute(inputs, references, **kwargs)
 
@@ -97,7 +129,21 @@ def input_gradient(
     create_graph: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """Functional :class:`attreg.attr.InputGradient`."""
+    """Functional :class:`attreg.attr.InputGradient`.
+
+    Parameters
+    ----------
+    forward_func
+        The model or function explained.
+    inputs
+        The inputs.
+    reducer
+        ``F`` (:mod:`attreg.reducers`).
+    create_graph
+        Keep the graph (differentiable attributions).
+    **kwargs
+        ``attribute``'s arguments (``target``, ``additional_forward_args``).
+    """
     return InputGradient(forward_func, reducer, differentiable=create_graph).attribute(
         inputs, **kwargs
     )
@@ -111,7 +157,21 @@ def input_x_gradient(
     create_graph: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """Functional :class:`attreg.attr.InputXGradient`."""
+    """Functional :class:`attreg.attr.InputXGradient`.
+
+    Parameters
+    ----------
+    forward_func
+        The model or function explained.
+    inputs
+        The inputs.
+    reducer
+        ``F`` (:mod:`attreg.reducers`).
+    create_graph
+        Keep the graph (differentiable attributions).
+    **kwargs
+        ``attribute``'s arguments (``target``, ``additional_forward_args``).
+    """
     return InputXGradient(forward_func, reducer, differentiable=create_graph).attribute(
         inputs, **kwargs
     )
@@ -123,7 +183,15 @@ def _rows(a: torch.Tensor) -> torch.Tensor:
 
 
 def sigmoid(attributions: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``sigmoid(a / temperature)``: 0.5 at zero attribution, monotone in ``a``."""
+    """``sigmoid(a / temperature)``: 0.5 at zero attribution, monotone in ``a``.
+
+    Parameters
+    ----------
+    attributions
+        ``(n, ...)``.
+    temperature
+        ``a`` is divided by it.
+    """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}.")
     return torch.sigmoid(attributions / temperature)
@@ -138,6 +206,13 @@ def abs_minmax(attributions: torch.Tensor, eps: float | None = None) -> torch.Te
 
     Invariant to positive scaling of a sample's attributions and to their signs (as long
     as the row's range stays above ``eps``, by default the smallest normal float).
+
+    Parameters
+    ----------
+    attributions
+        ``(n, ...)``.
+    eps
+        Guard of the division (``None``: the dtype's tiny value).
     """
     eps = _tiny(attributions, eps)
     a = _rows(attributions.abs())
@@ -149,7 +224,15 @@ def abs_minmax(attributions: torch.Tensor, eps: float | None = None) -> torch.Te
 
 
 def abs_max(attributions: torch.Tensor, eps: float | None = None) -> torch.Tensor:
-    """``|a| / max|a|`` per sample; all-zero rows map to 0. Scale-invariant."""
+    """``|a| / max|a|`` per sample; all-zero rows map to 0. Scale-invariant.
+
+    Parameters
+    ----------
+    attributions
+        ``(n, ...)``.
+    eps
+        Guard of the division (``None``: the dtype's tiny value).
+    """
     eps = _tiny(attributions, eps)
     a = _rows(attributions.abs())
     top = a.max(dim=1, keepdim=True).values
@@ -158,7 +241,15 @@ def abs_max(attributions: torch.Tensor, eps: float | None = None) -> torch.Tenso
 
 
 def softmax(attributions: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Softmax of ``|a| / temperature`` over the features of each sample (sums to 1)."""
+    """Softmax of ``|a| / temperature`` over the features of each sample (sums to 1).
+
+    Parameters
+    ----------
+    attributions
+        ``(n, ...)``.
+    temperature
+        ``|a|`` is divided by it.
+    """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}.")
     a = _rows(attributions.abs()) / temperature
@@ -169,7 +260,15 @@ def share(attributions: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     """``|a| / sum |a|`` per sample: each feature's share of the attribution (sums to 1;
     all-zero rows map to 0). Scale- and sign-invariant, and smooth in every feature: no
     feature's gradient vanishes because another holds the row's maximum (unlike
-    ``abs_max``/``abs_minmax``, whose scores of the maximum feature are constant)."""
+    ``abs_max``/``abs_minmax``, whose scores of the maximum feature are constant).
+
+    Parameters
+    ----------
+    attributions
+        ``(n, ...)``.
+    eps
+        Guard of the division (``None``: the dtype's tiny value).
+    """
     eps = _tiny(attributions, eps)
     a = _rows(attributions.abs())
     total = a.sum(dim=1, keepdim=True)
@@ -181,6 +280,13 @@ def excluded_share_loss(scores: torch.Tensor, excluded: torch.Tensor) -> torch.T
     """Mean over samples of the share of attribution on the ``excluded`` features:
     ``mean_i sum_j excluded_j * s_ij`` for shares ``s`` (see :func:`share`). 0 when the
     excluded features get no attribution, 1 when they get all of it.
+
+    Parameters
+    ----------
+    scores
+        Shares (:func:`share`) ``(n, ...)``.
+    excluded
+        1 on the excluded features.
 
     Examples
     --------
@@ -199,6 +305,13 @@ def outside_share_loss(scores: torch.Tensor, ground_truth: torch.Tensor) -> torc
     asking every GT feature to be equally important (what an MSE of min-max scores to a
     binary GT also demands: with a GT of hundreds of features that part dominates it).
 
+    Parameters
+    ----------
+    scores
+        Shares (:func:`share`) ``(n, ...)``.
+    ground_truth
+        1 on the GT features.
+
     Examples
     --------
     >>> s = share(torch.tensor([[3.0, 1.0, 0.0]]))
@@ -209,7 +322,13 @@ def outside_share_loss(scores: torch.Tensor, ground_truth: torch.Tensor) -> torc
 
 
 def identity(attributions: torch.Tensor) -> torch.Tensor:
-    """No reparameterization (the attributions must already be in ``[0, 1]``)."""
+    """No reparameterization (the attributions must already be in ``[0, 1]``).
+
+    Parameters
+    ----------
+    attributions
+        ``(n, ...)``, already in ``[0, 1]``.
+    """
     return attributions
 
 
@@ -227,7 +346,15 @@ _REPARAMETERIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def reparameterize(
     attributions: torch.Tensor, reparameterizer: str | Callable | None = "sigmoid"
 ) -> torch.Tensor:
-    """Apply a reparameterizer given by name (see :data:`_REPARAMETERIZERS`) or callable."""
+    """Apply a reparameterizer given by name (see :data:`_REPARAMETERIZERS`) or callable.
+
+    Parameters
+    ----------
+    attributions
+        ``(n, ...)``.
+    reparameterizer
+        A name or a callable (``None``: identity).
+    """
     if reparameterizer is None:
         return attributions
     if isinstance(reparameterizer, str):
@@ -264,6 +391,15 @@ def mse_loss(
 
     ``ground_truth`` is a vector (broadcast to every sample) or one row per sample;
     ``weight`` optional per-feature weights (a weighted mean).
+
+    Parameters
+    ----------
+    scores
+        Reparameterized attributions ``(n, ...)``.
+    ground_truth
+        0/1, broadcastable to ``scores``.
+    weight
+        Per-feature weights (``None``: 1).
     """
     ground_truth = ground_truth.to(scores.dtype)
     if weight is None:
@@ -274,7 +410,17 @@ def mse_loss(
 def mae_loss(
     scores: torch.Tensor, ground_truth: torch.Tensor, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean absolute error between reparameterized attributions and the ground truth."""
+    """Mean absolute error between reparameterized attributions and the ground truth.
+
+    Parameters
+    ----------
+    scores
+        Reparameterized attributions ``(n, ...)``.
+    ground_truth
+        0/1, broadcastable to ``scores``.
+    weight
+        Per-feature weights (``None``: 1).
+    """
     ground_truth = ground_truth.to(scores.dtype)
     if weight is None:
         return F.l1_loss(scores, torch.broadcast_to(ground_truth, scores.shape))
@@ -296,7 +442,19 @@ def attribution_loss(
     loss: str | Callable = "mse",
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Loss by name (``"mse"``, ``"mae"``) or a callable ``(scores, gt) -> scalar``."""
+    """Loss by name (``"mse"``, ``"mae"``) or a callable ``(scores, gt) -> scalar``.
+
+    Parameters
+    ----------
+    scores
+        Reparameterized attributions ``(n, ...)``.
+    ground_truth
+        0/1, broadcastable to ``scores``.
+    loss
+        ``"mse"``, ``"mae"`` or a callable ``(scores, gt) -> scalar``.
+    weight
+        Per-feature weights (``None``: 1).
+    """
     if isinstance(loss, str):
         try:
             fn = _LOSSES[loss.lower()]
@@ -352,6 +510,13 @@ def total_variation(attributions: torch.Tensor, p: int = 1) -> torch.Tensor:
     Erion et al.'s image prior (``p = 1``, anisotropic): smooth attribution maps. Inputs
     ``(n, ..., H, W)``; channels and other leading dims are summed.
 
+    Parameters
+    ----------
+    attributions
+        ``(n, ..., H, W)`` maps.
+    p
+        1 (absolute differences) or 2 (squared).
+
     Examples
     --------
     >>> total_variation(torch.ones(2, 3, 4)).item()
@@ -385,6 +550,13 @@ def graph_laplacian_penalty(attributions: torch.Tensor, adjacency: torch.Tensor)
 
     features linked in the graph (e.g. interacting genes) get similar importance.
 
+    Parameters
+    ----------
+    attributions
+        ``(n, d)``.
+    adjacency
+        ``(d, d)`` symmetric, non-negative feature graph.
+
     Examples
     --------
     >>> w = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
@@ -417,6 +589,13 @@ def gini_coefficient(values: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     (:math:`\phi_{(j)}` sorted ascending): 0 when all are equal, :math:`1 - 1/d` when one
     holds everything.
 
+    Parameters
+    ----------
+    values
+        Non-negative, ``(..., d)``.
+    eps
+        Guard of the division.
+
     Examples
     --------
     >>> gini_coefficient(torch.tensor([1.0, 1.0, 1.0])).item()
@@ -433,7 +612,13 @@ def gini_coefficient(values: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 def gini_sparsity_loss(attributions: torch.Tensor) -> torch.Tensor:
     """Erion et al.'s sparsity prior: ``-Gini(mean_i |a_i|)``; minimising it concentrates
-    the global importance on few features."""
+    the global importance on few features.
+
+    Parameters
+    ----------
+    attributions
+        ``(n, d)``.
+    """
     return -gini_coefficient(_mean_magnitude(attributions))
 
 
@@ -446,6 +631,13 @@ def right_reasons_loss(gradients: torch.Tensor, ground_truth: torch.Tensor) -> t
     :class:`~attreg.reducers.LogProbabilitySum` reducer) and ``1 - GT`` Ross et al.'s
     annotation ``A`` (1 where the input should not matter). ``ground_truth``: a vector or a
     per-sample matrix in [0, 1].
+
+    Parameters
+    ----------
+    gradients
+        Input gradients of the log-probabilities ``(n, ...)``.
+    ground_truth
+        1 where the input may matter.
 
     Examples
     --------
@@ -461,6 +653,13 @@ def aggregate(losses: list[torch.Tensor], mode: str = "sum") -> torch.Tensor:
 
     ``"sum"``: :math:`\\sum_i L_i`; ``"squared_sum"``: :math:`\\sum_i L_i^2`, which
     lets a badly violated prior dominate the others.
+
+    Parameters
+    ----------
+    losses
+        The prior losses (scalars).
+    mode
+        ``"sum"`` or ``"squared_sum"``.
     """
     if not losses:
         raise ValueError("no prior losses to aggregate.")
@@ -563,6 +762,15 @@ def abs_minmax_mse_loss(
     """Fused ``mse_loss(abs_minmax(attributions), ground_truth)``: same value and
     gradient as the composition (tested), about half the passes over the data.
 
+    Parameters
+    ----------
+    attributions
+        Raw attributions ``(n, ...)``.
+    ground_truth
+        0/1, broadcastable to ``attributions``.
+    eps
+        Guard of the division.
+
     Examples
     --------
     >>> a = torch.randn(4, 6, requires_grad=True); gt = torch.tensor([1., 1, 0, 0, 0, 0])
@@ -610,6 +818,15 @@ def share_outside_loss(
 ) -> torch.Tensor:
     """Fused ``outside_share_loss(share(attributions), ground_truth)``: same value and
     gradient as the composition (tested), fewer passes over the data.
+
+    Parameters
+    ----------
+    attributions
+        Raw attributions ``(n, ...)``.
+    ground_truth
+        1 on the GT features.
+    eps
+        Guard of the division.
 
     Examples
     --------

@@ -30,14 +30,26 @@ class _FeatureWeightedLoss(nn.Module):
 
 
 class MSELoss(_FeatureWeightedLoss):
-    """Mean squared error, optionally weighted per feature."""
+    """Mean squared error, optionally weighted per feature.
+
+    Parameters
+    ----------
+    feature_weight
+        Per-feature weights (``None``: 1).
+    """
 
     def forward(self, scores: torch.Tensor, ground_truth: torch.Tensor) -> torch.Tensor:
         return AF.mse_loss(scores, ground_truth, self.feature_weight)
 
 
 class MAELoss(_FeatureWeightedLoss):
-    """Mean absolute error, optionally weighted per feature."""
+    """Mean absolute error, optionally weighted per feature.
+
+    Parameters
+    ----------
+    feature_weight
+        Per-feature weights (``None``: 1).
+    """
 
     def forward(self, scores: torch.Tensor, ground_truth: torch.Tensor) -> torch.Tensor:
         return AF.mae_loss(scores, ground_truth, self.feature_weight)
@@ -67,7 +79,15 @@ def resolve_loss(
     spec: str | Callable, feature_weight: torch.Tensor | None = None
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``"mse"``/``"mae"``/``"outside_share"`` or a callable ``(scores, gt) -> scalar`` ->
-    a loss callable."""
+    a loss callable.
+
+    Parameters
+    ----------
+    spec
+        ``"mse"``, ``"mae"``, ``"outside_share"`` or a callable ``(scores, gt) -> scalar``.
+    feature_weight
+        Per-feature weights for the named losses.
+    """
     if isinstance(spec, str):
         if spec.lower() == "outside_share":
             if feature_weight is not None:

@@ -93,7 +93,13 @@ class GiniSparsity(nn.Module):
 
 
 def resolve_penalty(spec) -> nn.Module:
-    """``"total_variation"``, ``"gini"`` or a callable ``attributions -> scalar``."""
+    """``"total_variation"``, ``"gini"`` or a callable ``attributions -> scalar``.
+
+    Parameters
+    ----------
+    spec
+        A name or a callable ``attributions -> scalar``.
+    """
     if isinstance(spec, str):
         table = {"total_variation": TotalVariation, "tv": TotalVariation, "gini": GiniSparsity}
         try:

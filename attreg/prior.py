@@ -450,6 +450,16 @@ class ExclusionPrior(AttributionPrior):
     Takes the arguments of :class:`AttributionPrior`; ``excluded`` replaces the ground
     truth, and the reparameterizer (``share``) and loss are fixed.
 
+    Parameters
+    ----------
+    target
+        The model or submodule explained.
+    excluded
+        1 for the features the target should not use (a vector or a matrix per sample).
+    **kwargs
+        :class:`AttributionPrior`'s other arguments (``method``, ``reducer``, ``weight``,
+        ``n_samples``, ...).
+
     Examples
     --------
     >>> import torch
@@ -552,6 +562,18 @@ class RightForRightReasons(AttributionPrior):
     ``1 - GT`` being their annotation matrix ``A``. ``ground_truth``: 1 where the input
     may matter, a vector for all samples or a matrix with one row per sample (pass
     ``index=`` or ``gt=`` at the call). The model returns logits.
+
+    Parameters
+    ----------
+    model
+        The classifier (returns logits).
+    ground_truth
+        1 where the input may matter: a vector for all samples or a matrix per sample.
+    weight
+        The penalty's weight.
+    **kwargs
+        :class:`AttributionPrior`'s other arguments (not the fixed ``method``, ``reducer``,
+        ``reparameterizer``, ``loss``).
 
     Examples
     --------

@@ -55,7 +55,13 @@ __all__ = [
 
 
 class Reducer:
-    """Base class: select an output, then reduce the non-batch dimensions."""
+    """Base class: select an output, then reduce the non-batch dimensions.
+
+    Parameters
+    ----------
+    output
+        Which element of a tuple/dict output to reduce (``None``: the output itself).
+    """
 
     def __init__(self, output: Hashable | None = None) -> None:
         self.output = output
@@ -111,7 +117,13 @@ def _flat(out: torch.Tensor) -> torch.Tensor:
 
 
 class Sum(Reducer):
-    """Sum over all non-batch dimensions (the scARE default)."""
+    """Sum over all non-batch dimensions (the scARE default).
+
+    Parameters
+    ----------
+    output
+        Which element of a tuple/dict output to reduce (``None``: the output itself).
+    """
 
     def reduce(self, out: torch.Tensor) -> torch.Tensor:
         return _flat(out).sum(dim=1)
@@ -123,7 +135,13 @@ class Sum(Reducer):
 
 
 class Mean(Reducer):
-    """Mean over all non-batch dimensions."""
+    """Mean over all non-batch dimensions.
+
+    Parameters
+    ----------
+    output
+        Which element of a tuple/dict output to reduce (``None``: the output itself).
+    """
 
     def reduce(self, out: torch.Tensor) -> torch.Tensor:
         return _flat(out).mean(dim=1)
@@ -138,21 +156,41 @@ class Mean(Reducer):
 
 class LogProbabilitySum(Reducer):
     """``sum_k log softmax(out)_k``: Ross et al.'s F for "right for the right reasons"
-    (the input gradient of every class's log-probability at once)."""
+    (the input gradient of every class's log-probability at once).
+
+    Parameters
+    ----------
+    output
+        Which element of a tuple/dict output holds the logits (``None``: the output).
+    """
 
     def reduce(self, out: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(_flat(out), dim=1).sum(dim=1)
 
 
 class L2Norm(Reducer):
-    """Euclidean norm over all non-batch dimensions."""
+    """Euclidean norm over all non-batch dimensions.
+
+    Parameters
+    ----------
+    output
+        Which element of a tuple/dict output to reduce (``None``: the output itself).
+    """
 
     def reduce(self, out: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm(_flat(out), dim=1)
 
 
 class Index(Reducer):
-    """One output unit (``int``) or the sum over a slice / list of units of dim 1."""
+    """One output unit (``int``) or the sum over a slice / list of units of dim 1.
+
+    Parameters
+    ----------
+    index
+        One output unit, a slice or a list of units (summed).
+    output
+        Which element of a tuple/dict output to reduce (``None``: the output itself).
+    """
 
     def __init__(self, index: int | slice | list[int], output: Hashable | None = None) -> None:
         super().__init__(output)
@@ -178,7 +216,15 @@ class Index(Reducer):
 
 
 class TargetReducer(Reducer):
-    """Captum's ``target``: one output unit per sample (an int or a tensor ``(n,)``)."""
+    """Captum's ``target``: one output unit per sample (an int or a tensor ``(n,)``).
+
+    Parameters
+    ----------
+    target
+        One unit for all samples (``int``) or one per sample (a tensor ``(n,)``).
+    output
+        Which element of a tuple/dict output to reduce (``None``: the output itself).
+    """
 
     def __init__(self, target: int | torch.Tensor, output: Hashable | None = None) -> None:
         super().__init__(output)
@@ -211,7 +257,13 @@ class TargetReducer(Reducer):
 
 
 class CallableReducer(Reducer):
-    """Wrap any callable ``out -> (n,)``."""
+    """Wrap any callable ``out -> (n,)``.
+
+    Parameters
+    ----------
+    fn
+        ``out -> (n,)``: one scalar per sample.
+    """
 
     def __init__(self, fn: Callable[[Any], torch.Tensor]) -> None:
         super().__init__(None)
@@ -258,6 +310,11 @@ class DirectionReducer(Reducer):
 
     Subclasses define :attr:`n_directions` and :meth:`directions`; the matrix is drawn
     once per attribution call (:meth:`for_call`).
+
+    Parameters
+    ----------
+    output
+        Which element of a tuple/dict output to reduce (``None``: the output itself).
     """
 
     n_directions: int = 1
@@ -337,6 +394,13 @@ class _DrawnDirections(Reducer):
 
 class Directions(DirectionReducer):
     """Fixed directions: the rows of ``matrix`` ``(m, n_outputs)``.
+
+    Parameters
+    ----------
+    matrix
+        ``(m, n_outputs)``: one direction per row.
+    output
+        Which element of a tuple/dict output to reduce (``None``: the output itself).
 
     Examples
     --------
@@ -498,7 +562,13 @@ _NAMED = {
 
 def resolve_reducer(reducer: str | Callable | None) -> Callable[[Any], torch.Tensor]:
     """Turn a name (``"sum"``, ``"mean"``, ``"l2"``, ``"random_direction"``), callable or
-    ``None`` into a reducer."""
+    ``None`` into a reducer.
+
+    Parameters
+    ----------
+    reducer
+        A name, a reducer, any callable ``out -> (n,)``, or ``None`` (the sum).
+    """
     if reducer is None:
         return Sum()
     if isinstance(reducer, Reducer):
@@ -516,7 +586,17 @@ def resolve_reducer(reducer: str | Callable | None) -> Callable[[Any], torch.Ten
 
 
 def apply_reducer(reducer: Callable[[Any], torch.Tensor], out: Any, n: int) -> torch.Tensor:
-    """Apply ``reducer`` and check that it returned one scalar per sample."""
+    """Apply ``reducer`` and check that it returned one scalar per sample.
+
+    Parameters
+    ----------
+    reducer
+        The reducer.
+    out
+        The model's output.
+    n
+        Samples in the batch.
+    """
     value = reducer(out)
     if not isinstance(value, torch.Tensor) or value.shape != (n,):
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__

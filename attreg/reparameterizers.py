@@ -34,7 +34,13 @@ __all__ = [
 
 
 class Sigmoid(nn.Module):
-    """``sigmoid(a / temperature)``."""
+    """``sigmoid(a / temperature)``.
+
+    Parameters
+    ----------
+    temperature
+        ``a`` is divided by it before the sigmoid.
+    """
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
@@ -61,7 +67,13 @@ class AbsMax(nn.Module):
 
 
 class Softmax(nn.Module):
-    """Softmax of ``|a| / temperature`` over each sample's features."""
+    """Softmax of ``|a| / temperature`` over each sample's features.
+
+    Parameters
+    ----------
+    temperature
+        ``|a|`` is divided by it before the softmax.
+    """
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
@@ -103,7 +115,13 @@ _NAMED: dict[str, Callable[[], nn.Module]] = {
 def resolve_reparameterizer(spec: str | Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Name (``"sigmoid"``, ``"abs_minmax"``, ``"abs_max"``, ``"softmax"``, ``"share"``,
     ``"identity"``),
-    callable or ``None`` (identity) -> a callable."""
+    callable or ``None`` (identity) -> a callable.
+
+    Parameters
+    ----------
+    spec
+        A name, a callable ``attributions -> scores``, or ``None`` (identity).
+    """
     if spec is None:
         return Identity()
     if isinstance(spec, str):

@@ -208,6 +208,27 @@ class ExpectedGradients(Attribution):
 
     Draws come from ``generator`` (a ``torch.Generator``), so results are reproducible.
 
+    Parameters
+    ----------
+    forward_func
+        The model or function explained: ``forward_func(inputs, *additional_forward_args)``.
+    reducer
+        ``F``: how the output becomes one scalar per sample (:mod:`attreg.reducers`;
+        ``None``: the sum, or captum's ``target=`` at the call).
+    differentiable
+        Keep the graph (``create_graph=True``) so that a loss on the attributions trains
+        the model's parameters.
+    check_batchnorm
+        Refuse BatchNorm in train mode (it couples the samples of a batch).
+    check_inputs
+        Check the inputs (finite values, dtype) on every call.
+    multiply_by_inputs
+        Multiply the averaged gradients by ``x - x'`` (EG proper); ``False`` keeps the
+        gradients alone.
+    use_linear_prefix
+        For an :class:`~attreg.attr.LinearPrefix` target, interpolate in the hidden space
+        (same attributions, cheaper; with the fast paths on).
+
     Examples
     --------
     >>> import torch

@@ -15,6 +15,21 @@ __all__ = ["InputGradient", "InputXGradient"]
 class InputGradient(Attribution):
     """``dF/dx`` at the input (captum's ``Saliency`` without the absolute value).
 
+    Parameters
+    ----------
+    forward_func
+        The model or function explained: ``forward_func(inputs, *additional_forward_args)``.
+    reducer
+        ``F``: how the output becomes one scalar per sample (:mod:`attreg.reducers`;
+        ``None``: the sum, or captum's ``target=`` at the call).
+    differentiable
+        Keep the graph (``create_graph=True``) so that a loss on the attributions trains
+        the model's parameters.
+    check_batchnorm
+        Refuse BatchNorm in train mode (it couples the samples of a batch).
+    check_inputs
+        Check the inputs (finite values, dtype) on every call.
+
     Examples
     --------
     >>> import torch
@@ -50,6 +65,21 @@ class InputGradient(Attribution):
 
 class InputXGradient(InputGradient):
     """``x * dF/dx`` (captum's ``InputXGradient``).
+
+    Parameters
+    ----------
+    forward_func
+        The model or function explained: ``forward_func(inputs, *additional_forward_args)``.
+    reducer
+        ``F``: how the output becomes one scalar per sample (:mod:`attreg.reducers`;
+        ``None``: the sum, or captum's ``target=`` at the call).
+    differentiable
+        Keep the graph (``create_graph=True``) so that a loss on the attributions trains
+        the model's parameters.
+    check_batchnorm
+        Refuse BatchNorm in train mode (it couples the samples of a batch).
+    check_inputs
+        Check the inputs (finite values, dtype) on every call.
 
     Examples
     --------

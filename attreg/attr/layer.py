@@ -130,7 +130,15 @@ class LayerTarget(nn.Module):
 
 def sum_trailing(attributions: torch.Tensor, keep: int) -> torch.Tensor:
     """Sum every dimension after the first ``keep`` (e.g. the embedding dimension of
-    ``(n, tokens, emb)`` attributions with ``keep=2``)."""
+    ``(n, tokens, emb)`` attributions with ``keep=2``).
+
+    Parameters
+    ----------
+    attributions
+        Attributions ``(n, ...)``.
+    keep
+        Leading dimensions kept.
+    """
     if attributions.ndim <= keep:
         return attributions
     return attributions.sum(dim=tuple(range(keep, attributions.ndim)))
