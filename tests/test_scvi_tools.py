@@ -193,6 +193,11 @@ def test_scarevi_has_scares_architecture_and_prior(scarevi):
     assert m.n_latent == 5 and scarevi.prior_config.w_attr == 30.0
     assert scarevi.prior_config.options["reducer"] == "random_direction"
     assert isinstance(scarevi, scvi.model.SCVI)
+    from attreg_sc.scvi_tools.module import UnusedHead
+
+    # NB: the zero-inflation head is kept (state dict) but its product skipped
+    assert type(m.decoder.px_dropout_decoder) is UnusedHead
+    assert "decoder.px_dropout_decoder.weight" in m.state_dict()
 
 
 def test_scarevi_answers_every_scvi_tools_method(scarevi):

@@ -9,7 +9,9 @@ products of the step are computed differently, to the same values up to float ro
   :func:`attreg_sc.special.log_gamma_ratio`, whose derivative avoids two ``digamma``
   calls per count (``torch.lgamma``'s backward is most of scvi-tools' CPU step), and
   terms of a per-gene ``theta`` are computed once per gene, not once per count;
-* the training plan's Adam is fused (one kernel for all parameters).
+* the training plan's Adam is fused (one kernel for all parameters);
+* with a likelihood without zero inflation, the decoder's zero-inflation head (a
+  ``n_hidden x n_genes`` product scvi-tools computes and never reads) is skipped.
 
 With ``attreg.set_fast_paths(False)`` the module computes exactly as scvi-tools' VAE.
 """
@@ -26,7 +28,7 @@ from attreg import cpu_matmul
 from attreg.fast_paths import fast_paths_enabled
 from attreg_sc.distributions import negative_binomial_log_prob
 
-__all__ = ["SCAREVAE", "FastNegativeBinomial"]
+__all__ = ["SCAREVAE", "FastNegativeBinomial", "UnusedHead"]
 
 
 class FastNegativeBinomial(NegativeBinomial):
@@ -43,6 +45,17 @@ class FastNegativeBinomial(NegativeBinomial):
         return negative_binomial_log_prob(value, self.mu, theta, eps=self._eps)
 
 
+class UnusedHead(cpu_matmul.Linear):
+    """The decoder's zero-inflation head when the likelihood has none: its product
+    (``n_hidden x n_genes`` per cell, whose result the NB likelihood never reads) is
+    skipped with the fast paths on. Same parameters and state dict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        if fast_paths_enabled():
+            return None
+        return super().forward(x)
+
+
 class SCAREVAE(VAE):
     """scvi-tools' :class:`scvi.module.VAE` with oneDNN products and the fast NB
     log-likelihood (see the module docstring); the same parameters and state dict."""
@@ -52,6 +65,9 @@ class SCAREVAE(VAE):
         for m in self.modules():
             if type(m) is torch.nn.Linear:  # same parameters; forward through oneDNN
                 m.__class__ = cpu_matmul.Linear
+        head = getattr(self.decoder, "px_dropout_decoder", None)
+        if self.gene_likelihood != "zinb" and isinstance(head, cpu_matmul.Linear):
+            head.__class__ = UnusedHead
 
     @functools.wraps(VAE.generative)  # scvi-tools inspects its signature
     def generative(self, *args, **kwargs):
