@@ -201,6 +201,18 @@ def _tiny(t: torch.Tensor, eps: float | None) -> float:
     return torch.finfo(t.dtype).tiny if eps is None else eps
 
 
+def _infinite_rows_as_indicators(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``(n, d)`` holding ``inf`` replaced by their 0/1 indicator of the infinite
+    entries: ``(rows holding inf (n, 1), a with those rows replaced)``.
+
+    Scaling such a row has a limit (the infinite features take the whole row, the rest
+    0) where the arithmetic gives ``inf / inf = NaN``; the indicator row scales to that
+    limit. The replaced rows get no gradient; no host synchronisation."""
+    inf = torch.isinf(a)
+    has = inf.any(dim=1, keepdim=True)
+    return has, torch.where(has, inf.to(a.dtype), a)
+
+
 def abs_minmax(attributions: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     """``|a|`` min-max scaled per sample to ``[0, 1]``; constant rows map to 0.
 
@@ -215,7 +227,7 @@ def abs_minmax(attributions: torch.Tensor, eps: float | None = None) -> torch.Te
         Guard of the division (``None``: the dtype's tiny value).
     """
     eps = _tiny(attributions, eps)
-    a = _rows(attributions.abs())
+    _, a = _infinite_rows_as_indicators(_rows(attributions.abs()))
     lo = a.min(dim=1, keepdim=True).values
     span = a.max(dim=1, keepdim=True).values - lo
     # a constant row (span <= eps) divides 0 by inf: value 0, gradient 0, no NaN
@@ -234,7 +246,7 @@ def abs_max(attributions: torch.Tensor, eps: float | None = None) -> torch.Tenso
         Guard of the division (``None``: the dtype's tiny value).
     """
     eps = _tiny(attributions, eps)
-    a = _rows(attributions.abs())
+    _, a = _infinite_rows_as_indicators(_rows(attributions.abs()))
     top = a.max(dim=1, keepdim=True).values
     top = torch.where(top > eps, top, torch.full_like(top, float("inf")))
     return (a / top).reshape(attributions.shape)
@@ -252,8 +264,11 @@ def softmax(attributions: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}.")
-    a = _rows(attributions.abs()) / temperature
-    return torch.softmax(a, dim=1).reshape(attributions.shape)
+    has_inf, a = _infinite_rows_as_indicators(_rows(attributions.abs()))
+    limit = a / a.sum(dim=1, keepdim=True).clamp_min(1.0)  # the inf entries share the row
+    finite = torch.where(has_inf, torch.zeros_like(a), a)
+    out = torch.where(has_inf, limit, torch.softmax(finite / temperature, dim=1))
+    return out.reshape(attributions.shape)
 
 
 def share(attributions: torch.Tensor, eps: float | None = None) -> torch.Tensor:
@@ -270,7 +285,7 @@ def share(attributions: torch.Tensor, eps: float | None = None) -> torch.Tensor:
         Guard of the division (``None``: the dtype's tiny value).
     """
     eps = _tiny(attributions, eps)
-    a = _rows(attributions.abs())
+    _, a = _infinite_rows_as_indicators(_rows(attributions.abs()))
     total = a.sum(dim=1, keepdim=True)
     total = torch.where(total > eps, total, torch.full_like(total, float("inf")))
     return (a / total).reshape(attributions.shape)
@@ -777,7 +792,7 @@ def abs_minmax_mse_loss(
     >>> torch.allclose(abs_minmax_mse_loss(a, gt), mse_loss(abs_minmax(a), gt))
     True
     """
-    flat = _rows(attributions)
+    _, flat = _infinite_rows_as_indicators(_rows(attributions))  # as abs_minmax does
     gt = torch.broadcast_to(ground_truth.to(flat.dtype), flat.shape)
     return _AbsMinMaxMSE.apply(flat, gt, _tiny(flat, eps))
 
@@ -834,6 +849,6 @@ def share_outside_loss(
     >>> torch.allclose(share_outside_loss(a, gt), outside_share_loss(share(a), gt))
     True
     """
-    flat = _rows(attributions)
+    _, flat = _infinite_rows_as_indicators(_rows(attributions))  # as share does
     outside = torch.broadcast_to(1.0 - ground_truth.to(flat.dtype), flat.shape)
     return _ShareOutside.apply(flat, outside, _tiny(flat, eps))
