@@ -1,7 +1,7 @@
 # Ported from captum's tests/attr/test_gradient_shap.py (https://github.com/pytorch/captum;
 # BSD 3-Clause License, Copyright (c) 2019, PyTorch team): captum's test cases, assertions
 # and expected values, run against attreg's classes (tests/captum_port_adapters.py).
-# Not ported: ``attribute_future`` (captum's asynchronous API has no attreg counterpart).
+# ``attribute_future``: not implemented in captum's gradient methods nor in attreg's (ported).
 # Changed: where captum expects AssertionError for a bad argument, attreg raises a
 # TypeError/ValueError naming the problem (the project's rule); the cases accept those.
 
@@ -25,6 +25,14 @@ from tests.captum_port_adapters import GradientShap, IntegratedGradients  # noqa
 
 
 class Test(BaseTest):
+    def test_futures_not_implemented(self) -> None:
+        model = BasicModel2()
+        gs = GradientShap(model)
+        attributions = None
+        with self.assertRaises(NotImplementedError):
+            attributions = gs.attribute_future()
+        self.assertEqual(attributions, None)
+
     # This test reproduces some of the test cases from the original implementation
     # https://github.com/slundberg/shap/
     # explainers/test_gradient.py

@@ -26,6 +26,14 @@ from tests.captum_port_adapters import IntegratedGradients, NoiseTunnel  # noqa:
 
 
 class Test(BaseTest):
+    def test_futures_not_implemented(self) -> None:
+        model = BasicModel2()
+        ig = IntegratedGradients(model, multiply_by_inputs=True)
+        attributions = None
+        with self.assertRaises(NotImplementedError):
+            attributions = ig.attribute_future()  # type: ignore
+        self.assertEqual(attributions, None)
+
     def test_multivariable_vanilla(self) -> None:
         self._assert_multi_variable("vanilla", "riemann_right")
 

@@ -1,7 +1,7 @@
 # Ported from captum's tests/attr/test_saliency.py (https://github.com/pytorch/captum;
 # BSD 3-Clause License, Copyright (c) 2019, PyTorch team): captum's test cases, assertions
 # and expected values, run against attreg's classes (tests/captum_port_adapters.py).
-# Not ported: ``attribute_future`` (captum's asynchronous API has no attreg counterpart).
+# ``attribute_future``: not implemented in captum's gradient methods nor in attreg's (ported).
 from typing import cast
 
 import torch
@@ -24,6 +24,14 @@ from tests.captum_port_adapters import InputXGradient, NoiseTunnel, Saliency  # 
 
 
 class Test(BaseTest):
+    def test_futures_not_implemented(self) -> None:
+        model, inp, grads, add_args = get_basic_config()
+        saliency = Saliency(model)
+        attributions = None
+        with self.assertRaises(NotImplementedError):
+            attributions = saliency.attribute_future()  # type: ignore
+        self.assertEqual(attributions, None)
+
     def test_saliency_test_basic_vanilla(self) -> None:
         self._saliency_base_assert(*get_basic_config())
 

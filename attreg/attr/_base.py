@@ -102,6 +102,20 @@ class Attribution:
         if "attribute" in cls.__dict__:
             cls.attribute = _probe_batch_statistics(cls.__dict__["attribute"])
 
+    def attribute_future(self) -> None:
+        """captum's asynchronous ``attribute_future``: as in captum's gradient methods, not
+        implemented; :meth:`attribute` computes the attributions synchronously.
+
+        Raises
+        ------
+        NotImplementedError
+            Always.
+        """
+        raise NotImplementedError(
+            f"attribute_future is not implemented for {type(self).__name__} (as in captum's "
+            "gradient methods); call attribute(), which computes synchronously."
+        )
+
     def _module_state(self) -> Any:
         """What the batch-statistics probe depends on: the target's modules and modes."""
         if not isinstance(self.forward_func, nn.Module):
