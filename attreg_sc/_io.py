@@ -23,7 +23,7 @@ __all__ = [
     "load_versioned",
     "to_safe",
     "from_safe",
-    "saved_payload_keys",
+    "read_safe_payload",
 ]
 
 
@@ -165,29 +165,12 @@ def save_versioned(path: str | os.PathLike, payload: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def saved_payload_keys(path: str | os.PathLike) -> set[str]:
-    """The top-level keys of a file written by :func:`save_versioned` (read safely;
-    ``set()`` for anything else): tells the model kinds apart before loading."""
-    import torch
+def read_safe_payload(path: str | os.PathLike | None, kind: str, hint: str = "") -> Any:
+    """The payload of a file written by :func:`save_versioned`, as stored (no version
+    check, arrays still in their safe form); clear errors for a missing, foreign,
+    truncated/corrupt (checksum) or unsafe file (``kind`` names it).
 
-    raw = Path(path).read_bytes()
-    if not raw.startswith(MAGIC):
-        return set()
-    header_end = raw.find(b"\n", len(MAGIC))
-    try:
-        payload = torch.load(
-            io.BytesIO(raw[header_end + 1 :]), map_location="cpu", weights_only=True
-        )
-    except Exception:
-        return set()
-    return set(payload) if isinstance(payload, dict) else set()
-
-
-def load_versioned(path: str | os.PathLike | None, version: int, kind: str, hint: str = "") -> dict:
-    """Read a file written by :func:`save_versioned`; clear errors for a missing,
-    truncated/corrupt (checksum), unsafe or other-version file (``kind`` names it).
-
-    Loading never executes code from the file (``torch.load(weights_only=True)``)."""
+    Reading never executes code from the file (``torch.load(weights_only=True)``)."""
     import torch
 
     if path is None or not os.path.exists(path):
@@ -215,6 +198,13 @@ def load_versioned(path: str | os.PathLike | None, version: int, kind: str, hint
         ) from err
     except Exception as err:
         raise ValueError(f"{path} is not a readable {kind} (truncated or corrupt?): {err}") from err
+    return payload
+
+
+def load_versioned(path: str | os.PathLike | None, version: int, kind: str, hint: str = "") -> dict:
+    """Read a file written by :func:`save_versioned` (:func:`read_safe_payload`) and check
+    its ``format_version`` (``kind`` names the file in errors)."""
+    payload = read_safe_payload(path, kind, hint)
     found = payload.get("format_version") if isinstance(payload, dict) else None
     if found != version:
         raise ValueError(

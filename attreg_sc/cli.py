@@ -310,11 +310,12 @@ def _parser() -> argparse.ArgumentParser:
 def _load_model(path: str, adata, args=None):
     """Load a saved SCARE; a --layer/--batch-key given must be the model's own."""
     from attreg_sc import SCARE
-    from attreg_sc._io import saved_payload_keys
+    from attreg_sc._io import read_safe_payload
 
     if not (Path(path) / "model.pt").exists():
         raise CLIError(f"no saved model in {path} (expected {path}/model.pt).")
-    if "model_class" in saved_payload_keys(Path(path) / "model.pt"):
+    payload = read_safe_payload(Path(path) / "model.pt", "saved scARE model")
+    if isinstance(payload, dict) and "model_class" in payload:
         from attreg_sc.scvi_tools import SCAREVI  # saved by train --scvi-tools
 
         model = SCAREVI.load(path, adata=adata.copy())
@@ -366,28 +367,7 @@ def _cmd_train(args) -> None:
     gts = _ground_truths(adata, args)
     if not gts:
         logger.warning("no --genes/--gmt/--markers-by: training a plain cVAE")
-    if args.scvi_tools:
-        return _cmd_train_scvi_tools(args, adata, gts)
-    model = SCARE(
-        adata,
-        layer=args.layer,
-        batch_key=args.batch_key,
-        gt=gts or None,
-        w_attr=args.w_attr,
-        attribution=args.attribution,
-        target=args.target,
-        reducer=args.reducer,
-        n_directions=args.n_directions,
-        reparameterizer=args.reparameterizer,
-        loss=args.loss,
-        n_latent=args.n_latent,
-        n_hidden=args.n_hidden,
-        n_layers=args.n_layers,
-        likelihood=args.likelihood,
-        allow_non_integer=args.allow_non_integer,
-        gene_key=args.gene_key,
-        seed=args.seed,
-    )
+    model, fit = (_scarevi_and_fit if args.scvi_tools else _scare_and_fit)(args, adata, gts)
     folder = OutputFolder(
         args.out,
         overwrite=args.overwrite,
@@ -396,6 +376,74 @@ def _cmd_train(args) -> None:
         needed_bytes=_needed_bytes(args.data),
     )
     with folder as staging:
+        fit(folder)
+        history = model.history if isinstance(model, SCARE) else model.scare_history
+        try:
+            model.save(staging / "model")
+            result = adata.copy()
+            if isinstance(model, SCARE):
+                model.export_to_anndata(result)
+            else:
+                result.obsm["X_scare"] = model.get_latent_representation()
+            write_h5ad_safely(result, staging / "adata.h5ad")
+            (staging / "history.csv").write_text(pd.DataFrame(history).to_csv(index_label="epoch"))
+            _write_run_record(staging, args, gts, epochs=len(history.get("loss", [])))
+        except OSError as err:
+            kept = (
+                f"; the training checkpoint stays in {folder.staging} for --resume"
+                if folder.checkpoint.exists()
+                else ""
+            )
+            raise CLIError(
+                f"could not write the outputs ({err.strerror or err}): nothing was written to "
+                f"{folder.path}. Free space or choose another --out{kept}."
+            ) from err
+    epochs = len(history.get("loss", []))
+    if isinstance(model, SCARE) and epochs < args.max_epochs:
+        print(
+            f"early stopping after {epochs} of {args.max_epochs} epochs: the validation loss "
+            f"did not improve for {args.patience} epochs (the best epoch's weights are kept)"
+        )
+    kind = "" if isinstance(model, SCARE) else " (SCAREVI)"
+    print(
+        f"wrote {folder.path}/: model/model.pt{kind}, adata.h5ad (obsm['X_scare']), "
+        "history.csv, run.json"
+    )
+
+
+def _prior_and_architecture(args, gts: dict) -> dict:
+    """The model settings ``train`` passes to SCARE and SCAREVI alike."""
+    return dict(
+        layer=args.layer,
+        batch_key=args.batch_key,
+        gt=gts or None,
+        w_attr=args.w_attr,
+        attribution=args.attribution,
+        reducer=args.reducer,
+        n_directions=args.n_directions,
+        reparameterizer=args.reparameterizer,
+        loss=args.loss,
+        n_latent=args.n_latent,
+        n_hidden=args.n_hidden,
+        n_layers=args.n_layers,
+        likelihood=args.likelihood,
+        gene_key=args.gene_key,
+        seed=args.seed,
+    )
+
+
+def _scare_and_fit(args, adata, gts: dict):
+    """``train``: a SCARE model and how to train it into an output folder."""
+    from attreg_sc import SCARE
+
+    model = SCARE(
+        adata,
+        target=args.target,
+        allow_non_integer=args.allow_non_integer,
+        **_prior_and_architecture(args, gts),
+    )
+
+    def fit(folder) -> None:
         model.train(
             max_epochs=args.max_epochs,
             batch_size=args.batch_size,
@@ -407,43 +455,12 @@ def _cmd_train(args) -> None:
             resume=args.resume,
             threads=args.threads,
         )
-        try:
-            model.save(staging / "model")
-            result = adata.copy()
-            model.export_to_anndata(result)
-            write_h5ad_safely(result, staging / "adata.h5ad")
-            (staging / "history.csv").write_text(
-                pd.DataFrame(model.history).to_csv(index_label="epoch")
-            )
-            _write_run_record(staging, args, gts, epochs=len(model.history.get("loss", [])))
-        except OSError as err:
-            kept = (
-                f"; the training checkpoint stays in {folder.staging} for --resume"
-                if folder.checkpoint.exists()
-                else ""
-            )
-            raise CLIError(
-                f"could not write the outputs ({err.strerror or err}): nothing was written to "
-                f"{folder.path}. Free space or choose another --out{kept}."
-            ) from err
-    epochs = len(model.history.get("loss", []))
-    if epochs < args.max_epochs:
-        print(
-            f"early stopping after {epochs} of {args.max_epochs} epochs: the validation loss "
-            f"did not improve for {args.patience} epochs (the best epoch's weights are kept)"
-        )
-    print(
-        f"wrote {folder.path}/: model/model.pt, adata.h5ad (obsm['X_scare']), history.csv, run.json"
-    )
+
+    return model, fit
 
 
-def _cmd_train_scvi_tools(args, adata, gts: dict) -> None:
-    """``train --scvi-tools``: SCAREVI with the same settings, the same output folder."""
-    import pandas as pd
-
-    from attreg_sc._io import write_h5ad_safely
-    from attreg_sc.output_folder import OutputFolder
-
+def _scarevi_and_fit(args, adata, gts: dict):
+    """``train --scvi-tools``: a SCAREVI model with the same settings, and its training."""
     if args.resume:
         raise CLIError("--resume is not available with --scvi-tools; train without it.")
     if args.target != "encoder":
@@ -459,32 +476,9 @@ def _cmd_train_scvi_tools(args, adata, gts: dict) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    data = adata.copy()
-    model = SCAREVI(
-        data,
-        layer=args.layer,
-        batch_key=args.batch_key,
-        gt=gts or None,
-        w_attr=args.w_attr,
-        gene_key=args.gene_key,
-        seed=args.seed,
-        attribution=args.attribution,
-        reducer=args.reducer,
-        n_directions=args.n_directions,
-        reparameterizer=args.reparameterizer,
-        loss=args.loss,
-        n_latent=args.n_latent,
-        n_hidden=args.n_hidden,
-        n_layers=args.n_layers,
-        likelihood=args.likelihood,
-    )
-    folder = OutputFolder(
-        args.out,
-        overwrite=args.overwrite,
-        inputs=_input_files(args),
-        needed_bytes=_needed_bytes(args.data),
-    )
-    with folder as staging:
+    model = SCAREVI(adata.copy(), **_prior_and_architecture(args, gts))
+
+    def fit(_folder) -> None:
         model.train(
             max_epochs=args.max_epochs,
             batch_size=args.batch_size,
@@ -494,23 +488,8 @@ def _cmd_train_scvi_tools(args, adata, gts: dict) -> None:
             accelerator="auto",
             enable_model_summary=False,
         )
-        history = model.scare_history
-        try:
-            model.save(staging / "model")
-            result = adata.copy()
-            result.obsm["X_scare"] = model.get_latent_representation()
-            write_h5ad_safely(result, staging / "adata.h5ad")
-            (staging / "history.csv").write_text(pd.DataFrame(history).to_csv(index_label="epoch"))
-            _write_run_record(staging, args, gts, epochs=len(history.get("loss", [])))
-        except OSError as err:
-            raise CLIError(
-                f"could not write the outputs ({err.strerror or err}): nothing was written to "
-                f"{folder.path}. Free space or choose another --out."
-            ) from err
-    print(
-        f"wrote {folder.path}/: model/model.pt (SCAREVI), adata.h5ad (obsm['X_scare']), "
-        "history.csv, run.json"
-    )
+
+    return model, fit
 
 
 def _write_run_record(folder: Path, args, gts: dict | None = None, **extra) -> None:

@@ -497,11 +497,12 @@ def _subclusters(
     return sub, skipped
 
 
-def _fssf_scvi_tools(model, gt, cell_type_key: str, adata, settings: dict) -> FSSFResult:
-    """FSSF of a scvi-tools model whose encoder reads counts and the batch only."""
+def _fssf_scvi_tools(
+    model, gt: np.ndarray, cell_type_key: str, adata, settings: dict
+) -> FSSFResult:
+    """FSSF of a scvi-tools model whose encoder reads counts and the batch only
+    (``gt`` and ``cell_type_key`` checked by :func:`fssf`; ``latent_dims`` an index)."""
     from scvi import REGISTRY_KEYS
-
-    from attreg_sc.gt import from_genes
 
     adata = model._validate_anndata(adata)
     manager = model.get_anndata_manager(adata, required=True)
@@ -513,15 +514,7 @@ def _fssf_scvi_tools(model, gt, cell_type_key: str, adata, settings: dict) -> FS
             f"{sorted(registered)}, which a swapped cell would need too. Score a model set up "
             "with counts and a batch only."
         )
-    if cell_type_key not in adata.obs:
-        raise KeyError(
-            f"cell_type_key {cell_type_key!r} not in adata.obs (columns: {list(adata.obs)})."
-        )
-    if not isinstance(gt, np.ndarray):
-        gt = from_genes(adata, list(gt), name="the FSSF gene set")
-    gt = np.asarray(gt, dtype=bool)
     dims = settings["latent_dims"]
-    dims = slice(None) if dims is None else np.asarray(dims, dtype=np.int64)
     counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
     batch = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel().astype(np.int64)
     latent = model.get_latent_representation(adata)[:, dims]
@@ -633,6 +626,15 @@ def fssf(
             f"subclusters), got {min_cells!r}."
         )
     adata = model.adata if adata is None else adata
+    if cell_type_key not in adata.obs:
+        raise KeyError(
+            f"cell_type_key {cell_type_key!r} not in adata.obs (columns: {list(adata.obs)})."
+        )
+    gt = np.asarray(list(gt) if isinstance(gt, (set, frozenset)) else gt)
+    if gt.dtype.kind in "USO":  # gene names
+        gt = from_genes(adata, [str(g) for g in gt], model.gene_key)
+    gt = np.asarray(gt, dtype=bool)
+    dims = slice(None) if latent_dims is None else np.asarray(latent_dims, dtype=np.int64)
     if hasattr(model, "get_anndata_manager"):  # a scvi-tools model (attreg_sc.scvi_tools)
         return _fssf_scvi_tools(
             model,
@@ -650,18 +652,10 @@ def fssf(
                 progress_bar=progress_bar,
                 vote=vote,
                 pairing=pairing,
-                latent_dims=latent_dims,
+                latent_dims=dims,
             ),
         )
     data = model._data_for(adata)
-    if cell_type_key not in adata.obs:
-        raise KeyError(
-            f"cell_type_key {cell_type_key!r} not in adata.obs (columns: {list(adata.obs)})."
-        )
-    if isinstance(gt, (list, tuple)):
-        gt = from_genes(adata, gt, model.gene_key)
-    gt = np.asarray(gt, dtype=bool)
-    dims = slice(None) if latent_dims is None else np.asarray(latent_dims, dtype=np.int64)
     latent = model.get_latent_representation(adata)[:, dims]
     cell_types = adata.obs[cell_type_key].astype(str).to_numpy()
     sub, skipped = _subclusters(

@@ -62,8 +62,10 @@ def _covariates(fc, cat_list: tuple) -> list[torch.Tensor]:
 
 def covariate_part(encoder: nn.Module, n_x: int, *cat_list: torch.Tensor) -> torch.Tensor | float:
     """``W_c c``: the first layer's product with the covariates (0 without covariates)."""
-    fc = encoder.encoder
-    covs = _covariates(fc, cat_list)
+    return _covariate_product(encoder.encoder, n_x, _covariates(encoder.encoder, cat_list))
+
+
+def _covariate_product(fc, n_x: int, covs: list[torch.Tensor]) -> torch.Tensor | float:
     if not covs:
         return 0.0
     return torch.cat(covs, dim=-1) @ fc.fc_layers[0][0].weight[:, n_x:].t()
@@ -78,8 +80,8 @@ class EncoderMeanRest(nn.Module):
 
     def forward(self, h: torch.Tensor, *cat_list: torch.Tensor) -> torch.Tensor:
         fc = self.encoder.encoder
-        covs = _covariates(fc, cat_list)
-        x = h + covariate_part(self.encoder, self.n_x, *cat_list)
+        covs = _covariates(fc, cat_list)  # one-hot once: the product and the later layers
+        x = h + _covariate_product(fc, self.n_x, covs)
         for i, layers in enumerate(fc.fc_layers):
             for j, layer in enumerate(layers):
                 if layer is None or (i == 0 and j == 0):
