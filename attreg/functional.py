@@ -609,7 +609,7 @@ def gini_coefficient(values: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     values
         Non-negative, ``(..., d)``.
     eps
-        Guard of the division.
+        Totals at or below it count as zero (Gini 0).
 
     Examples
     --------
@@ -621,7 +621,11 @@ def gini_coefficient(values: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     d = values.shape[-1]
     ordered, _ = torch.sort(values, dim=-1)
     ranks = torch.arange(1, d + 1, dtype=values.dtype, device=values.device)
-    gini = ((2 * ranks - d - 1) * ordered).sum(-1) / (d * values.sum(-1) + eps)
+    total = d * values.sum(-1)
+    # all-zero values divide 0 by inf (value 0, gradient 0); any other total is used as it
+    # is, so that G(c * phi) = G(phi) exactly (adding eps broke it for tiny values)
+    total = torch.where(total > eps, total, torch.full_like(total, float("inf")))
+    gini = ((2 * ranks - d - 1) * ordered).sum(-1) / total
     return gini.clamp_min(0.0)  # equal values: exactly 0, not a rounding error of -1e-17
 
 
