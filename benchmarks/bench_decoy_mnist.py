@@ -21,6 +21,10 @@ swatch: the accuracy this MLP can reach on this data, the ceiling for the priors
 Run::
 
     python benchmarks/bench_decoy_mnist.py [--model mlp|cnn] [--epochs 15] [--seeds 0 1 2]
+        [--weight rrr=100 ...]
+
+``--weight KIND=W`` replaces a prior's weight (kinds: eg, ig, input_gradient, rrr), e.g.
+to sweep RRR's weight on the CNN.
 """
 
 from __future__ import annotations
@@ -171,6 +175,21 @@ def run(kind, weight, seed, data, epochs, arch: str = "mlp") -> dict:
     }
 
 
+def parse_weights(pairs: list[str]) -> dict[str, float]:
+    """``["rrr=100"]`` -> ``{"rrr": 100.0}``, checking the kind and the number."""
+    kinds = {kind for kind, _ in VARIANTS.values() if kind not in (None, "clean")}
+    weights = {}
+    for pair in pairs:
+        kind, sep, value = pair.partition("=")
+        if not sep or kind not in kinds:
+            raise SystemExit(f"--weight {pair!r}: expected KIND=W with KIND in {sorted(kinds)}")
+        try:
+            weights[kind] = float(value)
+        except ValueError:
+            raise SystemExit(f"--weight {pair!r}: {value!r} is not a number") from None
+    return weights
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=15)
@@ -180,8 +199,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--model", choices=list(MODELS), default="mlp", help="Ross et al.'s MLP or a CNN"
     )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument(
+        "--weight",
+        nargs="+",
+        default=[],
+        metavar="KIND=W",
+        help="replace a prior's weight, e.g. rrr=100 (kinds: eg, ig, input_gradient, rrr)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    weights = parse_weights(args.weight)
     torch.set_num_threads(args.threads)
     attreg.retain_freed_cpu_memory()
     results: dict[str, list[dict]] = {v: [] for v in args.variants}
@@ -189,6 +216,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         data = decoy_mnist(seed)
         for v in args.variants:  # variants take turns within each seed
             kind, weight = VARIANTS[v]
+            weight = weights.get(kind, weight)
             results[v].append(run(kind, weight, seed, data, args.epochs, args.model))
     base_ms = (
         statistics.median(r["ms"] for r in results.get("vanilla", []))
@@ -206,7 +234,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 batch_size=64,
                 median_ms=ms,
                 ratio_to_plain=None if base_ms is None else ms / base_ms,
-                weight=VARIANTS[v][1],
+                weight=weights.get(VARIANTS[v][0], VARIANTS[v][1]),
                 test_acc=statistics.mean(accs),
                 test_acc_min=min(accs),
                 test_acc_max=max(accs),
