@@ -173,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
         "--scvi-tools",
         action="store_true",
         help="train SCAREVI, scARE on scvi-tools (attreg_sc.scvi_tools): a scvi.model.SCVI "
-        "with the prior; no --resume, --target model or per-cell GT matrices",
+        "with the prior; no --resume or --target model",
     )
     t.add_argument(
         "--allow-non-integer",

@@ -306,3 +306,9 @@ def test_train_with_scvi_tools_then_fssf_and_report(h5ad, capsys):
     assert run([*argv, "--out", d / "rv"], capsys)[0] == 0
     code, _, err = run(["train", data, "--scvi-tools", "--resume", "--out", d / "x"], capsys)
     assert code == 2 and "--resume is not available with --scvi-tools" in err
+    # a per-group GT (MI markers within each cell type) trains SCAREVI too
+    argv = ["train", data, "--markers-by", "batch", "--markers-groupby", "cell_type"]
+    argv += ["--n-markers", 5, "--batch-key", "batch", "--scvi-tools", "--max-epochs", 1]
+    assert run([*argv, "--n-latent", 2, "--no-progress", "--out", d / "grouped"], capsys)[0] == 0
+    history = pd.read_csv(d / "grouped" / "history.csv")
+    assert np.isfinite(history["attribution"]).all()

@@ -97,9 +97,6 @@ def test_bad_prior_settings_are_refused_at_set_prior(synthetic):
         model.set_prior(np.ones(adata.n_vars, bool))
     with pytest.raises(KeyError, match="not registered labels"):
         model.set_prior(gt_per_label={"no such label": ["gene0"]})
-    cells = asc.gt.from_cell_matrix(adata, np.eye(adata.n_obs, adata.n_vars, dtype=bool))
-    with pytest.raises(TypeError, match="per-cell matrix"):
-        model.set_prior(cells)
     with pytest.raises(ValueError, match="unknown reparameterizer|reparameterizer"):
         model.set_prior("is_gt", reparameterizer="nope")
     assert model.prior_config is None  # nothing half-set
@@ -145,6 +142,89 @@ def test_scanvi_per_label_prior_targets_each_labels_genes(synthetic):
         assert model.predict().shape == (adata.n_obs,)
     for label in gt_of:  # measured: type0 0.13 -> 0.25, type1 0.24 -> 0.35
         assert shares[30.0][label] > shares[0.0][label] + 0.08, shares
+
+
+def _per_type_shares(model, adata, gt_of) -> dict:
+    names = np.asarray(adata.var_names)
+    a = np.abs(model.get_attributions(n_samples=4, reducer="l2"))
+    types = adata.obs["cell_type"].astype(str).to_numpy()
+    return {
+        t: float(a[types == t][:, np.isin(names, genes)].sum() / a[types == t].sum())
+        for t, genes in gt_of.items()
+    }
+
+
+def test_per_cell_type_gt_without_registered_labels(synthetic, tmp_path, caplog):
+    """A per-group GT (one gene list per cell type, no labels_key registered) and a per-cell
+    matrix: each cell's row is looked up by its registered position (scvi-tools' ind_x)."""
+    names = np.asarray(synthetic.var_names)
+    gt_of = {
+        "type0": list(names[synthetic.var["is_gt"]]),
+        "type1": list(names[synthetic.var["is_other"]]),
+    }
+    model_cls = with_prior(scvi.model.SCVI)
+    shares = {}
+    for w in (0.0, 30.0):
+        adata = synthetic.copy()
+        model_cls.setup_anndata(adata, batch_key="batch")
+        scvi.settings.seed = 0
+        grouped = asc.gt.from_groups(adata, "cell_type", gt_of)  # type2 cells: all-zero rows
+        model = model_cls(adata, gt=grouped, w_attr=w, n_latent=4)
+        model.train(max_epochs=20, **QUIET)
+        assert np.isfinite(curve(model, "train_loss")).all()
+        shares[w] = _per_type_shares(model, adata, gt_of)
+    for t in gt_of:  # measured: type0 0.21 -> 0.36, type1 0.23 -> 0.50
+        assert shares[30.0][t] > shares[0.0][t] + 0.08, shares
+    # the positions were registered as an obs column counting the cells
+    assert np.array_equal(adata.obs["_attreg_sc_cell_index"], np.arange(adata.n_obs))
+    # a new AnnData gets the column on first use, as scvi-tools' _scvi_* columns
+    other = synthetic[:50].copy()
+    assert model.get_latent_representation(other).shape == (50, 4)
+    assert np.array_equal(other.obs["_attreg_sc_cell_index"], np.arange(50))
+
+    # the same GT as a per-cell matrix (its dense rows) trains to the same kind of model
+    adata = synthetic.copy()
+    model_cls.setup_anndata(adata, batch_key="batch")
+    matrix = asc.gt.from_cell_matrix(adata, grouped.to_dense())
+    scvi.settings.seed = 0
+    cells = model_cls(adata, gt=matrix, w_attr=30.0, n_latent=4)
+    cells.train(max_epochs=20, **QUIET)
+    by_cell = _per_type_shares(cells, adata, gt_of)
+    for t in gt_of:
+        assert by_cell[t] > shares[0.0][t] + 0.08, (by_cell, shares)
+
+    # saved and loaded with a per-cell and a vector GT (safe format), and trains on
+    cells.set_prior({"cells": matrix, "vector": "is_gt"}, w_attr=30.0)
+    cells.save(tmp_path / "cells", save_anndata=True)
+    loaded = model_cls.load(tmp_path / "cells")
+    g = loaded.prior_config.ground_truths
+    assert isinstance(g["cells"], asc.gt.CellGroundTruth)
+    assert (g["cells"].matrix != matrix.matrix).nnz == 0
+    loaded.train(max_epochs=1, **QUIET)
+    # a query model keeps the vector GT and drops the reference's per-cell one, saying so
+    query = synthetic[:80].copy()
+    query.obs["batch"] = "new run"
+    with caplog.at_level(logging.WARNING, logger="attreg_sc.scvi_tools.model"):
+        q = model_cls.load_query_data(query, cells)
+    assert "describe the reference's cells" in caplog.text
+    assert list(q.prior_config.ground_truths) == ["vector"]
+    assert list(cells.prior_config.ground_truths) == ["cells", "vector"]  # untouched
+    q.train(max_epochs=1, **QUIET)
+
+
+def test_per_cell_gt_must_cover_the_models_cells(synthetic):
+    model_cls = with_prior(scvi.model.SCVI)
+    adata = synthetic.copy()
+    model_cls.setup_anndata(adata, batch_key="batch")
+    model = model_cls(adata, n_latent=3)
+    with pytest.raises(ValueError, match="expected \\(n_cells, n_genes\\)"):
+        model.set_prior(np.eye(adata.n_obs - 1, adata.n_vars, dtype=bool))
+    cfg_gt = asc.gt.from_cell_matrix(
+        synthetic[:10].copy(), np.eye(10, synthetic.n_vars, dtype=bool)
+    )
+    model._prior_config = PriorConfig(ground_truths={"g": cfg_gt}, w_attr=1.0)
+    with pytest.raises(ValueError, match="has 10 rows; the model's AnnData has 400 cells"):
+        model.train(max_epochs=1, **QUIET)
 
 
 def test_totalvi_prior_on_genes_with_proteins_outside(pbmc):

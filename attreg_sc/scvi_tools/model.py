@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -67,11 +69,25 @@ class _SavedReference:
         return self._var_names
 
 
+#: ``obs`` column holding each cell's position, registered when a prior has per-cell GTs
+CELL_INDEX_COLUMN = "_attreg_sc_cell_index"
+#: numerical ``obs`` fields reach the plan as float32: exact integers up to 2**24
+MAX_INDEXED_CELLS = 2**24
+
+
+def _is_per_cell(g: Any) -> bool:
+    return isinstance(g, (GroupedGroundTruth, CellGroundTruth))
+
+
 def _config_to_safe(cfg: PriorConfig | None) -> dict:
+    from attreg_sc.model import _pack_gt
+
     if cfg is None:
         return {}
     return {
-        "ground_truths": dict(cfg.ground_truths),
+        "ground_truths": {
+            k: _pack_gt(g) if _is_per_cell(g) else g for k, g in cfg.ground_truths.items()
+        },
         "label_table": cfg.label_table,
         "label_has_gt": cfg.label_has_gt,
         "w_attr": cfg.w_attr,
@@ -81,10 +97,15 @@ def _config_to_safe(cfg: PriorConfig | None) -> dict:
 
 
 def _config_from_safe(d: Mapping | None) -> PriorConfig | None:
+    from attreg_sc.model import _unpack_gt
+
     if not d:
         return None
     return PriorConfig(
-        ground_truths={k: np.asarray(v, dtype=bool) for k, v in d["ground_truths"].items()},
+        ground_truths={
+            k: _unpack_gt(v) if isinstance(v, Mapping) else np.asarray(v, dtype=bool)
+            for k, v in d["ground_truths"].items()
+        },
         label_table=None if d.get("label_table") is None else np.asarray(d["label_table"], bool),
         label_has_gt=None if d.get("label_has_gt") is None else np.asarray(d["label_has_gt"], bool),
         w_attr=float(d["w_attr"]),
@@ -186,10 +207,15 @@ class AttributionPriorModelMixin:
         Parameters
         ----------
         gt
-            One GT for every cell, or a dict ``name -> GT`` (one prior each): gene names,
-            a boolean ``adata.var`` column name, or a boolean vector over the genes (see
-            :func:`attreg_sc.gt.as_ground_truths`). Encoder inputs after the genes
-            (totalVI's proteins, continuous covariates) are outside every GT.
+            The GT, or a dict ``name -> GT`` (one prior each): gene names, a boolean
+            ``adata.var`` column name or a boolean vector over the genes (one GT for every
+            cell), or a per-group / per-cell GT of the model's cells
+            (:func:`attreg_sc.gt.from_groups`, :func:`attreg_sc.gt.from_cell_matrix`,
+            grouped MI markers; see :func:`attreg_sc.gt.as_ground_truths`). A per-cell GT
+            makes :meth:`train` register each cell's position as ``obs``
+            column ``_attreg_sc_cell_index`` (scvi-tools' ``ind_x`` field; like the
+            ``_scvi_*`` columns, it is written into the AnnData). Encoder inputs after the
+            genes (totalVI's proteins, continuous covariates) are outside every GT.
         gt_per_label
             ``{label: gene names}``: each cell's GT is the list of its label (the
             registered ``labels_key``); cells of other labels, e.g. scANVI's unlabelled
@@ -224,13 +250,12 @@ class AttributionPriorModelMixin:
             raise ValueError("set_prior needs the model's AnnData to match genes.")
         adata = self.adata
         ground_truths = as_ground_truths(adata, gt, gene_key)
-        for name, g in ground_truths.items():
-            if isinstance(g, (GroupedGroundTruth, CellGroundTruth)):
-                raise TypeError(
-                    f"GT {name!r} is a per-cell matrix; scvi-tools' data loaders do not carry "
-                    "cell indices. Give gt_per_label={label: genes} (one list per label of the "
-                    "registered labels_key), or train attreg_sc.SCARE, which takes matrices."
-                )
+        if any(_is_per_cell(g) for g in ground_truths.values()) and adata.n_obs > MAX_INDEXED_CELLS:
+            raise ValueError(
+                f"per-cell GTs need each cell's position in the minibatch, which scvi-tools "
+                f"passes as float32 (exact up to {MAX_INDEXED_CELLS:,} cells); this AnnData "
+                f"has {adata.n_obs:,}. Use a GT vector or gt_per_label instead."
+            )
         n_latent = int(self.module.n_latent)
         options = dict(options)
         options["latent_blocks"] = _resolve_blocks(
@@ -270,9 +295,53 @@ class AttributionPriorModelMixin:
 
     def train(self, *args: Any, plan_kwargs: Mapping[str, Any] | None = None, **kwargs: Any):
         """scvi-tools' ``train``, with the prior of :meth:`set_prior` added to the loss."""
+        cfg = self._prior_config
+        if cfg is not None and any(_is_per_cell(g) for g in cfg.ground_truths.values()):
+            self._register_cell_indices()
         plan_kwargs = dict(plan_kwargs or {})
-        plan_kwargs.setdefault("prior", self._prior_config)
+        plan_kwargs.setdefault("prior", cfg)
         return super().train(*args, plan_kwargs=plan_kwargs, **kwargs)
+
+    def _register_cell_indices(self) -> None:
+        """Give every minibatch its cells' positions in ``self.adata`` (scvi-tools'
+        ``ind_x`` field), which per-cell GT rows are looked up by."""
+        from scvi import REGISTRY_KEYS
+        from scvi.data.fields import NumericalObsField
+
+        adata, manager = self.adata, self.adata_manager
+        for name, g in self._prior_config.ground_truths.items():
+            if _is_per_cell(g) and g.shape[0] != adata.n_obs:
+                raise ValueError(
+                    f"per-cell GT {name!r} has {g.shape[0]} rows; the model's AnnData has "
+                    f"{adata.n_obs} cells. Build it from this AnnData and call set_prior again."
+                )
+        key = REGISTRY_KEYS.INDICES_KEY
+        if key in manager.data_registry:
+            field = manager.data_registry[key]
+            column = adata.obs.get(field["attr_key"]) if field["attr_name"] == "obs" else None
+            if column is None or not np.array_equal(np.asarray(column), np.arange(adata.n_obs)):
+                raise ValueError(
+                    f"the model registers cell indices as {field['attr_name']}"
+                    f"[{field['attr_key']!r}], which do not count 0..n_cells-1; per-cell GTs "
+                    "need them to."
+                )
+            return
+        adata.obs[CELL_INDEX_COLUMN] = np.arange(adata.n_obs)
+        manager.register_new_fields([NumericalObsField(key, CELL_INDEX_COLUMN)])
+
+    def _validate_anndata(self, adata=None, copy_if_view: bool = True):
+        """scvi-tools' check; an AnnData new to a model whose setup holds the cell-index
+        column first gets that column (its cells' positions), as scvi-tools writes its
+        ``_scvi_*`` columns into a new AnnData."""
+        from scvi.data._utils import _check_if_view
+
+        if adata is not None and self.get_anndata_manager(adata) is None:
+            manager = self.adata_manager
+            fields = manager.fields if manager is not None else []
+            if any(getattr(f, "attr_key", None) == CELL_INDEX_COLUMN for f in fields):
+                _check_if_view(adata, copy_if_view=copy_if_view)
+                adata.obs[CELL_INDEX_COLUMN] = np.arange(adata.n_obs)
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     # -- what attreg_sc's metrics, report and CLI read from a model -----------------------
     @property
@@ -459,6 +528,14 @@ class AttributionPriorModelMixin:
             if isinstance(reference, _SavedReference)
             else getattr(reference, "_prior_config", None)
         )
+        if cfg is not None:  # the query's own copy: the reference's prior stays as it is
+            cfg = _without_reference_cells(
+                dataclasses.replace(
+                    cfg,
+                    ground_truths=dict(cfg.ground_truths),
+                    options=copy.deepcopy(cfg.options),
+                )
+            )
         if cfg is not None and cfg.label_table is not None:
             from scvi import REGISTRY_KEYS
 
@@ -480,6 +557,23 @@ class AttributionPriorModelMixin:
         return super().prepare_query_anndata(
             adata, cls._reference(reference_model), *args, **kwargs
         )
+
+
+def _without_reference_cells(cfg: PriorConfig) -> PriorConfig | None:
+    """The reference's prior for a query model: per-cell GTs name the reference's cells,
+    so they are dropped (with a warning); ``None`` when nothing is left."""
+    dropped = [k for k, g in cfg.ground_truths.items() if _is_per_cell(g)]
+    if not dropped:
+        return cfg
+    logger.warning(
+        "the reference's per-cell GTs %s describe the reference's cells, not the query's: "
+        "the query model trains without them (set_prior with a GT of the query's cells).",
+        dropped,
+    )
+    cfg.ground_truths = {k: g for k, g in cfg.ground_truths.items() if k not in dropped}
+    for key in ("latent_blocks", "gt_weights"):
+        cfg.options[key] = {k: v for k, v in cfg.options.get(key, {}).items() if k not in dropped}
+    return cfg if cfg.active else None
 
 
 @cache

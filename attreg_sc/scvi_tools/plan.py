@@ -35,7 +35,9 @@ class PriorConfig:
     Attributes
     ----------
     ground_truths
-        ``{name: bool vector over the genes}``: one GT for every cell.
+        ``{name: GT}``: a bool vector over the genes (one GT for every cell) or a per-cell
+        GT (:class:`~attreg_sc.gt.GroupedGroundTruth`, :class:`~attreg_sc.gt.CellGroundTruth`)
+        whose rows are looked up by the cells' registered positions (``ind_x``).
     label_table
         ``(n_label_codes, n_genes)`` bool, or ``None``: the GT of each registered label
         (row ``c`` for label code ``c``); cells whose label has no row in
@@ -124,6 +126,7 @@ class AttributionPriorPlanMixin:
         self._prefix = None
         self._armed = False
         self._vector_priors: PriorSet | None = None
+        self._cell_gts: dict = {}
         self._label_prior: AttributionPrior | None = None
         if self.prior_config is None:
             return
@@ -277,7 +280,14 @@ class AttributionPriorPlanMixin:
         # the encoder split after its first product (same function; the fast EG path)
         self._prefix = encoder_prefix(self._encoder, width, self._captured)
         target = self._prefix if self._prefix is not None else self._explained
-        vectors = {k: _padded(v, width, f"GT {k!r}") for k, v in cfg.ground_truths.items()}
+        # vectors padded to the encoder's width; per-cell GTs are given rows per step
+        vectors = {
+            k: _padded(v, width, f"GT {k!r}") if isinstance(v, np.ndarray) else v
+            for k, v in cfg.ground_truths.items()
+        }
+        self._cell_gts = {
+            f"gt{i}": g for i, g in enumerate(vectors.values()) if not isinstance(g, np.ndarray)
+        }
         if vectors:
             self._vector_priors = build_prior_set(
                 target, vectors, n_latent=n_latent, generator=self._generator, **opts
@@ -300,6 +310,23 @@ class AttributionPriorPlanMixin:
             ).to(device)
             self._label_has_gt = torch.from_numpy(cfg.label_has_gt.astype(bool)).to(device)
 
+    def _cell_gt_rows(self, tensors: dict, width: int, device: torch.device) -> dict:
+        """The minibatch's rows of every per-cell GT, by the cells' registered positions."""
+        if not self._cell_gts:
+            return {}
+        from scvi import REGISTRY_KEYS
+
+        if REGISTRY_KEYS.INDICES_KEY not in tensors:
+            raise RuntimeError(
+                "the minibatch carries no cell indices for the per-cell GTs; train with the "
+                "model's train(), which registers them."
+            )
+        idx = tensors[REGISTRY_KEYS.INDICES_KEY].view(-1).cpu().numpy().astype(np.int64)
+        return {
+            name: torch.from_numpy(_padded(g.rows(idx), width, f"per-cell GT {name}")).to(device)
+            for name, g in self._cell_gts.items()
+        }
+
     def _attribution_loss(self, tensors: dict) -> torch.Tensor:
         from scvi import REGISTRY_KEYS
 
@@ -317,7 +344,10 @@ class AttributionPriorPlanMixin:
         total = x.new_zeros(())
         if self._vector_priors is not None:
             total = total + self._vector_priors(
-                x.detach(), additional_forward_args=tuple(rest), input_activations=acts
+                x.detach(),
+                gts=self._cell_gt_rows(tensors, x.shape[-1], x.device),
+                additional_forward_args=tuple(rest),
+                input_activations=acts,
             )
         if self._label_prior is not None:
             codes = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
