@@ -291,10 +291,25 @@ def share(attributions: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     return (a / total).reshape(attributions.shape)
 
 
+def _mean_over_constrained_rows(per_row: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+    """The mean of ``per_row`` over the rows a share loss constrains: those with a
+    feature not wholly excluded. A row whose every feature is excluded (a sample without
+    GT features) has share loss 1 whatever its attributions."""
+    if excluded.ndim < 2 or excluded.shape[0] == 1:  # one mask for every row
+        return per_row.mean() * (excluded < 1).any().to(per_row.dtype)
+    rows = (torch.broadcast_to(excluded, (per_row.shape[0], excluded.shape[-1])) < 1).any(dim=1)
+    rows = rows.to(per_row.dtype)
+    return (per_row * rows).sum() / rows.sum().clamp_min(1)
+
+
 def excluded_share_loss(scores: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
     """Mean over samples of the share of attribution on the ``excluded`` features:
-    ``mean_i sum_j excluded_j * s_ij`` for shares ``s`` (see :func:`share`). 0 when the
+    ``mean_i sum_j excluded_ij * s_ij`` for shares ``s`` (see :func:`share`). 0 when the
     excluded features get no attribution, 1 when they get all of it.
+
+    Samples whose every feature is excluded (a GT row with no feature) are left out of
+    the mean: their share loss is 1 whatever their attributions, so it carries no
+    gradient and would only dilute the weight of the others (0 when no sample is left).
 
     Parameters
     ----------
@@ -310,7 +325,8 @@ def excluded_share_loss(scores: torch.Tensor, excluded: torch.Tensor) -> torch.T
     0.25
     """
     flat = _rows(scores)
-    return (flat * excluded.to(flat.dtype)).sum(dim=-1).mean()
+    excluded = excluded.to(flat.dtype)
+    return _mean_over_constrained_rows((flat * excluded).sum(dim=-1), excluded)
 
 
 def outside_share_loss(scores: torch.Tensor, ground_truth: torch.Tensor) -> torch.Tensor:
@@ -319,6 +335,8 @@ def outside_share_loss(scores: torch.Tensor, ground_truth: torch.Tensor) -> torc
     the GT share. It asks that the attribution concentrate on the GT features, without
     asking every GT feature to be equally important (what an MSE of min-max scores to a
     binary GT also demands: with a GT of hundreds of features that part dominates it).
+    Samples whose GT row is empty are left out of the mean (their loss would be 1 whatever
+    their attributions; see :func:`excluded_share_loss`).
 
     Parameters
     ----------
@@ -331,6 +349,9 @@ def outside_share_loss(scores: torch.Tensor, ground_truth: torch.Tensor) -> torc
     --------
     >>> s = share(torch.tensor([[3.0, 1.0, 0.0]]))
     >>> float(outside_share_loss(s, torch.tensor([1.0, 0.0, 0.0])))
+    0.25
+    >>> two = share(torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, 1.0]]))
+    >>> float(outside_share_loss(two, torch.tensor([[1.0, 0, 0], [0, 0, 0]])))  # row 2: no GT
     0.25
     """
     return excluded_share_loss(scores, 1.0 - ground_truth.to(scores.dtype))
@@ -802,32 +823,40 @@ def abs_minmax_mse_loss(
 
 
 class _ShareOutside(torch.autograd.Function):
-    """``mean_i O_i / S_i`` with ``S = sum_j |a_ij|`` and ``O = sum_j (1 - gt_ij) |a_ij|``.
+    """``mean_i O_i / S_i`` with ``S = sum_j |a_ij|`` and ``O = sum_j (1 - gt_ij) |a_ij|``,
+    the mean over the ``m`` rows with a GT feature (all ``n`` for one GT vector).
 
-    With ``r = O / S`` the gradient is ``sign(a) ((1 - gt) - r) / (n S)`` per row: a
-    matrix-vector product and two row sums forward, one broadcast expression backward,
-    instead of the composition's normalized copy and its graph. Rows with ``S = 0`` have
-    loss 0 and gradient 0, as in :func:`share`. First derivative only; the graph of ``a``
-    is kept.
+    With ``r = O / S`` the gradient is ``sign(a) ((1 - gt) - r) / (m S)`` per counted row
+    (0 elsewhere): a matrix-vector product and two row sums forward, one broadcast
+    expression backward, instead of the composition's normalized copy and its graph. Rows
+    with ``S = 0`` have loss 0 and gradient 0, as in :func:`share`. First derivative
+    only; the graph of ``a`` is kept.
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, outside: torch.Tensor, eps: float) -> torch.Tensor:
         mag = a.abs()
         total = mag.sum(dim=1)
-        if outside.stride(0) == 0:  # one ground-truth vector for all rows
-            out = mag @ outside[0]
-        else:
-            out = (mag * outside).sum(dim=1)
         inv = torch.where(total > eps, 1.0 / total, torch.zeros_like(total))
-        ratio = out * inv
-        ctx.save_for_backward(a, outside, ratio, inv)
-        return ratio.mean()
+        if outside.stride(0) == 0:  # one ground-truth vector for all rows
+            ratio = (mag @ outside[0]) * inv
+            weight = (outside[0] < 1).any().to(total.dtype) / a.shape[0]  # 1/n, 0 if empty
+            loss = ratio.mean() * (weight * a.shape[0])
+        else:
+            ratio = (mag * outside).sum(dim=1) * inv
+            counted = (outside < 1).any(dim=1).to(total.dtype)
+            weight = counted / counted.sum().clamp_min(1)
+            loss = (ratio * weight).sum()
+        ctx.save_for_backward(a, outside, ratio, inv, weight)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        a, outside, ratio, inv = ctx.saved_tensors
-        scale = (grad_out / a.shape[0]) * inv
+        a, outside, ratio, inv, weight = ctx.saved_tensors
+        if weight.ndim == 0:  # one GT vector: every row weighs 1/n
+            scale = (grad_out / a.shape[0]) * inv * (weight * a.shape[0])
+        else:
+            scale = grad_out * (weight * inv)
         grad = (outside - ratio.unsqueeze(1)).mul_(scale.unsqueeze(1))
         return grad.mul_(a.sign()), None, None
 

@@ -313,8 +313,10 @@ def from_groups(
 ) -> GroupedGroundTruth:
     """A GT matrix with one gene list per group (e.g. per cell type) of ``obs[groupby]``.
 
-    Cells of groups without a gene list get an all-zero row (the prior then asks for
-    small attributions everywhere in those cells; leave such groups out on purpose).
+    Cells of groups without a gene list get an all-zero row. With the default share /
+    outside_share loss those cells are outside the prior (left out of its mean: their
+    loss could not move); with an MSE loss the prior asks them for small attributions
+    everywhere.
 
     Parameters
     ----------
@@ -410,7 +412,8 @@ def mutual_information_markers(
     * 1e4)`` of each gene, in chunks of genes (the matrix is never densified whole).
     Without ``groupby``: one global vector. With ``groupby`` (e.g. cell type): MI within
     each group -> a :class:`GroupedGroundTruth`; groups with fewer than ``min_cells``
-    cells or a single label are skipped (logged) and get all-zero rows.
+    cells or a single label are skipped (logged) and get all-zero rows (outside a
+    share / outside_share prior, see :func:`from_groups`).
 
     Parameters
     ----------

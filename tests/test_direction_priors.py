@@ -324,6 +324,34 @@ def test_fused_share_outside_loss_equals_the_composition(seed, n, f, per_row, ze
     torch.testing.assert_close(g_fused, g_comp)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000), n=st.integers(1, 6), f=st.integers(2, 9), extra=st.integers(1, 5)
+)
+def test_samples_without_gt_features_leave_the_share_loss_unchanged(seed, n, f, extra):
+    """Appending samples whose GT row is empty changes neither the outside-share loss nor
+    the gradient of the other samples' attributions (composition and fused op): their
+    loss would be 1 whatever they do, so they are outside the mean instead of diluting it."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n + extra, f, generator=g, dtype=torch.float64, requires_grad=True)
+    gt = (torch.rand(n, f, generator=g, dtype=torch.float64) < 0.5).double()
+    gt[:, 0] = 1.0  # every original sample has a GT feature
+    padded = torch.cat([gt, torch.zeros(extra, f, dtype=torch.float64)])
+    for loss in (
+        lambda t, m: AF.outside_share_loss(AF.share(t), m),
+        AF.share_outside_loss,
+    ):
+        alone = loss(a[:n], gt)
+        with_empty = loss(a, padded)
+        torch.testing.assert_close(with_empty, alone)
+        (grad,) = torch.autograd.grad(with_empty, a)
+        (grad_alone,) = torch.autograd.grad(alone, a)
+        torch.testing.assert_close(grad, grad_alone)
+        assert not grad[n:].any()
+        # no sample with a GT feature: nothing to constrain
+        assert float(loss(a[n:].detach(), padded[n:])) == 0.0
+
+
 def test_fused_share_outside_loss_gradcheck_and_prior_uses_it():
     a = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     gt = torch.tensor([1.0, 0, 1, 0, 0], dtype=torch.float64)
