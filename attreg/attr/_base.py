@@ -24,7 +24,14 @@ from attreg.attr._gradients import expand_additional_args, forward_reduced
 from attreg.attr.tuple_inputs import PackedForward, TuplePacking, pack_argument
 from attreg.reducers import DirectionReducer, Reducer, TargetReducer, resolve_reducer
 
-__all__ = ["Attribution", "n_directions", "tile_rows", "untile_rows"]
+__all__ = [
+    "Attribution",
+    "PathAttribution",
+    "LinearPrefixPathAttribution",
+    "n_directions",
+    "tile_rows",
+    "untile_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +314,63 @@ def _attribute_tuple(
     if isinstance(out, tuple):  # (attributions, convergence delta)
         return (packing.split(out[0]), *out[1:])
     return packing.split(out)
+
+
+class PathAttribution(Attribution):
+    """An :class:`Attribution` that averages gradients between inputs and references
+    and, by default, multiplies the average by ``x - x'`` (IG, EG, GradientShap).
+
+    Parameters
+    ----------
+    forward_func, reducer, differentiable, check_batchnorm, check_inputs
+        See :class:`Attribution`.
+    multiply_by_inputs
+        Multiply the averaged gradients by ``x - x'``; ``False`` keeps the gradients alone.
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        reducer: str | Callable | None = None,
+        *,
+        differentiable: bool = False,
+        multiply_by_inputs: bool = True,
+        check_batchnorm: bool = True,
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__(
+            forward_func,
+            reducer,
+            differentiable=differentiable,
+            check_batchnorm=check_batchnorm,
+            check_inputs=check_inputs,
+        )
+        self.multiply_by_inputs = multiply_by_inputs
+
+
+class LinearPrefixPathAttribution(PathAttribution):
+    """A :class:`PathAttribution` that, for an :class:`~attreg.attr.LinearPrefix` target,
+    may interpolate in the hidden space (IG and EG).
+
+    Parameters
+    ----------
+    forward_func, reducer, differentiable, multiply_by_inputs, check_batchnorm, check_inputs
+        See :class:`PathAttribution`.
+    use_linear_prefix
+        Interpolate in the hidden space of a ``LinearPrefix`` target (same attributions,
+        cheaper; with the fast paths on).
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        reducer: str | Callable | None = None,
+        *,
+        use_linear_prefix: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(forward_func, reducer, **kwargs)
+        self.use_linear_prefix = use_linear_prefix
 
 
 def _twice_differentiable_attention(differentiable: bool) -> contextlib.AbstractContextManager:

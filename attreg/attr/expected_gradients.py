@@ -9,7 +9,12 @@ from typing import Any
 import torch
 
 from attreg._validation import check_finite, check_positive_int
-from attreg.attr._base import Attribution, n_directions, tile_rows, untile_rows
+from attreg.attr._base import (
+    LinearPrefixPathAttribution,
+    n_directions,
+    tile_rows,
+    untile_rows,
+)
 from attreg.attr._gradients import expand_additional_args, gradients_at, in_functorch_transform
 from attreg.attr.linear_prefix import LinearPrefix
 from attreg.fast_paths import fast_paths_enabled
@@ -184,7 +189,7 @@ def expected_gradients_from_draws(
     return _average_terms(grads, delta if multiply_by_inputs else None)
 
 
-class ExpectedGradients(Attribution):
+class ExpectedGradients(LinearPrefixPathAttribution):
     r"""Expected Gradients: IG averaged over references drawn from a distribution.
 
     .. math:: \mathrm{EG}_j(x) = \mathbb{E}_{x' \sim D,\ \alpha \sim U(0, 1)}
@@ -240,27 +245,6 @@ class ExpectedGradients(Attribution):
     >>> a.shape, torch.equal(a, b)
     (torch.Size([16, 4]), True)
     """
-
-    def __init__(
-        self,
-        forward_func: Callable,
-        reducer: str | Callable | None = None,
-        *,
-        differentiable: bool = False,
-        multiply_by_inputs: bool = True,
-        check_batchnorm: bool = True,
-        check_inputs: bool = True,
-        use_linear_prefix: bool = True,
-    ) -> None:
-        super().__init__(
-            forward_func,
-            reducer,
-            differentiable=differentiable,
-            check_batchnorm=check_batchnorm,
-            check_inputs=check_inputs,
-        )
-        self.multiply_by_inputs = multiply_by_inputs
-        self.use_linear_prefix = use_linear_prefix
 
     def attribute(
         self,

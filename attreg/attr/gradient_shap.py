@@ -30,14 +30,14 @@ from typing import Any
 import torch
 
 from attreg._validation import check_finite, check_noise_sd, check_positive_int
-from attreg.attr._base import Attribution, n_directions
+from attreg.attr._base import PathAttribution, n_directions
 from attreg.attr._gradients import expand_additional_args, forward_reduced, gradients_at
 from attreg.attr.integrated_gradients import call_baselines
 
 __all__ = ["GradientShap"]
 
 
-class GradientShap(Attribution):
+class GradientShap(PathAttribution):
     """Expected Gradients over a baseline distribution, with input noise (captum's
     ``GradientShap``); differentiable like every attreg method.
 
@@ -48,25 +48,6 @@ class GradientShap(Attribution):
     multiply_by_inputs
         Multiply the gradients by ``x + e - r`` (default, SHAP values).
     """
-
-    def __init__(
-        self,
-        forward_func: Callable,
-        reducer: str | Callable | None = None,
-        *,
-        differentiable: bool = False,
-        multiply_by_inputs: bool = True,
-        check_batchnorm: bool = True,
-        check_inputs: bool = True,
-    ) -> None:
-        super().__init__(
-            forward_func,
-            reducer,
-            differentiable=differentiable,
-            check_batchnorm=check_batchnorm,
-            check_inputs=check_inputs,
-        )
-        self.multiply_by_inputs = multiply_by_inputs
 
     def attribute(
         self,

@@ -9,7 +9,12 @@ from typing import Any
 import torch
 
 from attreg._validation import check_finite
-from attreg.attr._base import Attribution, n_directions, tile_rows, untile_rows
+from attreg.attr._base import (
+    LinearPrefixPathAttribution,
+    n_directions,
+    tile_rows,
+    untile_rows,
+)
 from attreg.attr._gradients import expand_additional_args, forward_reduced, gradients_at
 from attreg.attr.linear_prefix import LinearPrefix
 from attreg.attr.quadrature import quadrature
@@ -53,7 +58,7 @@ def resolve_baselines(
         ) from err
 
 
-class IntegratedGradients(Attribution):
+class IntegratedGradients(LinearPrefixPathAttribution):
     r"""Integrated Gradients along the straight path from a baseline ``x'`` to ``x``.
 
     .. math:: \mathrm{IG}_j(x) = (x_j - x'_j) \sum_s w_s
@@ -83,27 +88,6 @@ class IntegratedGradients(Attribution):
     >>> torch.allclose(attr.sum(1), (model(x) - model(torch.zeros_like(x))).squeeze(1), atol=1e-5)
     True
     """
-
-    def __init__(
-        self,
-        forward_func: Callable,
-        reducer: str | Callable | None = None,
-        *,
-        differentiable: bool = False,
-        multiply_by_inputs: bool = True,
-        check_batchnorm: bool = True,
-        check_inputs: bool = True,
-        use_linear_prefix: bool = True,
-    ) -> None:
-        super().__init__(
-            forward_func,
-            reducer,
-            differentiable=differentiable,
-            check_batchnorm=check_batchnorm,
-            check_inputs=check_inputs,
-        )
-        self.multiply_by_inputs = multiply_by_inputs
-        self.use_linear_prefix = use_linear_prefix
 
     def attribute(
         self,
