@@ -840,8 +840,8 @@ class _ShareOutside(torch.autograd.Function):
         inv = torch.where(total > eps, 1.0 / total, torch.zeros_like(total))
         if outside.stride(0) == 0:  # one ground-truth vector for all rows
             ratio = (mag @ outside[0]) * inv
-            weight = (outside[0] < 1).any().to(total.dtype) / a.shape[0]  # 1/n, 0 if empty
-            loss = ratio.mean() * (weight * a.shape[0])
+            weight = (outside[0] < 1).any().to(total.dtype)  # 0-dim: 1, or 0 for an empty GT
+            loss = ratio.mean() * weight
         else:
             ratio = (mag * outside).sum(dim=1) * inv
             counted = (outside < 1).any(dim=1).to(total.dtype)
@@ -854,7 +854,7 @@ class _ShareOutside(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         a, outside, ratio, inv, weight = ctx.saved_tensors
         if weight.ndim == 0:  # one GT vector: every row weighs 1/n
-            scale = (grad_out / a.shape[0]) * inv * (weight * a.shape[0])
+            scale = (grad_out / a.shape[0]) * inv * weight
         else:
             scale = grad_out * (weight * inv)
         grad = (outside - ratio.unsqueeze(1)).mul_(scale.unsqueeze(1))

@@ -208,16 +208,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    weights = parse_weights(args.weight)
+    replaced = parse_weights(args.weight)
+    weight_of = {v: replaced.get(kind, w) for v, (kind, w) in VARIANTS.items()}
     torch.set_num_threads(args.threads)
     attreg.retain_freed_cpu_memory()
     results: dict[str, list[dict]] = {v: [] for v in args.variants}
     for seed in args.seeds:
         data = decoy_mnist(seed)
         for v in args.variants:  # variants take turns within each seed
-            kind, weight = VARIANTS[v]
-            weight = weights.get(kind, weight)
-            results[v].append(run(kind, weight, seed, data, args.epochs, args.model))
+            results[v].append(
+                run(VARIANTS[v][0], weight_of[v], seed, data, args.epochs, args.model)
+            )
     base_ms = (
         statistics.median(r["ms"] for r in results.get("vanilla", []))
         if "vanilla" in results
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 batch_size=64,
                 median_ms=ms,
                 ratio_to_plain=None if base_ms is None else ms / base_ms,
-                weight=weights.get(VARIANTS[v][0], VARIANTS[v][1]),
+                weight=weight_of[v],
                 test_acc=statistics.mean(accs),
                 test_acc_min=min(accs),
                 test_acc_max=max(accs),
