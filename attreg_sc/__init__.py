@@ -1,4 +1,5 @@
-"""attreg_sc: scARE, attribution-regularized single-cell representation learning.
+"""attreg_sc: scARE, attribution-regularized single-cell representation learning, on
+scvi-tools.
 
 Examples
 --------
@@ -12,30 +13,39 @@ True
 """
 
 from attreg_sc import datasets, distributions, gt, metrics, pl, report
+from attreg_sc.files import ModelFileError
+from attreg_sc.mixin import AttributionPriorModelMixin, with_prior
 from attreg_sc.model import SCARE
-from attreg_sc.module import SCAREModule
+from attreg_sc.module import SCAREVAE
+from attreg_sc.settings import PriorSettings
 from attreg_sc.train import NonFiniteLossError
 
 
 def __getattr__(name: str):
-    if name in ("SCAREVI", "scvi_tools"):  # imports scvi-tools: only when asked for
-        import importlib
+    if name == "SCAREVI":  # attreg 0.1's name of the scvi-tools model
+        import warnings
 
-        scvi_tools = importlib.import_module("attreg_sc.scvi_tools")
-        return scvi_tools if name == "scvi_tools" else scvi_tools.SCAREVI
+        warnings.warn(
+            "attreg_sc.SCAREVI is deprecated: it is attreg_sc.SCARE now.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return SCARE
     raise AttributeError(f"module 'attreg_sc' has no attribute {name!r}")
 
 
 __all__ = [
     "SCARE",
-    "SCAREVI",
-    "SCAREModule",
+    "SCAREVAE",
+    "AttributionPriorModelMixin",
+    "with_prior",
+    "PriorSettings",
     "NonFiniteLossError",
+    "ModelFileError",
     "datasets",
     "distributions",
     "gt",
     "metrics",
     "pl",
     "report",
-    "scvi_tools",
 ]

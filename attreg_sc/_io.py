@@ -24,6 +24,9 @@ __all__ = [
     "to_safe",
     "from_safe",
     "read_safe_payload",
+    "read_regular_file",
+    "UnsafeFileError",
+    "MAX_FILE_BYTES",
 ]
 
 
@@ -128,24 +131,55 @@ def to_safe(obj: Any) -> Any:
     return obj
 
 
-def from_safe(obj: Any) -> Any:
-    """Inverse of :func:`to_safe`."""
+def from_safe(obj: Any, _depth: int = 0) -> Any:
+    """Inverse of :func:`to_safe`. A structure :func:`to_safe` cannot have written (a
+    marker holding the wrong type, a shape that does not fit its values, nesting deeper
+    than 64 levels) raises :class:`UnsafeFileError`."""
+    if _depth > 64:
+        raise UnsafeFileError("the file nests containers more than 64 levels deep.")
     if isinstance(obj, dict):
         if _NDARRAY in obj:
-            return obj[_NDARRAY].numpy()
+            import torch
+
+            tensor = obj[_NDARRAY]
+            if not isinstance(tensor, torch.Tensor) or len(obj) != 1:
+                raise UnsafeFileError("an array entry of the file does not hold a tensor.")
+            return tensor.numpy()
         if _STRARRAY in obj or _OBJARRAY in obj:
             values = obj.get(_STRARRAY, obj.get(_OBJARRAY))
+            shape = obj.get("shape")
+            if (
+                not isinstance(values, list)
+                or not all(isinstance(v, _PLAIN) for v in values)
+                or not isinstance(shape, list)
+                or not all(isinstance(n, int) and n >= 0 for n in shape)
+                or int(np.prod(shape, dtype=np.float64)) != len(values)
+            ):
+                raise UnsafeFileError("an array entry of the file has values that do not fit "
+                                      "its shape.")
             out = np.empty(len(values), dtype=object)
             out[:] = values
-            return out.reshape(obj["shape"])
+            return out.reshape(shape)
         if _FRAME in obj:
             import pandas as pd
 
-            index = pd.Index(from_safe(obj["index"]), name=obj["index_name"])
-            return pd.DataFrame({k: from_safe(v) for k, v in obj[_FRAME].items()}, index=index)
-        return {k: from_safe(v) for k, v in obj.items()}
+            columns = obj[_FRAME]
+            if not isinstance(columns, dict) or "index" not in obj:
+                raise UnsafeFileError("a table entry of the file is malformed.")
+            index = from_safe(obj["index"], _depth + 1)
+            name = obj.get("index_name")
+            try:
+                frame = pd.DataFrame(
+                    {str(k): from_safe(v, _depth + 1) for k, v in columns.items()},
+                    index=pd.Index(index, name=name if isinstance(name, (str, type(None)))
+                                   else None),
+                )
+            except (TypeError, ValueError) as err:
+                raise UnsafeFileError(f"a table entry of the file is malformed: {err}") from None
+            return frame
+        return {k: from_safe(v, _depth + 1) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(from_safe(v) for v in obj)
+        return type(obj)(from_safe(v, _depth + 1) for v in obj)
     return obj
 
 
@@ -165,19 +199,111 @@ def save_versioned(path: str | os.PathLike, payload: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def read_safe_payload(path: str | os.PathLike | None, kind: str, hint: str = "") -> Any:
+#: largest file the safe reader reads (a model of 100k genes is well below; a crafted
+#: size field cannot make a read exceed it)
+MAX_FILE_BYTES = 8 * 2**30
+
+
+class UnsafeFileError(ValueError):
+    """A file that is not read: not a regular file, outside its folder, too large, not
+    written by attreg_sc, truncated or corrupt, or holding objects a safe load refuses."""
+
+
+def read_regular_file(
+    path: str | os.PathLike,
+    kind: str,
+    inside: str | os.PathLike | None = None,
+    max_bytes: int | None = None,
+) -> bytes:
+    """The bytes of ``path`` if it is a regular file (not a device, FIFO or socket), lies
+    inside the folder ``inside`` once symlinks are resolved, and has at most ``max_bytes``
+    bytes (default :data:`MAX_FILE_BYTES`); otherwise :class:`UnsafeFileError` naming the
+    file. The file is opened without blocking (a FIFO cannot hang the read) and its size
+    is checked on the open descriptor before anything is read.
+
+    Parameters
+    ----------
+    path
+        The file.
+    kind
+        How the file is named in errors.
+    inside
+        A folder the file must be in (``None``: anywhere).
+    max_bytes
+        Size cap.
+
+    Examples
+    --------
+    >>> read_regular_file("/dev/zero", "model file")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    attreg_sc._io.UnsafeFileError: /dev/zero is not a regular file (a device ...
+    """
+    import stat
+
+    cap = MAX_FILE_BYTES if max_bytes is None else int(max_bytes)
+    path = Path(path)
+    if inside is not None:
+        root = Path(inside).resolve()
+        real = path.resolve()
+        if real != root and root not in real.parents:
+            raise UnsafeFileError(
+                f"{path} points outside {inside} (to {real}); a {kind} is read only from "
+                "inside its folder. Copy the file into the folder instead of linking it."
+            )
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise UnsafeFileError(f"{path} cannot be opened as a {kind}: {err.strerror}.") from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFileError(
+                f"{path} is not a regular file (a device, FIFO, socket or folder); a {kind} "
+                "must be a regular file."
+            )
+        if info.st_size > cap:
+            raise UnsafeFileError(
+                f"{path} has {info.st_size:,} bytes, more than the {cap:,} a {kind} may have; "
+                "it is not a file this library wrote."
+            )
+        chunks, left = [], info.st_size + 1  # one byte more: a file that grew is noticed
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        raise UnsafeFileError(f"{path} grew beyond {cap:,} bytes while it was read.")
+    return data
+
+
+def read_safe_payload(
+    path: str | os.PathLike | None,
+    kind: str,
+    hint: str = "",
+    inside: str | os.PathLike | None = None,
+    max_bytes: int | None = None,
+) -> Any:
     """The payload of a file written by :func:`save_versioned`, as stored (no version
     check, arrays still in their safe form); clear errors for a missing, foreign,
-    truncated/corrupt (checksum) or unsafe file (``kind`` names it).
+    truncated/corrupt (checksum) or unsafe file (``kind`` names it). Only a regular file
+    (inside ``inside``, at most ``max_bytes``) is read: see :func:`read_regular_file`.
 
     Reading never executes code from the file (``torch.load(weights_only=True)``)."""
     import torch
 
-    if path is None or not os.path.exists(path):
+    if path is None or not os.path.lexists(path):
         raise FileNotFoundError(f"no {kind} at {str(path)!r}.{' ' + hint if hint else ''}")
-    raw = Path(path).read_bytes()
+    raw = read_regular_file(path, kind, inside=inside, max_bytes=max_bytes)
     if not raw.startswith(MAGIC):
-        raise ValueError(
+        raise UnsafeFileError(
             f"{path} is not a {kind} written by this attreg_sc (no attreg header): files of "
             "earlier versions and other pickles are not loaded, because unpickling them could "
             "run code. Re-train the model with this version."
@@ -185,19 +311,21 @@ def read_safe_payload(path: str | os.PathLike | None, kind: str, hint: str = "")
     header_end = raw.find(b"\n", len(MAGIC))
     digest, data = raw[len(MAGIC) : header_end], raw[header_end + 1 :]
     if header_end < 0 or hashlib.sha256(data).hexdigest().encode() != digest:
-        raise ValueError(
+        raise UnsafeFileError(
             f"{path} is truncated or corrupt: its checksum does not match its contents "
             f"(the {kind} was damaged after it was written). Use another copy or re-train."
         )
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise UnsafeFileError(
             f"{path} holds objects a safe load refuses (it could run code when unpickled); "
             f"it was not written by attreg_sc: {err}"
         ) from err
     except Exception as err:
-        raise ValueError(f"{path} is not a readable {kind} (truncated or corrupt?): {err}") from err
+        raise UnsafeFileError(
+            f"{path} is not a readable {kind} (truncated or corrupt?): {err}"
+        ) from err
     return payload
 
 
@@ -207,7 +335,7 @@ def load_versioned(path: str | os.PathLike | None, version: int, kind: str, hint
     payload = read_safe_payload(path, kind, hint)
     found = payload.get("format_version") if isinstance(payload, dict) else None
     if found != version:
-        raise ValueError(
+        raise UnsafeFileError(
             f"{path} has format version {found!r}; this attreg_sc reads {kind} version "
             f"{version}. Re-save it with the attreg version that wrote it."
         )

@@ -1,7 +1,7 @@
 """``attreg-sc``: train, evaluate and report scARE models from the command line.
 
 Commands (``attreg-sc COMMAND --help`` for each): ``train``, ``fssf``, ``report``,
-``markers``, ``demo``. Bad input (missing file, not an h5ad, unknown keys, genes not
+``markers``, ``demo``, ``convert``. Bad input (missing file, not an h5ad, unknown keys, genes not
 found) exits with status 2 and a one-line message naming the problem and the fix.
 """
 
@@ -81,13 +81,16 @@ def _ground_truths(adata, args) -> dict:
 
 
 def scare_defaults() -> dict:
-    """``SCARE``'s constructor defaults: the one source of the CLI's and the demo's."""
+    """``SCARE``'s defaults (the prior's :class:`~attreg_sc.settings.PriorSettings` and
+    the constructor's architecture): the one source of the CLI's and the demo's."""
     import inspect
 
     from attreg_sc.model import SCARE
+    from attreg_sc.settings import PriorSettings
 
     params = inspect.signature(SCARE.__init__).parameters
-    return {k: v.default for k, v in params.items() if v.default is not inspect.Parameter.empty}
+    out = {k: v.default for k, v in params.items() if v.default is not inspect.Parameter.empty}
+    return {**out, **PriorSettings().to_dict()}
 
 
 def _threads_arg(value: str) -> int | str:
@@ -172,8 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--scvi-tools",
         action="store_true",
-        help="train SCAREVI, scARE on scvi-tools (attreg_sc.scvi_tools): a scvi.model.SCVI "
-        "with the prior; no --resume or --target model",
+        help=argparse.SUPPRESS,  # attreg 0.1: SCARE is the scvi-tools model now
     )
     t.add_argument(
         "--allow-non-integer",
@@ -229,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--likelihood",
         choices=["nb", "zinb"],
-        default=defaults["likelihood"],
+        default=defaults["gene_likelihood"],
         help="count likelihood of the decoder",
     )
     t.add_argument("--max-epochs", type=int, default=100, help="upper bound on epochs")
@@ -304,35 +306,38 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of everything")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--threads", type=_threads_arg, default="auto", help="as for train")
+
+    c = sub.add_parser(
+        "convert",
+        help="re-fit a model folder of attreg_sc's earlier hand-written SCARE as SCARE",
+        **common,
+    )
+    c.add_argument("old", help="folder holding the old model.pt")
+    c.add_argument("new", help="folder for the new model (written as one unit)")
+    c.add_argument("--data", required=True, help="the AnnData the old model was trained on")
+    c.add_argument("--max-epochs", type=int, default=100, help="upper bound on epochs")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing NEW folder")
+    c.add_argument("--threads", type=_threads_arg, default="auto", help="as for train")
     return parser
 
 
 def _load_model(path: str, adata, args=None):
-    """Load a saved SCARE; a --layer/--batch-key given must be the model's own."""
+    """Load a saved SCARE onto ``adata``; a --layer/--batch-key given must be the model's own."""
     from attreg_sc import SCARE
-    from attreg_sc._io import read_safe_payload
+    from attreg_sc._compat import SETUP_ARGS_KEY
 
     if not (Path(path) / "model.pt").exists():
         raise CLIError(f"no saved model in {path} (expected {path}/model.pt).")
-    payload = read_safe_payload(Path(path) / "model.pt", "saved scARE model")
-    if isinstance(payload, dict) and "model_class" in payload:
-        from attreg_sc.scvi_tools import SCAREVI  # saved by train --scvi-tools
-
-        model = SCAREVI.load(path, adata=adata.copy())
-        if getattr(args, "batch_key", None) or getattr(args, "layer", None):
-            logger.info("the SCAREVI model's own setup (layer, batch key) is used")
-        return model
-    model = SCARE.load(path, adata)
-    for flag, given, own in (
-        ("--batch-key", getattr(args, "batch_key", None), model.batch_key),
-        ("--layer", getattr(args, "layer", None), model.layer),
-    ):
-        if given is not None and given != own:
+    own = SCARE.load_registry(path).get(SETUP_ARGS_KEY) or {}
+    for flag, key in (("--batch-key", "batch_key"), ("--layer", "layer")):
+        given = getattr(args, key, None)
+        if given is not None and given != own.get(key):
             raise CLIError(
-                f"{flag} {given} differs from the model's ({own!r}, set when it was trained "
-                f"in {path}); leave {flag} out to use the model's."
+                f"{flag} {given} differs from the model's ({own.get(key)!r}, set when it was "
+                f"trained in {path}); leave {flag} out to use the model's."
             )
-    return model
+    return SCARE.load(path, adata=adata.copy())
 
 
 def _input_files(args) -> list[str]:
@@ -359,15 +364,16 @@ def _needed_bytes(data_path: str) -> int:
 def _cmd_train(args) -> None:
     import pandas as pd
 
-    from attreg_sc import SCARE
     from attreg_sc._io import write_h5ad_safely
     from attreg_sc.output_folder import OutputFolder
 
     adata = _read_h5ad(args.data)
     gts = _ground_truths(adata, args)
     if not gts:
-        logger.warning("no --genes/--gmt/--markers-by: training a plain cVAE")
-    model, fit = (_scarevi_and_fit if args.scvi_tools else _scare_and_fit)(args, adata, gts)
+        logger.warning("no --genes/--gmt/--markers-by: training a plain VAE")
+    if args.scvi_tools:
+        logger.warning("--scvi-tools is no longer needed: SCARE is the scvi-tools model")
+    model = _scare(args, adata, gts)
     folder = OutputFolder(
         args.out,
         overwrite=args.overwrite,
@@ -376,15 +382,22 @@ def _cmd_train(args) -> None:
         needed_bytes=_needed_bytes(args.data),
     )
     with folder as staging:
-        fit(folder)
-        history = model.history if isinstance(model, SCARE) else model.scare_history
+        model.train(
+            max_epochs=args.max_epochs,
+            batch_size=args.batch_size,
+            plan_kwargs={"lr": args.lr},
+            early_stopping_patience=args.patience,
+            enable_progress_bar=not args.no_progress,
+            checkpoint_path=folder.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            ckpt_path=folder.checkpoint if args.resume else None,
+            threads=args.threads,
+        )
+        history = model.loss_history
         try:
             model.save(staging / "model")
             result = adata.copy()
-            if isinstance(model, SCARE):
-                model.export_to_anndata(result)
-            else:
-                result.obsm["X_scare"] = model.get_latent_representation()
+            result.obsm["X_scare"] = model.get_latent_representation()
             write_h5ad_safely(result, staging / "adata.h5ad")
             (staging / "history.csv").write_text(pd.DataFrame(history).to_csv(index_label="epoch"))
             _write_run_record(staging, args, gts, epochs=len(history.get("loss", [])))
@@ -399,97 +412,48 @@ def _cmd_train(args) -> None:
                 f"{folder.path}. Free space or choose another --out{kept}."
             ) from err
     epochs = len(history.get("loss", []))
-    if isinstance(model, SCARE) and epochs < args.max_epochs:
+    if epochs < args.max_epochs:
         print(
             f"early stopping after {epochs} of {args.max_epochs} epochs: the validation loss "
             f"did not improve for {args.patience} epochs (the best epoch's weights are kept)"
         )
-    kind = "" if isinstance(model, SCARE) else " (SCAREVI)"
     print(
-        f"wrote {folder.path}/: model/model.pt{kind}, adata.h5ad (obsm['X_scare']), "
+        f"wrote {folder.path}/: model/model.pt, adata.h5ad (obsm['X_scare']), "
         "history.csv, run.json"
     )
 
 
-def _prior_and_architecture(args, gts: dict) -> dict:
-    """The model settings ``train`` passes to SCARE and SCAREVI alike."""
-    return dict(
+def _scare(args, adata, gts: dict):
+    """``train``: the model, with its data set up and its prior."""
+    import scvi
+
+    from attreg_sc import SCARE
+
+    scvi.settings.seed = args.seed
+    adata = adata.copy()  # the input AnnData stays as it was read
+    SCARE.setup_anndata(
+        adata,
         layer=args.layer,
         batch_key=args.batch_key,
+        allow_non_integer=args.allow_non_integer,
+    )
+    return SCARE(
+        adata,
         gt=gts or None,
+        gene_key=args.gene_key,
+        n_latent=args.n_latent,
+        n_hidden=args.n_hidden,
+        n_layers=args.n_layers,
+        gene_likelihood=args.likelihood,
         w_attr=args.w_attr,
         attribution=args.attribution,
         reducer=args.reducer,
         n_directions=args.n_directions,
         reparameterizer=args.reparameterizer,
         loss=args.loss,
-        n_latent=args.n_latent,
-        n_hidden=args.n_hidden,
-        n_layers=args.n_layers,
-        likelihood=args.likelihood,
-        gene_key=args.gene_key,
+        target=args.target,
         seed=args.seed,
     )
-
-
-def _scare_and_fit(args, adata, gts: dict):
-    """``train``: a SCARE model and how to train it into an output folder."""
-    from attreg_sc import SCARE
-
-    model = SCARE(
-        adata,
-        target=args.target,
-        allow_non_integer=args.allow_non_integer,
-        **_prior_and_architecture(args, gts),
-    )
-
-    def fit(folder) -> None:
-        model.train(
-            max_epochs=args.max_epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            patience=args.patience,
-            progress_bar=not args.no_progress,
-            checkpoint_path=folder.checkpoint,
-            checkpoint_every=args.checkpoint_every,
-            resume=args.resume,
-            threads=args.threads,
-        )
-
-    return model, fit
-
-
-def _scarevi_and_fit(args, adata, gts: dict):
-    """``train --scvi-tools``: a SCAREVI model with the same settings, and its training."""
-    if args.resume:
-        raise CLIError("--resume is not available with --scvi-tools; train without it.")
-    if args.target != "encoder":
-        raise CLIError("--scvi-tools explains the encoder only; leave --target out.")
-    if args.allow_non_integer:
-        logger.info("scvi-tools warns about non-integer counts and trains on them")
-    import scvi
-
-    from attreg_sc.scvi_tools import SCAREVI
-
-    scvi.settings.seed = args.seed
-    if isinstance(args.threads, int):
-        import torch
-
-        torch.set_num_threads(args.threads)
-    model = SCAREVI(adata.copy(), **_prior_and_architecture(args, gts))
-
-    def fit(_folder) -> None:
-        model.train(
-            max_epochs=args.max_epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            patience=args.patience,
-            progress_bar=not args.no_progress,
-            accelerator="auto",
-            enable_model_summary=False,
-        )
-
-    return model, fit
 
 
 def _write_run_record(folder: Path, args, gts: dict | None = None, **extra) -> None:
@@ -632,6 +596,19 @@ def run_demo(
     ``threads``: CPU threads while training (``SCARE.train(threads=)``; ``"auto"`` fits
     them to the cores other processes leave free).
 
+    Parameters
+    ----------
+    out
+        Report folder (replaced as one unit).
+    synthetic
+        Synthetic data fitted to PBMC 3k instead of the real cells.
+    max_epochs, n_random, w_attr, seed
+        Training epochs, FSSF's random gene sets, ``w_A`` (default: scARE's), seed.
+    progress_bar
+        Show progress bars.
+    threads
+        CPU threads while training.
+
     Real data (default): PBMC 3k, GT = GO:0043410 (positive regulation of MAPK
     cascade), cell types from marker-named Leiden clusters, one batch. ``synthetic``:
     counts simulated from PBMC 3k statistics (4 cell types, 2 batches, the MAPK genes
@@ -672,11 +649,16 @@ def _demo_evaluation(synthetic, max_epochs, n_random, w_attr, seed, progress_bar
     else:
         adata, batch_key, label_key, name = ref, None, None, "PBMC 3k (10x Genomics)"
     gt = asc.gt.from_genes(adata, sets["GO:0043410"], name="GO:0043410")
+    import scvi
+
     models = {}
     for label, w in (("baseline", 0.0), ("scARE", w_attr)):
         logger.info("training %s", label)
-        m = asc.SCARE(adata, batch_key=batch_key, gt=gt, w_attr=w, seed=seed)
-        m.train(max_epochs=max_epochs, progress_bar=progress_bar, threads=threads)
+        data = adata.copy()
+        asc.SCARE.setup_anndata(data, batch_key=batch_key)
+        scvi.settings.seed = seed
+        m = asc.SCARE(data, gt=gt, w_attr=w, seed=seed)
+        m.train(max_epochs=max_epochs, enable_progress_bar=progress_bar, threads=threads)
         models[label] = m
     ev = evaluate(
         models,
@@ -688,6 +670,75 @@ def _demo_evaluation(synthetic, max_epochs, n_random, w_attr, seed, progress_bar
         progress_bar=progress_bar,
     )
     return ev, adata, gt, name
+
+
+def _cmd_convert(args) -> None:
+    """Re-fit a model of attreg_sc's earlier hand-written SCARE as the scvi-tools SCARE:
+    its settings, GTs, genes, batches and seed, trained on the same data (its network has
+    no counterpart in the scvi-tools model, so the weights cannot be carried over)."""
+    import scvi
+
+    from attreg_sc import SCARE
+    from attreg_sc._io import read_safe_payload
+    from attreg_sc.files import unpacked_ground_truth
+    from attreg_sc.output_folder import OutputFolder
+
+    old = Path(args.old) / "model.pt"
+    payload = _from_safe(read_safe_payload(old, "saved scARE model", inside=args.old))
+    if not isinstance(payload, dict) or "init" not in payload or "state_dict" not in payload:
+        raise CLIError(f"{old} is not a model of the earlier hand-written SCARE; load it "
+                       "with SCARE.load.")
+    init = payload["init"]
+    if not isinstance(init, dict):
+        raise CLIError(f"{old}: init is not a mapping.")
+    adata = _read_h5ad(args.data)
+    names = [str(v) for v in adata.var_names]
+    if names != list(payload.get("var_names") or []):
+        raise CLIError(f"--data {args.data} does not hold the old model's genes in its order.")
+    gts = {
+        str(k): unpacked_ground_truth(v, adata.n_vars, old, f"ground_truths[{k!r}]")
+        for k, v in (payload.get("ground_truths") or {}).items()
+    }
+    gts = {k: g for k, g in gts.items() if not hasattr(g, "shape") or g.shape[0] in
+           (adata.n_vars, adata.n_obs)}
+    settings = {k: init[k] for k in ("w_attr", "attribution", "target", "reducer",
+                                     "reparameterizer", "loss", "aggregation", "n_samples",
+                                     "n_steps", "n_directions", "w_exclusion", "seed")
+                if k in init}
+    settings["latent_blocks"] = init.get("latent_blocks") or {}
+    settings["gt_weights"] = init.get("gt_weights") or {}
+    folder = OutputFolder(args.new, overwrite=args.overwrite, inputs=[args.data, str(old)])
+    with folder as staging:
+        data = adata.copy()
+        SCARE.setup_anndata(data, layer=init.get("layer"), batch_key=init.get("batch_key"),
+                            allow_non_integer=bool(init.get("allow_non_integer", False)))
+        scvi.settings.seed = int(init.get("seed", 0))
+        model = SCARE(
+            data,
+            n_hidden=init.get("n_hidden", 128),
+            n_latent=init.get("n_latent", 10),
+            n_layers=init.get("n_layers", 1),
+            dropout_rate=init.get("dropout", 0.1),
+            dispersion=init.get("dispersion", "gene"),
+            gene_likelihood=init.get("likelihood", "nb"),
+            use_observed_lib_size=bool(init.get("use_observed_library", False)),
+            normalize_input=bool(init.get("normalize_input", False)),
+            w_reconstruction=float(init.get("w_reconstruction", 1.0)),
+            gt=gts or None,
+            gene_key=init.get("gene_key"),
+            **settings,
+        )
+        model.train(max_epochs=args.max_epochs, enable_progress_bar=not args.no_progress,
+                    threads=args.threads)
+        model.save(staging, overwrite=True)
+    print(f"wrote {folder.path}/model.pt: the old model's settings re-fitted as SCARE "
+          f"({len(model.loss_history.get('loss', []))} epochs)")
+
+
+def _from_safe(payload):
+    from attreg_sc._io import from_safe
+
+    return from_safe(payload)
 
 
 # the library's messages name Python arguments; on the command line, the flags
@@ -729,6 +780,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fssf": _cmd_fssf,
                 "report": _cmd_report,
                 "markers": _cmd_markers,
+                "convert": _cmd_convert,
             }[args.command](args)
     except (CLIError, OutputFolderError) as err:
         print(f"attreg-sc {args.command}: error: {err}", file=sys.stderr)

@@ -355,6 +355,9 @@ def from_groups(
 def from_cell_matrix(adata, matrix) -> CellGroundTruth:
     """A per-cell GT from any ``(n_cells, n_genes)`` boolean/0-1 array or sparse matrix.
 
+    A sparse matrix's structure is checked before scipy touches it (a broken one would
+    crash the interpreter), and the input is not modified.
+
     Parameters
     ----------
     adata
@@ -362,15 +365,35 @@ def from_cell_matrix(adata, matrix) -> CellGroundTruth:
     matrix
         ``(n_cells, n_genes)`` boolean or 0/1 array or sparse matrix.
     """
-    m = sp.csr_matrix(matrix)
-    if m.shape != (adata.n_obs, adata.n_vars):
+    from attreg_sc.validation import check_sparse_structure
+
+    if sp.issparse(matrix):
+        check_sparse_structure(matrix, name="the GT matrix")
+        shape = tuple(matrix.shape)
+    else:
+        matrix = np.asarray(matrix)
+        shape = matrix.shape
+    if shape != (adata.n_obs, adata.n_vars):
         raise ValueError(
-            f"GT matrix has shape {m.shape}; expected (n_cells, n_genes) = "
+            f"GT matrix has shape {shape}; expected (n_cells, n_genes) = "
             f"{(adata.n_obs, adata.n_vars)} in the order of the AnnData."
         )
-    if m.nnz and not np.isin(m.data, (0, 1)).all():
+    m = sp.csr_matrix(matrix)
+    if m.nnz and (m.data.dtype.kind not in "biuf" or not np.isin(m.data, (0, 1)).all()):
         raise ValueError("GT matrix must be binary (0/1 or boolean).")
     return CellGroundTruth(m.astype(bool))
+
+
+def _checked_group_gt(g: GroupedGroundTruth, name: str) -> GroupedGroundTruth:
+    codes, table = np.asarray(g.codes), np.asarray(g.table)
+    if codes.ndim != 1 or codes.dtype.kind not in "iu":
+        raise ValueError(f"GT {name!r}: codes must be one integer group code per cell.")
+    if table.ndim != 2 or table.dtype != bool or len(g.groups) != table.shape[0]:
+        raise ValueError(f"GT {name!r}: table must be boolean (groups x genes), one row per "
+                         "group name.")
+    if codes.size and (codes.min() < -1 or codes.max() >= table.shape[0]):
+        raise ValueError(f"GT {name!r}: group codes must be in -1..{table.shape[0] - 1}.")
+    return g
 
 
 def _log_normalized_columns(matrix, cols: np.ndarray, lib: np.ndarray) -> np.ndarray:
@@ -436,7 +459,7 @@ def mutual_information_markers(
     progress_bar
         Show a tqdm bar over genes (and groups).
     """
-    from attreg_sc.data import get_counts_matrix
+    from attreg_sc.validation import get_counts_matrix
 
     if label_key not in adata.obs:
         raise KeyError(f"label_key {label_key!r} not in adata.obs (columns: {list(adata.obs)}).")
@@ -496,6 +519,10 @@ def _one_ground_truth(adata, name: str, g, gene_key: str | None):
     import torch
 
     if isinstance(g, (GroupedGroundTruth, CellGroundTruth)):
+        if isinstance(g, CellGroundTruth):
+            g = from_cell_matrix(adata, g.matrix)
+        else:
+            g = _checked_group_gt(g, name)
         if g.shape != (adata.n_obs, adata.n_vars):
             raise ValueError(
                 f"GT {name!r} has shape {g.shape}; the AnnData has "

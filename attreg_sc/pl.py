@@ -77,7 +77,7 @@ def loss_curves(
     Parameters
     ----------
     histories
-        ``SCARE.history`` or ``{model name: history}``.
+        ``SCARE.loss_history`` or ``{model name: history}``.
     show, save
         Show the figure; write it to this path.
     """

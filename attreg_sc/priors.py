@@ -1,5 +1,5 @@
-"""Building scARE's attribution priors on a latent encoder: the one recipe shared by
-:class:`attreg_sc.SCARE` and the scvi-tools plans (:mod:`attreg_sc.scvi_tools`)."""
+"""Building scARE's attribution priors on a latent encoder from
+:class:`~attreg_sc.settings.PriorSettings`: the one recipe of every model's training plan."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import torch
 
 from attreg.prior import AttributionPrior, ExclusionPrior, PriorSet, make_method
 from attreg.reducers import Index, OutputUnits, RandomDirections, Reducer, resolve_reducer
+from attreg_sc.settings import DIRECTION_REDUCERS, REDUCERS, PriorSettings
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["REDUCERS", "DIRECTION_REDUCERS", "latent_reducer", "build_prior_set"]
 
-REDUCERS = ("random_direction", "per_dimension", "sum", "mean", "l2")
-DIRECTION_REDUCERS = ("random_direction", "per_dimension")
 
 
 def latent_reducer(
@@ -71,18 +70,8 @@ def build_prior_set(
     *,
     n_latent: int,
     generator: torch.Generator,
-    attribution: str = "eg",
-    target_kind: str = "encoder",
-    reducer: str = "random_direction",
-    reparameterizer: str = "share",
-    loss: str = "outside_share",
-    aggregation: str = "sum",
-    n_samples: int = 1,
-    n_steps: int = 20,
-    n_directions: int = 1,
-    w_exclusion: float = 1.0,
+    settings: PriorSettings | None = None,
     latent_blocks: Mapping[str, list[int]] | None = None,
-    gt_weights: Mapping[str, float] | None = None,
 ) -> PriorSet:
     """One :class:`attreg.AttributionPrior` per GT (named ``gt0``, ``gt1``, ... in the
     order of ``ground_truths``), plus an :class:`attreg.ExclusionPrior` per GT that owns a
@@ -101,14 +90,12 @@ def build_prior_set(
         Latent dimensions.
     generator
         Random generator of the draws.
-    attribution, target_kind, reducer, reparameterizer, loss, aggregation
-        As in :class:`attreg_sc.SCARE` (``target_kind`` is its ``target``).
-    n_samples, n_steps, n_directions, w_exclusion
-        As in :class:`attreg_sc.SCARE`.
+    settings
+        The prior's settings (default :class:`~attreg_sc.settings.PriorSettings()`); its
+        ``w_attr`` is applied by the caller, not here.
     latent_blocks
-        ``{GT name: latent dimensions}``.
-    gt_weights
-        ``{GT name: weight}`` (default 1).
+        ``{GT name: latent dimensions}`` (resolved:
+        :meth:`~attreg_sc.settings.PriorSettings.resolve_blocks`).
 
     Examples
     --------
@@ -119,38 +106,41 @@ def build_prior_set(
     >>> float(priors(torch.randn(8, 6))) >= 0
     True
     """
-    if target_kind == "model" and reducer in DIRECTION_REDUCERS:
+    s = PriorSettings() if settings is None else settings
+    if s.target == "model" and s.reducer in DIRECTION_REDUCERS:
         logger.info("target='model' explains the log reconstruction: reducer 'sum' is used")
-    latent_blocks, gt_weights = dict(latent_blocks or {}), dict(gt_weights or {})
+    latent_blocks = dict(latent_blocks or {})
     methods: dict[tuple | None, Any] = {}
 
     def method_for(units: list[int] | None):
         key = None if units is None else tuple(units)
         if key not in methods:  # one attribution pass per distinct set of units
             # counts and GTs were validated before training: no per-step checks
-            f = latent_reducer(reducer, units, n_latent, n_directions, generator, target_kind)
-            methods[key] = make_method(target, attribution, f, check_inputs=False)
+            f = latent_reducer(s.reducer, units, n_latent, s.n_directions, generator, s.target)
+            methods[key] = make_method(target, s.attribution, f, check_inputs=False)
         return methods[key]
 
-    common = dict(n_samples=n_samples, n_steps=n_steps, generator=generator, check_inputs=False)
+    common = dict(
+        n_samples=s.n_samples, n_steps=s.n_steps, generator=generator, check_inputs=False
+    )
     all_dims = list(range(n_latent))
     priors: dict[str, AttributionPrior] = {}
     for i, (name, g) in enumerate(ground_truths.items()):
         vector = torch.from_numpy(g.astype(np.float32)) if isinstance(g, np.ndarray) else None
         block = latent_blocks.get(name)
-        weight = gt_weights.get(name, 1.0)
+        weight = s.gt_weights.get(name, 1.0)
         priors[f"gt{i}"] = AttributionPrior(
             target,
             vector,
             method=method_for(block),
-            reparameterizer=reparameterizer,
-            loss=loss,
+            reparameterizer=s.reparameterizer,
+            loss=s.loss,
             weight=weight,
             **common,
         )
         rest = [d for d in all_dims if block is not None and d not in block]
-        if rest and vector is not None and w_exclusion > 0:
+        if rest and vector is not None and s.w_exclusion > 0:
             priors[f"gt{i}_exclusion"] = ExclusionPrior(
-                target, vector, method=method_for(rest), weight=weight * w_exclusion, **common
+                target, vector, method=method_for(rest), weight=weight * s.w_exclusion, **common
             )
-    return PriorSet(priors, aggregation)
+    return PriorSet(priors, s.aggregation)

@@ -5,8 +5,9 @@ Examples
 >>> import attreg_sc as asc, tempfile, os
 >>> adata = asc.datasets.synthetic(n_cells=300, n_genes=60, n_gt_genes=10, seed=0)
 >>> gt = adata.var["is_gt"].to_numpy()
->>> m = asc.SCARE(adata, batch_key="batch", gt=gt, n_latent=3)
->>> m.train(max_epochs=3, progress_bar=False)
+>>> asc.SCARE.setup_anndata(adata, batch_key="batch")
+>>> m = asc.SCARE(adata, gt=gt, n_latent=3)
+>>> m.train(max_epochs=3, enable_progress_bar=False)
 >>> ev = evaluate({"scARE": m}, gt, "cell_type", n_random=3, min_cells=50, attributions=False)
 >>> out = tempfile.mkdtemp()
 >>> path = write_report(ev, out, plots=False)
@@ -117,8 +118,8 @@ _INTEGER_COLUMNS = ("max_subclusters", "active_dimensions")
 
 
 def _history(model) -> dict:
-    """A model's per-epoch history under SCARE's names (scvi-tools models translate)."""
-    return getattr(model, "scare_history", None) or model.history
+    """A model's per-epoch history per loss term (:attr:`attreg_sc.SCARE.loss_history`)."""
+    return model.loss_history
 
 
 def _integers_as_integers(table: pd.DataFrame) -> pd.DataFrame:
@@ -271,6 +272,7 @@ def write_report(ev: Evaluation, out: str | os.PathLike, plots: bool = True) -> 
             "Heatmap of mean FSSF per cell type (rows) for the GT genes and for random "
             "gene sets of the same size (columns), per model.",
         )
+        slugs = _unique_slugs(list(ev.models))
         for name, model in ev.models.items():
             data = model._data_for(model.adata)
             fig = pl.embedding_by_cell_type(
@@ -279,7 +281,7 @@ def write_report(ev: Evaluation, out: str | os.PathLike, plots: bool = True) -> 
                 ev.fssf[name].subclusters.to_numpy(),
                 _gt_total(data.matrix, ev.gt),
             )
-            fname = f"umap_{_slug(name)}.png"
+            fname = f"umap_{slugs[name]}.png"
             _save_fig(fig, out / fname)
             figures[f"umap:{name}"] = (
                 fname,
@@ -326,7 +328,7 @@ def _versions() -> str:
 def _run_facts(ev: Evaluation) -> list[str]:
     first = next(iter(ev.models.values()))
     adata = first.adata
-    batches = len(first.data.batch_categories) if hasattr(first, "data") else None
+    batches = len(first._data_for(adata).batch_categories)
     data = html.escape(ev.data_name or "the models' AnnData")
     rows = [
         (
@@ -342,15 +344,15 @@ def _run_facts(ev: Evaluation) -> list[str]:
     for name, m in ev.models.items():
         h = _history(m)
         epochs = len(h.get("loss", h.get("reconstruction", [])))
-        prior = getattr(m, "prior_params", {})
+        prior = m.prior_settings
         models.append(
             {
                 "model": name,
-                "w_attr": getattr(m, "w_attr", float("nan")),
+                "w_attr": 0.0 if prior is None else prior.w_attr,
                 "epochs": epochs,
-                "reducer": prior.get("reducer", ""),
-                "attribution": prior.get("attribution", ""),
-                "n_latent": getattr(getattr(m, "module", None), "n_latent", None),
+                "reducer": "" if prior is None else prior.reducer,
+                "attribution": "" if prior is None else prior.attribution,
+                "n_latent": m.module.n_latent,
             }
         )
     facts = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
@@ -445,3 +447,25 @@ def _html_page(ev: Evaluation, summary: pd.DataFrame, figures: dict) -> str:
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+
+def _unique_slugs(names: list[str]) -> dict[str, str]:
+    """A file-name part per model name, distinct for distinct names whatever they are
+    (``scARE-1`` and ``scARE_1`` both slug to ``scare_1``: the second gets ``scare_1-2``).
+
+    Examples
+    --------
+    >>> _unique_slugs(["scARE-1", "scARE_1", "b"])
+    {'scARE-1': 'scare_1', 'scARE_1': 'scare_1-2', 'b': 'b'}
+    """
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        base = _slug(name) or "model"
+        slug, k = base, 1
+        while slug in taken:
+            k += 1
+            slug = f"{base}-{k}"
+        taken.add(slug)
+        out[name] = slug
+    return out

@@ -1,17 +1,33 @@
+"""attreg_sc.SCARE, the one model: scARE on scvi-tools (training, the prior, its options,
+the data checks before anything reads the counts, early stopping, non-finite losses)."""
+
 import copy
+import logging
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
+import scvi
 import torch
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 import attreg_sc as asc
-from attreg_sc._io import load_versioned, save_versioned
 from attreg_sc.gt import from_groups
-from attreg_sc.model import FORMAT_VERSION
+
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+QUIET = {"enable_progress_bar": False}
+
+
+def curve(model, key: str) -> np.ndarray:
+    return model.history[key].to_numpy(dtype=float).ravel()
+
+
+def set_up(a, **kwargs):
+    asc.SCARE.setup_anndata(a, **kwargs)
+    return a
 
 
 @pytest.fixture(scope="module")
@@ -22,56 +38,74 @@ def adata():
 @pytest.fixture(scope="module")
 def trained(adata):
     """Baseline (w_attr=0) and scARE (the paper's sum prior, w_attr=100) on the same data
-    and seed (the share of the sum's attributions is what this prior acts on)."""
-    gt = adata.var["is_gt"].to_numpy()
+    and seed (the share of the sum's attributions is what this prior acts on), and a VAE
+    without the batch covariate."""
     out = {}
     for w in (0.0, 100.0):
-        m = asc.SCARE(adata, batch_key="batch", gt=gt, w_attr=w, n_latent=5, reducer="sum")
-        m.train(max_epochs=40, early_stopping=False, progress_bar=False)
+        a = set_up(adata.copy(), batch_key="batch")
+        scvi.settings.seed = 0
+        m = asc.SCARE(a, gt="is_gt", w_attr=w, n_latent=5, reducer="sum")
+        m.train(max_epochs=40, early_stopping=False, **QUIET)
         out[w] = m
-    m = asc.SCARE(adata, batch_key=None, w_attr=0.0, n_latent=5)
-    m.train(max_epochs=40, early_stopping=False, progress_bar=False)
+    a = set_up(adata.copy())
+    scvi.settings.seed = 0
+    m = asc.SCARE(a, n_latent=5, encode_covariates=False)
+    m.train(max_epochs=40, early_stopping=False, **QUIET)
     out["no_batch"] = m
     return out
 
 
-def gt_share(model, adata):
+def gt_share(model, mask) -> float:
     a = np.abs(model.get_attributions(n_samples=4)).sum(0)
-    return float(a[adata.var["is_gt"].to_numpy()].sum() / a.sum())
+    return float(a[mask].sum() / a.sum())
+
+
+def test_scare_is_the_scvi_tools_model(trained):
+    m = trained[100.0]
+    assert isinstance(m, scvi.model.SCVI)
+    assert isinstance(m, scvi.model.base.BaseModelClass)
+    assert isinstance(m.module, asc.SCAREVAE) and isinstance(m.module, scvi.module.VAE)
+    enc = m.module.z_encoder.encoder
+    layers = [type(x).__name__ for x in enc.fc_layers[0] if x is not None]
+    assert layers == ["Linear", "LayerNorm", "ReLU", "Dropout"]  # no BatchNorm
+    assert m.module.gene_likelihood == "nb" and not m.module.use_observed_lib_size
+    assert m.module.encode_covariates  # the batch enters the encoder
+    assert not hasattr(m.module.decoder.px_dropout_decoder, "weight")  # no unused head
 
 
 def test_training_reduces_the_loss(trained):
-    h = trained[0.0].history
-    assert len(h["loss"]) == 40
-    assert h["reconstruction"][-1] < 0.9 * h["reconstruction"][0]
-    assert np.isfinite(h["validation_loss"]).all()
+    m = trained[0.0]
+    rec = curve(m, "reconstruction_loss_train")
+    assert len(rec) == 40 and rec[-1] < 0.9 * rec[0]
+    assert np.isfinite(curve(m, "validation_loss")).all()
+    assert set(m.loss_history) >= {"loss", "reconstruction", "kl", "validation_loss"}
 
 
 def test_prior_moves_encoder_attribution_to_gt_genes(trained, adata):
     """Synthetic data, GT = 10% of genes: baseline share ~0.1, scARE (w_attr=100) ~0.6."""
-    base, prior = gt_share(trained[0.0], adata), gt_share(trained[100.0], adata)
+    mask = adata.var["is_gt"].to_numpy()
+    base, prior = gt_share(trained[0.0], mask), gt_share(trained[100.0], mask)
     assert base < 0.2
     assert prior > 0.4 and prior > 3 * base
-    h = trained[100.0].history
-    assert h["attribution"][-1] < h["attribution"][0]
+    att = curve(trained[100.0], "attribution_loss_train")
+    assert att[-1] < att[0]
     # the prior costs little reconstruction
-    assert h["reconstruction"][-1] < 1.02 * trained[0.0].history["reconstruction"][-1]
+    rec = curve(trained[100.0], "reconstruction_loss_train")[-1]
+    assert rec < 1.03 * curve(trained[0.0], "reconstruction_loss_train")[-1]
 
 
 def _batch_accuracy(x, batches):
-    clf = KNeighborsClassifier(15)
-    return cross_val_score(clf, x, batches, cv=3).mean()
+    return cross_val_score(KNeighborsClassifier(15), x, batches, cv=3).mean()
 
 
 def test_baseline_latent_mixes_batches(trained, adata):
     """kNN batch prediction (chance 0.5): ~1.0 on log-normalized counts and in a VAE
-    without batch covariate, ~0.83 in the cVAE's latent after 40 epochs."""
-    batches = adata.obs["batch"].to_numpy()
-    x = adata.X.toarray()
-    lognorm = np.log1p(x / x.sum(1, keepdims=True) * 1e4)
+    without the batch covariate, lower in the cVAE's latent."""
     from sklearn.decomposition import PCA
 
-    pcs = PCA(10, random_state=0).fit_transform(lognorm)
+    batches = adata.obs["batch"].to_numpy()
+    x = adata.X.toarray()
+    pcs = PCA(10, random_state=0).fit_transform(np.log1p(x / x.sum(1, keepdims=True) * 1e4))
     acc_data = _batch_accuracy(pcs, batches)
     acc_latent = _batch_accuracy(trained[0.0].get_latent_representation(), batches)
     acc_no_batch = _batch_accuracy(trained["no_batch"].get_latent_representation(), batches)
@@ -85,148 +119,159 @@ def test_latent_separates_cell_types(trained, adata):
     assert acc > 0.95
 
 
-def test_save_load_round_trip(trained, adata, tmp_path):
-    m = trained[100.0]
-    m.save(tmp_path / "run")
-    loaded = asc.SCARE.load(tmp_path / "run", adata)
-    assert np.array_equal(loaded.get_latent_representation(), m.get_latent_representation())
-    assert loaded.history == m.history and loaded.w_attr == 100.0
-    assert np.array_equal(loaded.ground_truths["gt"], m.ground_truths["gt"])
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        m.save(tmp_path / "run")
-    m.save(tmp_path / "run", overwrite=True)
-    assert [p.name for p in (tmp_path / "run").iterdir()] == ["model.pt"]  # no temp left
-
-
-def test_load_errors(trained, adata, tmp_path):
+def test_new_cells_with_known_and_unknown_batches(trained, adata):
     m = trained[0.0]
-    m.save(tmp_path / "ok")
-    with pytest.raises(ValueError, match="genes differ"):
-        asc.SCARE.load(tmp_path / "ok", adata[:, :-1].copy())
-    payload = load_versioned(tmp_path / "ok" / "model.pt", FORMAT_VERSION, "model")
-    payload["format_version"] = 0
-    (tmp_path / "old").mkdir()
-    save_versioned(tmp_path / "old" / "model.pt", payload)
-    with pytest.raises(ValueError, match="format version 0"):
-        asc.SCARE.load(tmp_path / "old", adata)
-    (tmp_path / "bad").mkdir()
-    data = (tmp_path / "ok" / "model.pt").read_bytes()
-    (tmp_path / "bad" / "model.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated or corrupt: its checksum"):
-        asc.SCARE.load(tmp_path / "bad", adata)
-    with pytest.raises(FileNotFoundError):
-        asc.SCARE.load(tmp_path / "none", adata)
-
-
-def test_unknown_batch_at_inference(trained, adata):
+    sub = adata[:50].copy()
+    z = m.get_latent_representation(sub)
+    assert np.allclose(z, m.get_latent_representation()[:50], atol=1e-5)
     other = adata[:10].copy()
     other.obs["batch"] = other.obs["batch"].astype(str)
     other.obs.iloc[0, other.obs.columns.get_loc("batch")] = "batch9"
-    with pytest.raises(ValueError, match="unseen in training: \\['batch9'\\]"):
-        trained[0.0].get_latent_representation(other)
+    with pytest.raises(ValueError, match="batch9"):
+        m.get_latent_representation(other)
 
 
-def test_new_cells_with_known_batches(trained, adata):
-    sub = adata[:50].copy()
-    z = trained[0.0].get_latent_representation(sub)
-    assert np.allclose(z, trained[0.0].get_latent_representation()[:50], atol=1e-5)
+def test_post_hoc_attributions(trained, adata):
+    m = trained[0.0]
+    a = m.get_attributions(method="ig", n_steps=5, batch_size=500)
+    assert a.shape == adata.shape and np.isfinite(a).all()
+    one = m.get_attributions(reducer=0, n_samples=2)
+    assert one.shape == adata.shape and not np.allclose(one, 0)
 
 
 def small(seed=1, **kw):
     return asc.datasets.synthetic(n_cells=200, n_genes=60, n_gt_genes=10, seed=seed, **kw)
 
 
+def _latent_after(a, **train):
+    set_up(a, batch_key="batch")
+    scvi.settings.seed = 3
+    m = asc.SCARE(a, gt="is_gt", n_latent=3)
+    m.train(max_epochs=3, threads=1, **QUIET, **train)
+    return m.get_latent_representation()
+
+
 def test_sparse_dense_and_csc_give_identical_results():
     a = small()
-    dense = a.copy()
+    dense, csc = a.copy(), a.copy()
     dense.X = a.X.toarray()
-    csc = a.copy()
     csc.X = sp.csc_matrix(a.X)
-    latents = []
-    for data in (a, dense, csc):
-        m = asc.SCARE(data, batch_key="batch", gt=data.var["is_gt"].to_numpy(), n_latent=3)
-        m.train(max_epochs=3, progress_bar=False)
-        latents.append(m.get_latent_representation())
-    assert np.array_equal(latents[0], latents[1]) and np.array_equal(latents[0], latents[2])
+    z = [_latent_after(x) for x in (a, dense, csc)]
+    assert np.allclose(z[0], z[1], atol=1e-6) and np.allclose(z[0], z[2], atol=1e-6)
 
 
-def test_same_seed_same_latent_and_input_untouched():
+def test_same_seed_same_latent_and_counts_untouched():
     a = small()
     before = a.copy()
-    runs = []
-    for _ in range(2):
-        m = asc.SCARE(a, batch_key="batch", gt=a.var["is_gt"].to_numpy(), n_latent=3, seed=7)
-        m.train(max_epochs=3, progress_bar=False)
-        runs.append(m.get_latent_representation())
+    runs = [_latent_after(a.copy()) for _ in range(2)]
     assert np.array_equal(runs[0], runs[1])
+    set_up(a, batch_key="batch")  # scvi-tools' setup adds its columns, nothing else changes
     assert (a.X != before.X).nnz == 0
-    assert a.obs.equals(before.obs) and a.var.equals(before.var)
-    assert list(a.uns) == list(before.uns) and list(a.obsm) == list(before.obsm)
+    assert a.var.equals(before.var)
+    assert a.obs[list(before.obs)].equals(before.obs)
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"likelihood": "zinb"},
+        {"gene_likelihood": "zinb"},
         {"dispersion": "gene-batch"},
         {"dispersion": "gene-cell"},
-        {"use_observed_library": True},
+        {"use_observed_lib_size": True},
         {"normalize_input": True},
+        {"normalize_input": True, "use_observed_lib_size": True},
+        {"w_reconstruction": 0.5},
         {"target": "model"},
         {"attribution": "ig", "n_steps": 4},
         {"n_layers": 2, "reparameterizer": "sigmoid", "loss": "mae"},
+        {"reducer": "per_dimension"},
+        {"reducer": "sum", "reparameterizer": "abs_minmax", "loss": "mse"},
     ],
 )
 def test_options_train_with_finite_losses(kwargs):
-    a = small()
-    m = asc.SCARE(a, batch_key="batch", gt=a.var["is_gt"].to_numpy(), n_latent=3, **kwargs)
-    m.train(max_epochs=3, progress_bar=False)
-    for key in ("loss", "reconstruction", "kl", "attribution"):
-        assert np.isfinite(m.history[key]).all(), key
-    assert m.history["attribution"][0] > 0
+    a = set_up(small(), batch_key="batch")
+    m = asc.SCARE(a, gt="is_gt", n_latent=3, **kwargs)
+    m.train(max_epochs=3, **QUIET)
+    for key in ("train_loss", "reconstruction_loss_train", "kl_local_train",
+                "attribution_loss_train"):
+        assert np.isfinite(curve(m, key)).all(), key
+    assert curve(m, "attribution_loss_train")[0] > 0
+
+
+def test_module_options_do_what_they_say():
+    """normalize_input: the encoders read log1p(counts / library * 1e4); w_reconstruction
+    scales the reconstruction term of the loss."""
+    a = set_up(small(), batch_key="batch")
+    plain = asc.SCARE(a, n_latent=3)
+    normalized = asc.SCARE(a, n_latent=3, normalize_input=True)
+    normalized.module.load_state_dict(plain.module.state_dict())
+    tensors = next(iter(plain._make_data_loader(a, batch_size=16)))
+    x = tensors["X"]
+    seen = []
+    hook = normalized.module.z_encoder.register_forward_hook(lambda m, args, o: seen.append(args[0]))
+    normalized.module.inference(**normalized.module._get_inference_input(tensors))
+    hook.remove()
+    assert torch.allclose(seen[0], torch.log1p(x / x.sum(1, keepdim=True) * 1e4), atol=1e-5)
+    weighted = asc.SCARE(a, n_latent=3, w_reconstruction=0.25)
+    weighted.module.load_state_dict(plain.module.state_dict())
+    for m in (plain, weighted):
+        m.module.eval()
+    torch.manual_seed(0)
+    _, _, out1 = plain.module(tensors)
+    torch.manual_seed(0)
+    _, _, out2 = weighted.module(tensors)
+    rec = out1.reconstruction_loss["reconstruction_loss"].mean()
+    assert torch.allclose(out2.loss, out1.loss - 0.75 * rec, rtol=1e-5)
 
 
 def test_grouped_cell_and_multiple_ground_truths():
-    a = small()
+    a = set_up(small(), batch_key="batch")
     genes = list(a.var_names)
     grouped = from_groups(a, "cell_type", {"type0": genes[:5], "type1": genes[5:10]})
     cell = np.zeros(a.shape, dtype=bool)
     cell[:, 20:25] = True
     m = asc.SCARE(
         a,
-        batch_key="batch",
         gt={"vector": genes[:10], "grouped": grouped, "cell": cell},
         gt_weights={"cell": 0.5},
         aggregation="squared_sum",
         n_latent=3,
     )
-    m.train(max_epochs=2, progress_bar=False)
-    assert set(m.priors_by_gt) == {"vector", "grouped", "cell"}
-    assert m.priors_by_gt["cell"].weight == 0.5
-    assert np.isfinite(m.history["attribution"]).all()
+    m.train(max_epochs=2, **QUIET)
+    assert list(m.prior_config.ground_truths) == ["vector", "grouped", "cell"]
+    assert m.prior_settings.gt_weights == {"cell": 0.5}
+    assert np.isfinite(curve(m, "attribution_loss_train")).all()
 
 
 def test_any_string_is_a_gt_name():
     """GT names are not module names: dots, reserved words and spaces all work."""
-    a = small()
+    a = set_up(small())
     genes = list(a.var_names)
     names = ["mapk.v2", "train", "float", "HALLMARK X 2023"]
     m = asc.SCARE(a, gt={n: genes[i : i + 5] for i, n in enumerate(names)}, n_latent=2)
-    m.train(max_epochs=1, progress_bar=False)
-    assert list(m.priors_by_gt) == names
+    m.train(max_epochs=1, **QUIET)
+    assert list(m.prior_config.ground_truths) == names
 
 
-def test_post_hoc_attributions(trained, adata):
-    a = trained[0.0].get_attributions(method="ig", n_steps=5, batch_size=500)
-    assert a.shape == adata.shape and np.isfinite(a).all()
+def test_plain_vae_without_gt_and_a_zero_weight():
+    a = set_up(small(), batch_key="batch")
+    for m in (asc.SCARE(a, n_latent=3), asc.SCARE(a, n_latent=3, gt="is_gt", w_attr=0.0)):
+        assert m.prior_config is None or not m.prior_config.active
+        m.train(max_epochs=2, **QUIET)
+        assert "attribution_loss_train" not in m.history
 
 
-def test_plain_cvae_without_gt():
-    a = small()
-    m = asc.SCARE(a, batch_key="batch", n_latent=3)
-    assert m.priors is None
-    m.train(max_epochs=2, progress_bar=False)
-    assert all(v == 0 for v in m.history["attribution"])
+def test_settings_are_one_object_with_one_set_of_checks():
+    a = set_up(small())
+    s = asc.PriorSettings(w_attr=7.0, reducer="sum")
+    m = asc.SCARE(a, gt="is_gt", prior=s, n_directions=2)
+    assert m.prior_settings == s.replace(n_directions=2)
+    m.set_prior("is_gt", w_attr=3.0)
+    assert m.prior_settings.w_attr == 3.0 and m.prior_settings.reducer == "sum"
+    with pytest.raises(ValueError, match="w_attr must be a finite number"):
+        asc.SCARE(a, gt="is_gt", w_attr=float("nan"))
+    with pytest.raises(TypeError, match="unknown prior setting"):
+        m.set_prior("is_gt", w_atr=3.0)
 
 
 def bad(kind):
@@ -234,6 +279,9 @@ def bad(kind):
     if kind == "nan":
         a.X = a.X.toarray()
         a.X[0, 0] = np.nan
+    elif kind == "inf":
+        a.X = a.X.toarray()
+        a.X[0, 0] = np.inf
     elif kind == "negative":
         a.X = a.X.toarray()
         a.X[0, 0] = -1
@@ -253,244 +301,225 @@ def bad(kind):
     elif kind == "batch_nan":
         a.obs["batch"] = a.obs["batch"].astype(object)
         a.obs.iloc[0, a.obs.columns.get_loc("batch")] = np.nan
+    elif kind == "duplicated_genes":
+        names = list(a.var_names)
+        names[1] = names[0]
+        a.var_names = names
+    elif kind == "index_out_of_range":
+        a.X.indices[5] = 10**6
+    elif kind == "negative_index":
+        a.X.indices[5] = -3
+    elif kind == "decreasing_indptr":
+        a.X.indptr[5] = a.X.indptr[6] + 1
+    elif kind == "strings":
+        a.X = a.X.toarray().astype(str)
     return a
 
 
 @pytest.mark.parametrize(
-    "kind, kwargs, exc, match",
+    "kind, setup, exc, match",
     [
         ("nan", {}, ValueError, "NaN or infinite"),
+        ("inf", {}, ValueError, "NaN or infinite"),
         ("negative", {}, ValueError, "negative values"),
         ("non_integer", {}, ValueError, "non-integer values"),
         ("zero_cell", {}, ValueError, "1 cell\\(s\\) have zero counts"),
-        ("empty", {}, ValueError, "AnnData is empty"),
+        ("empty", {}, ValueError, "at least two cells"),
         ("one_cell", {}, ValueError, "at least two cells"),
         ("one_gene", {}, ValueError, "two\\s+genes"),
-        (None, {"gt": np.array(["a"] * 60)}, ValueError, "0 of 1 genes found"),
         ("batch_nan", {}, ValueError, "missing value"),
+        ("duplicated_genes", {}, ValueError, "1 duplicated gene name.*var_names_make_unique"),
+        ("index_out_of_range", {}, ValueError, "indices point outside the matrix"),
+        ("negative_index", {}, ValueError, "indices point outside the matrix"),
+        ("decreasing_indptr", {}, ValueError, "indptr does not start at 0 and rise"),
+        ("strings", {}, TypeError, "numeric"),
         (None, {"layer": "counts"}, KeyError, "layer 'counts' not found"),
-        (None, {"batch_key": "sample"}, KeyError, "batch_key 'sample' not found"),
-        (None, {"gt": ["NOPE1", "NOPE2"]}, ValueError, "0 of 2 genes found"),
-        (None, {"gt": np.zeros(60, dtype=bool)}, ValueError, "selects no gene"),
-        (None, {"gt": np.ones(60, dtype=bool)}, ValueError, "selects every gene"),
-        (None, {"gt": np.ones(59, dtype=bool)}, ValueError, "has 59 entries"),
-        (None, {"gt": np.full(60, 0.5)}, ValueError, "must be binary"),
-        (None, {"gt": np.ones((3, 60), dtype=bool)}, ValueError, "expected \\(n_cells, n_genes\\)"),
-        (None, {"w_attr": -1.0}, ValueError, "w_attr must be a finite number >= 0"),
-        (None, {"dispersion": "gene-type"}, ValueError, "unknown dispersion"),
-        (None, {"gt_weights": {"x": 1.0}, "gt": ["gene0"]}, KeyError, "gt_weights names"),
+        (None, {"batch_key": "sample"}, KeyError, "'sample' is not a column of adata.obs"),
+        (None, {"labels_key": "nope"}, KeyError, "'nope' is not a column"),
     ],
 )
-def test_bad_input_raises_before_training_and_leaves_adata_untouched(kind, kwargs, exc, match):
+def test_bad_data_is_refused_before_scvi_tools_reads_it(kind, setup, exc, match):
     a = bad(kind)
     before = copy.deepcopy(a)
-    kwargs = {"batch_key": "batch", **kwargs}
+    with pytest.raises(exc, match=match):
+        asc.SCARE.setup_anndata(a, **{"batch_key": "batch", **setup})
+    assert "_scvi_uuid" not in a.uns  # nothing registered, nothing written
+    assert a.obs.equals(before.obs) and list(a.obs) == list(before.obs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"gt": np.array(["a"] * 60)}, ValueError, "0 of 1 genes found"),
+        ({"gt": ["NOPE1", "NOPE2"]}, ValueError, "0 of 2 genes found"),
+        ({"gt": np.zeros(60, dtype=bool)}, ValueError, "selects no gene"),
+        ({"gt": np.ones(60, dtype=bool)}, ValueError, "selects every gene"),
+        ({"gt": np.ones(59, dtype=bool)}, ValueError, "has 59 entries"),
+        ({"gt": np.full(60, 0.5)}, ValueError, "must be binary"),
+        ({"gt": np.ones((3, 60), dtype=bool)}, ValueError, "expected \\(n_cells, n_genes\\)"),
+        ({"gt": ["gene0"], "w_attr": -1.0}, ValueError, "w_attr must be a finite number >= 0"),
+        ({"dispersion": "gene-type"}, ValueError, "dispersion"),
+        ({"gt": ["gene0"], "gt_weights": {"x": 1.0}}, KeyError, "gt_weights names"),
+        ({"gt": ["gene0"], "latent_blocks": {"x": 2}}, KeyError, "latent_blocks names"),
+        ({"gt": ["gene0"], "reducer": "median"}, ValueError, "unknown reducer"),
+        ({"batch_key": "batch"}, TypeError, "setup_anndata\\(adata, batch_key=...\\)"),
+        ({"dropout": 0.2}, TypeError, "dropout_rate="),
+        ({"w_reconstruction": 0.0}, ValueError, "w_reconstruction must be"),
+    ],
+)
+def test_bad_settings_raise_before_training(kwargs, exc, match):
+    a = set_up(small(seed=2), batch_key="batch")
     with pytest.raises(exc, match=match):
         asc.SCARE(a, **kwargs)
-    xa = a.X.toarray() if sp.issparse(a.X) else a.X
-    xb = before.X.toarray() if sp.issparse(before.X) else before.X
-    assert np.array_equal(xa, xb, equal_nan=True)
-    assert a.obs.equals(before.obs)
 
 
-def test_non_integer_allowed_on_request():
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"lr": 0.1}, "plan_kwargs=\\{'lr': ...\\}"),
+        ({"patience": 3}, "early_stopping_patience="),
+        ({"progress_bar": False}, "enable_progress_bar="),
+        ({"threads": 0}, "threads must be"),
+        ({"prior_warmup_epochs": -1}, "prior_warmup_epochs must be"),
+        ({"checkpoint_every": 0}, "checkpoint_every must be"),
+    ],
+)
+def test_bad_train_arguments_name_the_fix(kwargs, match):
+    a = set_up(small(seed=2), batch_key="batch")
+    m = asc.SCARE(a, gt="is_gt", n_latent=2)
+    with pytest.raises((TypeError, ValueError), match=match):
+        m.train(max_epochs=1, checkpoint_path=None, **kwargs)
+    assert not m.is_trained
+
+
+def test_non_integer_allowed_on_request_and_remembered(tmp_path):
     a = bad("non_integer")
-    m = asc.SCARE(a, batch_key="batch", allow_non_integer=True, n_latent=2)
-    m.train(max_epochs=1, progress_bar=False)
-    assert np.isfinite(m.history["loss"]).all()
+    asc.SCARE.setup_anndata(a, batch_key="batch", allow_non_integer=True)
+    m = asc.SCARE(a, n_latent=2)
+    m.train(max_epochs=1, **QUIET)
+    m.save(tmp_path / "m")
+    assert asc.SCARE.load(tmp_path / "m", bad("non_integer")).is_trained
 
 
-def test_layer_is_used(adata):
+def test_layer_is_used():
     a = small()
     a.layers["counts"] = a.X.copy()
     a.X = sp.csr_matrix(np.log1p(a.X.toarray()))  # normalized data in X
     with pytest.raises(ValueError, match="non-integer"):
-        asc.SCARE(a, batch_key="batch")
-    m = asc.SCARE(a, layer="counts", batch_key="batch", n_latent=2)
-    m.train(max_epochs=1, progress_bar=False)
+        asc.SCARE.setup_anndata(a, batch_key="batch")
+    asc.SCARE.setup_anndata(a, layer="counts", batch_key="batch")
+    m = asc.SCARE(a, n_latent=2)
+    m.train(max_epochs=1, **QUIET)
     assert m.get_latent_representation().shape == (200, 2)
 
 
-def test_float16_counts_accepted():
+def test_float16_counts_and_all_zero_genes_are_accepted():
     a = small()
-    a.X = a.X.toarray().astype(np.float16)
-    m = asc.SCARE(a, batch_key="batch", n_latent=2)
-    m.train(max_epochs=1, progress_bar=False)
-    assert np.isfinite(m.history["loss"]).all()
+    x = a.X.toarray()
+    x[:, :3] = 0
+    a.X = x.astype(np.float16)
+    set_up(a, batch_key="batch")
+    m = asc.SCARE(a, gt="is_gt", n_latent=2)
+    m.train(max_epochs=1, **QUIET)
+    assert np.isfinite(curve(m, "train_loss")).all()
 
 
-def test_one_batch_category_trains_without_covariate():
-    a = small()
+def test_train_size_one_trains_without_validation_or_early_stopping():
+    """scvi-tools' train(train_size=1.0): no validation set, so scARE's default early
+    stopping is off (asking for it explicitly is refused with the reason)."""
+    a = set_up(small(), batch_key="batch")
+    m = asc.SCARE(a, gt="is_gt", n_latent=2)
+    m.train(max_epochs=2, train_size=1.0, **QUIET)
+    assert len(curve(m, "train_loss")) == 2 and "validation_loss" not in m.history
+    with pytest.raises(ValueError, match="no validation cells"):
+        m.train(max_epochs=2, train_size=1.0, early_stopping=True, **QUIET)
+
+
+def test_early_stopping_keeps_the_best_weights():
+    a = set_up(small(seed=5), batch_key="batch")
+    scvi.settings.seed = 0
     m = asc.SCARE(a, n_latent=2)
-    assert m.module.n_batches == 1 and m.module.encoder.body.covariate is None
-    m.train(max_epochs=1, progress_bar=False)
-
-
-def test_anndata_object_not_required_to_be_copied(adata):
-    assert isinstance(adata, ad.AnnData)
-
-
-def test_early_stopping_rule():
-    from attreg_sc.train.trainer import EarlyStopping
-
-    es = EarlyStopping(patience=3)
-    # steadily improving: never stops (regression: the first value used to compare to inf)
-    assert not any(es.step(v) for v in np.linspace(100, 50, 30))
-    es = EarlyStopping(patience=3)
-    stops = [es.step(v) for v in [5.0, 4.0, 4.0, 4.1, 4.0]]
-    assert stops == [False, False, False, False, True] and es.best == 4.0 and es.best_step == 1
-
-
-def test_early_stopping_restores_best_weights():
-    a = small(seed=5)
-    m = asc.SCARE(a, batch_key="batch", n_latent=2)
-    m.train(max_epochs=300, kl_warmup_epochs=1, patience=2, lr=3e-2, progress_bar=False)
-    h = m.history["validation_loss"]
+    m.train(max_epochs=300, early_stopping_patience=2, early_stopping_warmup_epochs=0,
+            plan_kwargs={"lr": 3e-2, "n_epochs_kl_warmup": 1}, **QUIET)
+    h = curve(m, "validation_loss")
     assert len(h) < 300  # stopped
     best = int(np.argmin(h))
     assert len(h) == best + 3  # the best epoch, then `patience` epochs without improvement
-    from attreg_sc.train.trainer import TrainingPlan, _split, _validation_loss
-
-    _, val_idx = _split(a.n_obs, 0.1, np.random.default_rng(m.seed))
-    codes = torch.from_numpy(m.data.batch_codes)
-    restored, _ = _validation_loss(m.module, m.data, val_idx, codes, TrainingPlan(), "cpu")
-    assert restored == pytest.approx(h[best], rel=1e-5)
+    m.module.eval()
+    restored = -m.get_elbo(indices=m.validation_indices)  # negative ELBO of the kept weights
+    assert float(restored) == pytest.approx(float(curve(m, "elbo_validation")[best]), rel=0.05)
 
 
-def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_good_weights():
-    a = small(seed=6)
+def test_prior_warmup_trains_plain_first():
+    a = set_up(small(), batch_key="batch")
+    m = asc.SCARE(a, gt="is_gt", n_latent=2)
+    m.train(max_epochs=4, prior_warmup_epochs=2, **QUIET)
+    att = curve(m, "attribution_loss_train")
+    assert np.all(att[:2] == 0) and np.all(att[2:] > 0)
 
-    class NaNAfterFirstEpoch(torch.nn.Module):
-        calls = 0
 
-        def forward(self, attr):
-            NaNAfterFirstEpoch.calls += 1
-            out = attr.abs() / (attr.abs().amax(1, keepdim=True) + 1e-12)
-            return out * float("nan") if NaNAfterFirstEpoch.calls > 3 else out
-
-    m = asc.SCARE(
-        a,
-        batch_key="batch",
-        gt=a.var["is_gt"].to_numpy(),
-        n_latent=2,
-        reparameterizer=NaNAfterFirstEpoch(),
-    )
-    m.train(max_epochs=1, batch_size=64, progress_bar=False)  # 3 steps: fine
+def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_good_weights(monkeypatch):
+    a = set_up(small(seed=6), batch_key="batch")
+    m = asc.SCARE(a, gt="is_gt", n_latent=2)
+    m.train(max_epochs=1, batch_size=64, train_size=1.0, **QUIET)  # 3 steps: fine
     good = {k: v.clone() for k, v in m.module.state_dict().items()}
+    from attreg_sc.train import plan as P
+
+    original = P.AttributionPriorPlanMixin._attribution_loss
+    calls = {"n": 0}
+
+    def poisoned(self, tensors):
+        calls["n"] += 1
+        out = original(self, tensors)
+        return out * float("nan") if calls["n"] == 2 else out
+
+    monkeypatch.setattr(P.AttributionPriorPlanMixin, "_attribution_loss", poisoned)
     with pytest.raises(
-        asc.NonFiniteLossError, match=r"L_A \(attribution\) became nan at epoch 0, step 0"
+        asc.NonFiniteLossError, match=r"L_A \(attribution\) became nan at epoch 0, step 1"
     ):
-        m.train(max_epochs=1, batch_size=64, progress_bar=False)
+        m.train(max_epochs=1, batch_size=64, train_size=1.0, **QUIET)
     for k, v in m.module.state_dict().items():
         assert torch.equal(v, good[k]), k
 
 
-def test_grad_clip_trains():
-    a = small()
-    m = asc.SCARE(a, batch_key="batch", gt=a.var["is_gt"].to_numpy(), n_latent=2)
-    m.train(max_epochs=2, grad_clip=1.0, progress_bar=False)
-    assert np.isfinite(m.history["loss"]).all()
+def test_gradient_clipping_trains():
+    a = set_up(small(), batch_key="batch")
+    m = asc.SCARE(a, gt="is_gt", n_latent=2)
+    m.train(max_epochs=2, gradient_clip_val=1.0, **QUIET)
+    assert np.isfinite(curve(m, "train_loss")).all()
 
 
-def test_backed_anndata_streams_rows_and_matches_in_memory(tmp_path):
+def test_backed_anndata_streams_rows_and_trains_like_in_memory(tmp_path):
+    """A backed AnnData is read minibatch by minibatch (scvi-tools sorts each minibatch's
+    rows for h5py, so the cells of a step are the same and their order is not)."""
     a = small(seed=8)
     a.write_h5ad(tmp_path / "a.h5ad")
     backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
-    latents = []
+    models = []
     for data in (a, backed):
-        m = asc.SCARE(data, batch_key="batch", gt=data.var["is_gt"].to_numpy(), n_latent=2)
-        m.train(max_epochs=2, progress_bar=False)
-        latents.append(m.get_latent_representation())
-    assert not sp.issparse(m.data.matrix) and not isinstance(m.data.matrix, np.ndarray)
-    assert np.array_equal(latents[0], latents[1])
+        set_up(data, batch_key="batch")
+        scvi.settings.seed = 3
+        m = asc.SCARE(data, gt="is_gt", n_latent=3)
+        m.train(max_epochs=12, threads=1, **QUIET)
+        models.append(m)
+    registered = models[1]._data_for(backed).matrix
+    assert not sp.issparse(registered) and not isinstance(registered, np.ndarray)
+    losses = [curve(m, "reconstruction_loss_validation")[-1] for m in models]
+    assert losses[1] == pytest.approx(losses[0], rel=0.1)
+    cells = [next(iter(m._make_data_loader(m.adata, indices=np.arange(10, 30))))["X"]
+             for m in models]
+    assert torch.equal(cells[0], cells[1])
 
 
-def test_backed_csc_and_duplicated_genes_are_refused(tmp_path):
-    a = small(seed=8)
-    a.X = sp.csc_matrix(a.X)
-    a.write_h5ad(tmp_path / "c.h5ad")
-    with pytest.raises(ValueError, match="cannot stream rows; rewrite it as CSR"):
-        asc.SCARE(ad.read_h5ad(tmp_path / "c.h5ad", backed="r"), n_latent=2)
-    b = small(seed=8)
-    names = list(b.var_names)
-    names[1] = names[0]
-    b.var_names = names
-    with pytest.raises(ValueError, match="1 duplicated gene name.*var_names_make_unique"):
-        asc.SCARE(b, n_latent=2)
+def test_one_batch_trains_without_covariate():
+    a = set_up(small())
+    m = asc.SCARE(a, n_latent=2)
+    assert m.summary_stats.n_batch == 1
+    m.train(max_epochs=1, **QUIET)
+    assert np.isfinite(m.get_latent_representation()).all()
 
 
-def test_all_zero_genes_are_accepted():
-    """Genes with no counts are harmless (the decoder learns tiny proportions)."""
-    a = small(seed=9)
-    x = a.X.toarray()
-    x[:, :3] = 0
-    a.X = sp.csr_matrix(x)
-    m = asc.SCARE(a, batch_key="batch", gt=a.var["is_gt"].to_numpy(), n_latent=2)
-    m.train(max_epochs=2, progress_bar=False)
-    assert np.isfinite(m.history["loss"]).all()
-
-
-def test_make_optimizer_fuses_adam_where_it_can():
-    from attreg_sc.train.trainer import TrainingPlan, make_optimizer
-
-    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(2))]
-    plan = TrainingPlan(lr=0.01, weight_decay=0.1)
-    opt = make_optimizer(params, plan)
-    assert opt.defaults["fused"] is True
-    assert opt.defaults["lr"] == 0.01 and opt.defaults["weight_decay"] == 0.1
-    assert not make_optimizer(params, plan, fused=False).defaults["fused"]
-    # the fused step equals the per-tensor loop's (same update, float rounding only)
-    grads = [torch.randn_like(p) for p in params]
-    results = []
-    for fused in (True, False):
-        ps = [torch.nn.Parameter(p.detach().clone()) for p in params]
-        o = make_optimizer(ps, plan, fused=fused)
-        for _ in range(3):
-            for p, g in zip(ps, grads, strict=True):
-                p.grad = g.clone()
-            o.step()
-        results.append(ps)
-    for a, b in zip(*results, strict=True):
-        assert torch.allclose(a, b, atol=1e-6)
-
-
-def test_covariate_codes_equal_the_one_hot_product():
-    """Layers look the batch covariate up by code; the one-hot product gives the same
-    values and the same weight gradients (to second order, as the prior needs)."""
-    from attreg_sc.nn.layers import FCLayers
-
-    torch.manual_seed(0)
-    layer = FCLayers(7, 5, n_cat=3, dropout=0.0).double()
-    x = torch.randn(6, 7, dtype=torch.float64, requires_grad=True)
-    codes = torch.tensor([0, 2, 1, 2, 0, 1])
-    one_hot = torch.nn.functional.one_hot(codes, 3).double()
-
-    def second_order(cat):
-        out = layer(x, cat)
-        (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-        return out, torch.autograd.grad(gx.square().sum(), layer.covariate.weight)[0]
-
-    (out_codes, g_codes), (out_hot, g_hot) = second_order(codes), second_order(one_hot)
-    assert torch.allclose(out_codes, out_hot, atol=1e-12)
-    assert torch.allclose(g_codes, g_hot, atol=1e-12) and g_codes.abs().sum() > 0
-    with pytest.raises(IndexError):
-        layer(x, torch.tensor([0, 1, 2, 3, 0, 1]))  # a code beyond the covariate width
-
-
-@pytest.mark.parametrize("p", [0.1, 0.5])
-def test_dropout_keeps_units_with_probability_one_minus_p(p):
-    from attreg_sc.nn.layers import Dropout
-
-    torch.manual_seed(0)
-    layer = Dropout(p)
-    x = torch.rand(400, 500, requires_grad=True)
-    y = layer(x)
-    kept = y != 0
-    # 200,000 Bernoulli(1 - p) draws: the rate is within 5 standard errors of 1 - p
-    assert abs(float(kept.float().mean()) - (1 - p)) < 5 * (p * (1 - p) / kept.numel()) ** 0.5
-    assert torch.allclose(y[kept], x[kept] / (1 - p))
-    (g,) = torch.autograd.grad(y.sum(), x)
-    assert torch.equal(g, kept.float() / (1 - p))  # the gradient is the scaled mask
-    layer.eval()
-    assert torch.equal(layer(x), x)
-    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
+def test_history_is_scvi_tools_history_with_the_prior(trained):
+    h = trained[100.0].history
+    assert isinstance(h["attribution_loss_train"], pd.DataFrame)
+    assert {"elbo_train", "elbo_validation", "validation_loss", "kl_weight"} <= set(h)

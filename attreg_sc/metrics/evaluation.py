@@ -93,7 +93,8 @@ def dimension_shares(
     --------
     >>> import attreg_sc as asc
     >>> adata = asc.datasets.synthetic(n_cells=100, n_genes=30, n_gt_genes=5, seed=0)
-    >>> m = asc.SCARE(adata, n_latent=2, seed=0); m.train(max_epochs=1, progress_bar=False)
+    >>> asc.SCARE.setup_anndata(adata)
+    >>> m = asc.SCARE(adata, n_latent=2); m.train(max_epochs=1, enable_progress_bar=False)
     >>> dimension_shares(m, adata.var["is_gt"].to_numpy(), n_samples=2).index.tolist()
     ['0', '1', 'sum']
     """

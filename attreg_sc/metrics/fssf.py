@@ -436,13 +436,15 @@ def fssf_from_encoder(
     return FSSFResult(table, rand_df, pd.Series(subclusters))
 
 
-class _ScareFirstLayer:
-    """Linear-first-layer fast path for a :class:`~attreg_sc.module.SCAREModule`."""
+class _EncoderFirstLayer:
+    """The first-layer fast path for a scvi-tools encoder that
+    :func:`attreg_sc.fast.encoder_prefix.encoder_prefix` splits after its first product
+    (``W_x log1p(x) + b``, then the rest with the batch)."""
 
-    def __init__(self, module, device, dims=slice(None)):
-        self.m, self.device, self.dims = module, device, dims
-        self.w = module.encoder.body.first.weight.detach()  # (H, G)
-        self.b = module.encoder.body.first.bias.detach()
+    def __init__(self, prefix, device, dims=slice(None)):
+        self.prefix, self.device, self.dims = prefix, device, dims
+        self.w = prefix.linear.weight.detach()  # (H, G)
+        self.b = prefix.linear.bias.detach()
 
     def transform(self, counts: np.ndarray) -> torch.Tensor:
         return torch.log1p(to_device(torch.from_numpy(counts), self.device))
@@ -458,9 +460,8 @@ class _ScareFirstLayer:
 
     @torch.no_grad()
     def finish(self, h: torch.Tensor, batch: np.ndarray) -> np.ndarray:
-        m = self.m
-        codes = m.batch_covariate(to_device(torch.from_numpy(batch), self.device))
-        return m.encoder.mean_from_first(h + self.b, codes).cpu().numpy()[:, self.dims]
+        codes = to_device(torch.from_numpy(batch[:, None]), self.device)
+        return self.prefix.rest(h + self.b, codes).cpu().numpy()[:, self.dims]
 
 
 def _subclusters(
@@ -497,74 +498,6 @@ def _subclusters(
     return sub, skipped
 
 
-def _fssf_scvi_tools(
-    model, gt: np.ndarray, cell_type_key: str, adata, settings: dict
-) -> FSSFResult:
-    """FSSF of a scvi-tools model whose encoder reads counts and the batch only
-    (``gt`` and ``cell_type_key`` checked by :func:`fssf`; ``latent_dims`` an index)."""
-    from scvi import REGISTRY_KEYS
-
-    adata = model._validate_anndata(adata)
-    manager = model.get_anndata_manager(adata, required=True)
-    extra = {REGISTRY_KEYS.CONT_COVS_KEY, REGISTRY_KEYS.CAT_COVS_KEY, REGISTRY_KEYS.PROTEIN_EXP_KEY}
-    registered = set(manager.data_registry) & extra
-    if registered:
-        raise NotImplementedError(
-            f"FSSF swaps gene expression between cells; this model's encoder also reads "
-            f"{sorted(registered)}, which a swapped cell would need too. Score a model set up "
-            "with counts and a batch only."
-        )
-    dims = settings["latent_dims"]
-    counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-    batch = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel().astype(np.int64)
-    latent = model.get_latent_representation(adata)[:, dims]
-    cell_types = adata.obs[cell_type_key].astype(str).to_numpy()
-    sub, skipped = _subclusters(
-        latent,
-        cell_types,
-        settings["resolution"],
-        settings["n_neighbors"],
-        settings["min_cells"],
-        settings["min_subcluster_size"],
-        settings["seed"],
-    )
-    module = model.module
-    module.eval()
-    device = next(module.parameters()).device
-
-    @torch.no_grad()
-    def encode(x: np.ndarray, b: np.ndarray) -> np.ndarray:
-        out = []
-        for s in range(0, len(x), 4096):
-            tensors = {
-                REGISTRY_KEYS.X_KEY: torch.from_numpy(np.asarray(x[s : s + 4096])).to(device),
-                REGISTRY_KEYS.BATCH_KEY: torch.from_numpy(b[s : s + 4096, None]).to(device),
-            }
-            qz = module.inference(**module._get_inference_input(tensors))["qz"]
-            out.append(qz.loc.cpu().numpy())
-        z = np.concatenate(out) if out else np.zeros((0, module.n_latent), np.float32)
-        return z[:, dims]
-
-    res = fssf_from_encoder(
-        encode,
-        counts,
-        gt,
-        cell_types,
-        sub,
-        batch,
-        latent,
-        n_random=settings["n_random"],
-        k_vote=settings["k_vote"],
-        seed=settings["seed"],
-        progress_bar=settings["progress_bar"],
-        vote=settings["vote"],
-        pairing=settings["pairing"],
-    )
-    res.subclusters = pd.Series(sub, index=adata.obs_names, name="fssf_subcluster")
-    res.skipped = skipped
-    return res
-
-
 def fssf(
     model,
     gt,
@@ -583,13 +516,13 @@ def fssf(
     pairing: str = "random",
     latent_dims: list[int] | None = None,
 ) -> FSSFResult:
-    """FSSF of a trained :class:`~attreg_sc.SCARE` model for one GT gene set.
+    """FSSF of a trained model for one GT gene set.
 
     Parameters
     ----------
     model
-        A trained :class:`attreg_sc.SCARE`, or a scvi-tools model whose encoder reads counts
-        and the batch only (e.g. :class:`attreg_sc.scvi_tools.SCAREVI`, SCVI).
+        A trained :class:`attreg_sc.SCARE`, or any scvi-tools model whose encoder reads
+        counts and the batch only (e.g. ``with_prior(scvi.model.SCVI)``, SCVI).
     gt
         Gene list or boolean vector over the model's genes.
     cell_type_key
@@ -607,7 +540,8 @@ def fssf(
     seed
         Seed of Leiden, pairing and random gene sets.
     fast
-        Use the linear-first-layer shortcut when the encoder input is ``log1p(counts)``.
+        Use the linear-first-layer shortcut when the encoder input is ``log1p(counts)``
+        (the same numbers; behind :mod:`attreg.fast_paths`).
     progress_bar
         Show a tqdm bar over cell types.
     vote, pairing
@@ -635,25 +569,17 @@ def fssf(
         gt = from_genes(adata, [str(g) for g in gt], model.gene_key)
     gt = np.asarray(gt, dtype=bool)
     dims = slice(None) if latent_dims is None else np.asarray(latent_dims, dtype=np.int64)
-    if hasattr(model, "get_anndata_manager"):  # a scvi-tools model (attreg_sc.scvi_tools)
-        return _fssf_scvi_tools(
-            model,
-            gt,
-            cell_type_key,
-            adata,
-            dict(
-                resolution=resolution,
-                n_neighbors=n_neighbors,
-                min_cells=min_cells,
-                min_subcluster_size=min_subcluster_size,
-                n_random=n_random,
-                k_vote=k_vote,
-                seed=seed,
-                progress_bar=progress_bar,
-                vote=vote,
-                pairing=pairing,
-                latent_dims=dims,
-            ),
+    from scvi import REGISTRY_KEYS
+
+    adata = model._validate_anndata(adata)
+    manager = model.get_anndata_manager(adata, required=True)
+    extra = {REGISTRY_KEYS.CONT_COVS_KEY, REGISTRY_KEYS.CAT_COVS_KEY, REGISTRY_KEYS.PROTEIN_EXP_KEY}
+    registered = set(manager.data_registry) & extra
+    if registered:
+        raise NotImplementedError(
+            f"FSSF swaps gene expression between cells; this model's encoder also reads "
+            f"{sorted(registered)}, which a swapped cell would need too. Score a model set up "
+            "with counts and a batch only."
         )
     data = model._data_for(adata)
     latent = model.get_latent_representation(adata)[:, dims]
@@ -663,23 +589,21 @@ def fssf(
     )
     module = model.module
     module.eval()
+    device = next(module.parameters()).device
 
-    def encode(counts: np.ndarray, batch: np.ndarray) -> np.ndarray:
-        out = [
-            module.latent_mean(
-                torch.from_numpy(counts[s : s + 4096]).to(model.device),
-                torch.from_numpy(batch[s : s + 4096]).to(model.device),
-            )
-            .cpu()
-            .numpy()
-            for s in range(0, len(counts), 4096)
-        ]
+    @torch.no_grad()
+    def encode(x: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = []
+        for s in range(0, len(x), 4096):
+            tensors = {
+                REGISTRY_KEYS.X_KEY: torch.from_numpy(np.asarray(x[s : s + 4096])).to(device),
+                REGISTRY_KEYS.BATCH_KEY: torch.from_numpy(b[s : s + 4096, None]).to(device),
+            }
+            qz = module.inference(**module._get_inference_input(tensors))["qz"]
+            out.append(qz.loc.cpu().numpy())
         z = np.concatenate(out) if out else np.zeros((0, module.n_latent), np.float32)
         return z[:, dims]
 
-    first = None
-    if fast and fast_paths_enabled() and not module.normalize_input:
-        first = _ScareFirstLayer(module, model.device, dims)
     res = fssf_from_encoder(
         encode,
         data.matrix,
@@ -691,7 +615,7 @@ def fssf(
         n_random=n_random,
         k_vote=k_vote,
         seed=seed,
-        first_layer=first,
+        first_layer=_first_layer(model, data, device, dims) if fast else None,
         progress_bar=progress_bar,
         vote=vote,
         pairing=pairing,
@@ -699,3 +623,26 @@ def fssf(
     res.subclusters = pd.Series(sub, index=adata.obs_names, name="fssf_subcluster")
     res.skipped = skipped
     return res
+
+
+def _first_layer(model, data, device, dims) -> _EncoderFirstLayer | None:
+    """The first-layer fast path when the encoder reads ``log1p(counts)`` and splits
+    after its first product (checked on real cells); ``None`` otherwise."""
+    from attreg_sc.fast.encoder_prefix import encoder_prefix
+    from attreg_sc.train.plan import latent_encoder
+
+    module = model.module
+    if (
+        not fast_paths_enabled()
+        or not getattr(module, "log_variational", False)
+        or getattr(module, "normalize_input", False)
+        or getattr(module, "batch_representation", "one-hot") != "one-hot"
+    ):
+        return None
+    n = min(8, data.matrix.shape[0])
+    rows = data.matrix[:n]
+    rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
+    x = torch.log1p(torch.as_tensor(rows, dtype=torch.float32, device=device))
+    batch = torch.as_tensor(data.batch_codes[:n, None], device=device)
+    prefix = encoder_prefix(latent_encoder(module), module.n_input, (x, batch))
+    return None if prefix is None else _EncoderFirstLayer(prefix, device, dims)

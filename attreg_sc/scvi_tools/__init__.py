@@ -1,33 +1,26 @@
-"""Attribution priors for scvi-tools models (SCVI, SCANVI, TOTALVI, ...) and
-:class:`SCAREVI`, scARE built on scvi-tools.
+"""Deprecated: attreg 0.1's ``attreg_sc.scvi_tools``. Everything it held is the one model
+now: ``attreg_sc.SCARE`` (was ``SCAREVI``), ``attreg_sc.with_prior`` and
+``attreg_sc.AttributionPriorModelMixin``."""
 
-Needs scvi-tools (``pip install -e ".[sc]"``).
-"""
+from __future__ import annotations
 
-from attreg_sc.scvi_tools.model import PRIOR_OPTIONS, AttributionPriorModelMixin, with_prior
-from attreg_sc.scvi_tools.plan import (
-    AttributionPriorPlanMixin,
-    PriorConfig,
-    attribution_prior_plan,
-    latent_encoder,
-)
+import warnings
+
+_MOVED = {
+    "SCAREVI": "SCARE",
+    "with_prior": "with_prior",
+    "AttributionPriorModelMixin": "AttributionPriorModelMixin",
+}
 
 
 def __getattr__(name: str):
-    if name == "SCAREVI":  # imports scvi-tools' model classes: only when asked for
-        from attreg_sc.scvi_tools.scarevi import SCAREVI
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import attreg_sc
 
-        return SCAREVI
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [
-    "SCAREVI",
-    "with_prior",
-    "AttributionPriorModelMixin",
-    "AttributionPriorPlanMixin",
-    "attribution_prior_plan",
-    "PriorConfig",
-    "latent_encoder",
-    "PRIOR_OPTIONS",
-]
+    warnings.warn(
+        f"attreg_sc.scvi_tools.{name} is deprecated; use attreg_sc.{_MOVED[name]}.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(attreg_sc, _MOVED[name])

@@ -21,16 +21,26 @@ import torch
 
 from attreg.prior import AttributionPrior, PriorSet
 from attreg_sc.priors import build_prior_set
+from attreg_sc.settings import PriorSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PriorConfig", "AttributionPriorPlanMixin", "attribution_prior_plan", "latent_encoder"]
+__all__ = [
+    "PriorConfig",
+    "AttributionPriorPlanMixin",
+    "attribution_prior_plan",
+    "latent_encoder",
+    "VALIDATION_SEED_OFFSET",
+]
+
+#: validation draws come from ``seed + VALIDATION_SEED_OFFSET``, the same on every call
+VALIDATION_SEED_OFFSET = 1_000_003
 
 
 @dataclass
 class PriorConfig:
     """What the plan needs to build the prior; made by the model (see
-    :meth:`attreg_sc.scvi_tools.AttributionPriorModelMixin.set_prior`).
+    :meth:`attreg_sc.AttributionPriorModelMixin.set_prior`).
 
     Attributes
     ----------
@@ -38,27 +48,27 @@ class PriorConfig:
         ``{name: GT}``: a bool vector over the genes (one GT for every cell) or a per-cell
         GT (:class:`~attreg_sc.gt.GroupedGroundTruth`, :class:`~attreg_sc.gt.CellGroundTruth`)
         whose rows are looked up by the cells' registered positions (``ind_x``).
+    settings
+        The prior's settings.
+    blocks
+        ``{GT name: latent dims}`` (``settings.latent_blocks`` resolved).
     label_table
         ``(n_label_codes, n_genes)`` bool, or ``None``: the GT of each registered label
         (row ``c`` for label code ``c``); cells whose label has no row in
         ``label_has_gt`` are left out of this prior (unlabelled cells, say).
     label_has_gt
         ``(n_label_codes,)`` bool.
-    w_attr
-        ``w_A``.
-    options
-        Keyword arguments of :func:`attreg_sc.priors.build_prior_set` (reducer,
-        reparameterizer, loss, attribution, n_samples, ...).
-    seed
-        Seed of the prior's draws (EG references and alphas, random directions).
     """
 
     ground_truths: dict = field(default_factory=dict)
+    settings: PriorSettings = field(default_factory=PriorSettings)
+    blocks: dict = field(default_factory=dict)
     label_table: np.ndarray | None = None
     label_has_gt: np.ndarray | None = None
-    w_attr: float = 30.0
-    options: dict = field(default_factory=dict)
-    seed: int = 0
+
+    @property
+    def w_attr(self) -> float:
+        return self.settings.w_attr
 
     @property
     def active(self) -> bool:
@@ -123,14 +133,23 @@ class AttributionPriorPlanMixin:
         self.prior_config = prior if prior is not None and prior.active else None
         self._captured: tuple | None = None
         self._first_out: torch.Tensor | None = None
-        self._prefix = None
         self._armed = False
-        self._vector_priors: PriorSet | None = None
         self._cell_gts: dict = {}
-        self._label_prior: AttributionPrior | None = None
+        # the prior's modules are the plan's working parts, not its state: kept out of
+        # the LightningModule's children (its checkpoints hold the model's weights once)
+        self._unregistered("_prefix", None)
+        self._unregistered("_vector_priors", None)
+        self._unregistered("_label_prior", None)
+        self._unregistered("_encoder", None)
+        #: the prior is on (the :class:`~attreg_sc.train.callbacks.PriorWarmup` callback
+        #: switches it off for the first epochs)
+        self.prior_enabled = True
+        #: per-step ``[loss, L_R, L_D, L_A]`` of the epoch, kept while a
+        #: :class:`~attreg_sc.train.callbacks.NonFiniteLoss` callback watches
+        self.step_terms: list[torch.Tensor] | None = None
         if self.prior_config is None:
             return
-        self._encoder = latent_encoder(module)
+        self._unregistered("_encoder", latent_encoder(module))
         if any(
             isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self._encoder.modules()
         ):
@@ -139,7 +158,22 @@ class AttributionPriorPlanMixin:
                 "attributions of one cell would depend on the others; build the model with "
                 "use_batch_norm='none' and use_layer_norm='both' (attreg_sc's default)."
             )
-        self._generator = torch.Generator().manual_seed(int(self.prior_config.seed))
+        self._generator = torch.Generator().manual_seed(self.prior_config.settings.seed)
+        target = self.prior_config.settings.target
+        if target != "encoder" and not hasattr(module, "attribution_target"):
+            raise ValueError(
+                f"target={target!r} needs a module that provides it; {type(module).__name__} "
+                "explains its encoder only (target='encoder')."
+            )
+
+    def _unregistered(self, name: str, value: Any) -> None:
+        """Set an attribute that ``nn.Module`` does not register as a child."""
+        object.__setattr__(self, name, value)
+
+    @property
+    def prior_generator(self) -> torch.Generator | None:
+        """The random generator of the prior's draws (``None`` without a prior)."""
+        return getattr(self, "_generator", None)
 
     def _optimizer_creator_fn(self, optimizer_cls):
         """scvi-tools' Adam/AdamW, fused (one kernel for all parameters) when the fast
@@ -223,7 +257,9 @@ class AttributionPriorPlanMixin:
         sums["n_obs"] = sums.get("n_obs", 0) + int(loss_output.n_obs_minibatch)
         sums["n_batches"] = sums.get("n_batches", 0) + 1
 
-    def _log_epoch_metrics(self, mode: str) -> None:
+    def log_epoch_metrics(self, mode: str) -> None:
+        """Log the epoch's accumulated values of ``mode`` (``train``/``validation``) now
+        (once; the epoch-end hook logs what is left)."""
         last = self.__dict__.get("_epoch_last", {})
         if mode == "train" and "kl_weight" in last:
             self.log("kl_weight", float(last.pop("kl_weight")), on_step=False, on_epoch=True)
@@ -247,11 +283,11 @@ class AttributionPriorPlanMixin:
         self.log_dict(values, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self):
-        self._log_epoch_metrics("train")
+        self.log_epoch_metrics("train")
         return super().on_train_epoch_end()
 
     def on_validation_epoch_end(self):
-        self._log_epoch_metrics("validation")
+        self.log_epoch_metrics("validation")
         return super().on_validation_epoch_end()
 
     # the encoder's inputs of the model's own forward pass
@@ -273,13 +309,16 @@ class AttributionPriorPlanMixin:
         return latent_mean(self._encoder(x, *rest))
 
     def _build(self, width: int, n_latent: int, device: torch.device) -> None:
-        from attreg_sc.scvi_tools.encoder_prefix import encoder_prefix
+        from attreg_sc.fast.encoder_prefix import encoder_prefix
 
         cfg = self.prior_config
-        opts = dict(cfg.options)
-        # the encoder split after its first product (same function; the fast EG path)
-        self._prefix = encoder_prefix(self._encoder, width, self._captured)
-        target = self._prefix if self._prefix is not None else self._explained
+        settings = cfg.settings
+        if settings.target == "model":
+            self._unregistered("_prefix", None)
+            target = self.module.attribution_target("model")
+        else:  # the encoder split after its first product (same function; the fast EG path)
+            self._unregistered("_prefix", encoder_prefix(self._encoder, width, self._captured))
+            target = self._prefix if self._prefix is not None else self._explained
         # vectors padded to the encoder's width; per-cell GTs are given rows per step
         vectors = {
             k: _padded(v, width, f"GT {k!r}") if isinstance(v, np.ndarray) else v
@@ -288,22 +327,18 @@ class AttributionPriorPlanMixin:
         self._cell_gts = {
             f"gt{i}": g for i, g in enumerate(vectors.values()) if not isinstance(g, np.ndarray)
         }
+        common = dict(n_latent=n_latent, generator=self._generator, settings=settings)
         if vectors:
-            self._vector_priors = build_prior_set(
-                target, vectors, n_latent=n_latent, generator=self._generator, **opts
-            ).to(device)
+            self._unregistered(
+                "_vector_priors",
+                build_prior_set(target, vectors, latent_blocks=cfg.blocks, **common).to(device),
+            )
         if cfg.label_table is not None:
-            opts.pop("latent_blocks", None), opts.pop("gt_weights", None)
-            self._label_prior = (
-                build_prior_set(
-                    target,
-                    {"per_label": object()},
-                    n_latent=n_latent,
-                    generator=self._generator,
-                    **opts,
-                )
-                .priors["gt0"]
-                .to(device)
+            per_label = settings.replace(latent_blocks={}, gt_weights={})
+            common["settings"] = per_label
+            self._unregistered(
+                "_label_prior",
+                build_prior_set(target, {"per_label": object()}, **common).priors["gt0"].to(device),
             )
             self._label_table = torch.from_numpy(
                 _padded(cfg.label_table.astype(np.float32), width, "the per-label GT")
@@ -331,13 +366,17 @@ class AttributionPriorPlanMixin:
         from scvi import REGISTRY_KEYS
 
         x, *rest = self._captured
+        if self.prior_config.settings.target == "model":
+            rest = rest[:1]  # the reconstruction's function of (x_in, batch_index)
         if self._vector_priors is None and self._label_prior is None:
-            with torch.no_grad():
-                n_latent = self._explained(x[:1], *(r[:1] for r in rest)).shape[-1]
+            n_latent = getattr(self.module, "n_latent", None)
+            if n_latent is None:  # the encoder's forward samples z: leave the stream as it is
+                with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    n_latent = self._explained(x[:1], *(r[:1] for r in rest)).shape[-1]
             self._build(x.shape[-1], n_latent, x.device)
         acts = None
         if self._prefix is not None and self._first_out is not None:
-            from attreg_sc.scvi_tools.encoder_prefix import covariate_part
+            from attreg_sc.fast.encoder_prefix import covariate_part
 
             # the prefix's activations from the model's own first product: W_x x + b
             acts = self._first_out - covariate_part(self._encoder, x.shape[-1], *rest)
@@ -363,16 +402,42 @@ class AttributionPriorPlanMixin:
                 )
         return total
 
+    def _model_forward(self, *args, **kwargs):
+        """The plan's own forward; a distribution refusing non-finite parameters (the
+        weights became NaN at an earlier step of the epoch) becomes a
+        :class:`~attreg_sc.train.callbacks.NonFiniteLossError` naming that step."""
+        from attreg_sc.train.callbacks import NonFiniteLossError, non_finite_error
+
+        try:
+            return super().forward(*args, **kwargs)
+        except ValueError as err:
+            if "invalid values" not in str(err):
+                raise
+            error = non_finite_error(self.step_terms or [], self.current_epoch)
+            if error is None:
+                error = NonFiniteLossError(
+                    f"the model's outputs became non-finite at epoch {self.current_epoch} "
+                    f"({str(err).splitlines()[0][:120]}); lower the learning rate or check "
+                    "the data for extreme counts. The weights of the last finished epoch "
+                    "were restored."
+                )
+            raise error from None
+
     def forward(self, *args, **kwargs):
         if self.prior_config is None:
-            return super().forward(*args, **kwargs)
+            outputs = self._model_forward(*args, **kwargs)
+            if self.training and self.step_terms is not None:
+                self._record_terms(outputs[2])
+            return outputs
         self._captured, self._first_out, self._armed = None, None, True
         hooks = [self._encoder.register_forward_hook(self._capture_encoder_inputs)]
         first = self._first_linear()
         if first is not None:  # runs before the encoder's own hook: both see one call
             hooks.append(first.register_forward_hook(self._capture_first_layer))
         try:
-            inference_outputs, generative_outputs, loss_output = super().forward(*args, **kwargs)
+            inference_outputs, generative_outputs, loss_output = self._model_forward(
+                *args, **kwargs
+            )
         finally:
             self._armed = False
             for hook in hooks:
@@ -384,26 +449,44 @@ class AttributionPriorPlanMixin:
             )
         tensors = args[0] if args else kwargs["tensors"]
         stage = "train" if self.training else "validation"
-        if self.training:
+        if not self.prior_enabled:
+            l_a = loss_output.loss.new_zeros(())
+        elif self.training:
             l_a = self._attribution_loss(tensors)
         else:  # the same draws on every validation call; the training stream untouched
             state = self._generator.get_state()
-            self._generator.manual_seed(int(self.prior_config.seed) + 1_000_003)
+            self._generator.manual_seed(self.prior_config.settings.seed + VALIDATION_SEED_OFFSET)
             try:
                 with torch.enable_grad():
                     l_a = self._attribution_loss(tensors).detach()
             finally:
                 self._generator.set_state(state)
-        if not torch.isfinite(l_a):
-            raise FloatingPointError(f"the attribution loss is {float(l_a)} at this step.")
         loss_output.loss = loss_output.loss + self.prior_config.w_attr * l_a
         n = int(loss_output.n_obs_minibatch)
+        if self.training and self.step_terms is not None:
+            self._record_terms(loss_output, l_a)
         name = f"attribution_loss_{stage}"
         if self._fast_logging():  # a weighted mean per epoch, logged at the epoch's end
             self._accumulate_mean(stage, name, l_a, n)
         else:
             self.log(name, l_a.detach(), on_epoch=True, on_step=False, batch_size=n)
         return inference_outputs, generative_outputs, loss_output
+
+    def _record_terms(self, loss_output, l_a: torch.Tensor | None = None) -> None:
+        """Keep the step's ``[loss, L_R, L_D, L_A]`` (detached, on the device: no host
+        synchronisation) for the non-finite check at the epoch's end."""
+        n = max(int(loss_output.n_obs_minibatch), 1)
+        loss = loss_output.loss.detach()
+        self.step_terms.append(
+            torch.stack(
+                [
+                    loss,
+                    torch.as_tensor(loss_output.reconstruction_loss_sum).detach() / n,
+                    torch.as_tensor(loss_output.kl_local_sum).detach() / n,
+                    loss.new_zeros(()) if l_a is None else l_a.detach(),
+                ]
+            )
+        )
 
 
 @cache

@@ -1,27 +1,28 @@
-"""AnnData access for scARE: validation before training and sparse minibatches.
+"""Checks of a user's AnnData before anything touches its counts.
 
-The count matrix is never densified as a whole: minibatches of rows are sliced from
-the (CSR) matrix and densified on the fly.
+One set of checks for every path into the model (:meth:`attreg_sc.SCARE.setup_anndata`,
+a new AnnData given to a trained model, a load, a query): the sparse structure first
+(a broken CSR matrix crashes scipy or silently moves counts between genes), then the
+values (NaN, inf, negative, non-integer), empty cells, duplicated gene names and missing
+batch labels. Every check reads the matrix in chunks, so a backed (on-disk) matrix is
+checked in one pass without loading it, and nothing in the AnnData is modified.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
-
-from attreg.transfer import to_device
 
 __all__ = [
-    "CountData",
+    "check_anndata",
     "check_sparse_structure",
     "validate_counts",
     "get_counts_matrix",
     "row_totals",
+    "batch_codes_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,19 +75,25 @@ def row_totals(matrix, chunk: int = 10_000) -> np.ndarray:
     return np.concatenate([np.asarray(b.sum(axis=1)).ravel() for b in _row_blocks(matrix, chunk)])
 
 
-def check_sparse_structure(matrix, chunk: int = 10_000_000) -> None:
-    """Raise ``ValueError`` for a CSR/CSC matrix whose structure is broken: ``indptr`` of
-    the wrong length, not starting at 0, decreasing, or not ending at the number of
-    stored values; ``indices`` out of range. Such a matrix crashes scipy (a segmentation
-    fault) or silently puts counts in the wrong genes. Vectorized; ``indices`` are read in
-    chunks, so a backed (on-disk) matrix is checked in one pass without loading it.
+def check_sparse_structure(
+    matrix, chunk: int = 10_000_000, name: str = "the sparse counts"
+) -> None:
+    """Raise ``ValueError`` for a CSR/CSC/COO matrix whose structure is broken: ``indptr``
+    of the wrong length or type, not starting at 0, decreasing, or not ending at the
+    number of stored values; ``indices`` (or COO coordinates) out of range or not integers.
+    Such a matrix crashes scipy (a segmentation fault or an abort) or silently puts values
+    in the wrong places, so this runs before scipy touches it. Vectorized; ``indices`` are
+    read in chunks, so a backed (on-disk) matrix is checked in one pass without loading it.
 
     Parameters
     ----------
     matrix
-        A scipy sparse matrix.
+        A scipy sparse matrix or array, or anndata's backed sparse dataset (anything else
+        passes).
     chunk
         Entries checked at a time.
+    name
+        How the matrix is named in the error.
 
     Examples
     --------
@@ -99,29 +106,43 @@ def check_sparse_structure(matrix, chunk: int = 10_000_000) -> None:
     ValueError: the sparse counts' indices point outside the matrix (7 is not in 0..2): ...
     """
     fmt = getattr(matrix, "format", None)
-    if fmt not in ("csr", "csc"):
+    if fmt not in ("csr", "csc", "coo"):
+        return
+    fix = "the file is corrupt or was built with the wrong shape. Rebuild the matrix "
+    fix += "(e.g. from the source counts)."
+    shape = tuple(int(n) for n in matrix.shape)
+    if fmt == "coo":
+        data = matrix.data
+        for axis, coords in enumerate(getattr(matrix, "coords", (matrix.row, matrix.col))):
+            coords = np.asarray(coords)
+            if coords.dtype.kind not in "iu" or coords.shape != (len(data),):
+                raise ValueError(f"{name}' coordinates are not one integer per value: {fix}")
+            if coords.size and (coords.min() < 0 or coords.max() >= shape[axis]):
+                raise ValueError(f"{name}' coordinates point outside the matrix: {fix}")
         return
     group = getattr(matrix, "group", None)  # anndata's backed sparse dataset
     if group is not None:
         indptr, indices, data = group["indptr"], group["indices"], group["data"]
     else:
         indptr, indices, data = matrix.indptr, matrix.indices, matrix.data
-    n_major, n_minor = matrix.shape if fmt == "csr" else matrix.shape[::-1]
+    n_major, n_minor = shape if fmt == "csr" else shape[::-1]
     what = "rows" if fmt == "csr" else "columns"
-    fix = "the file is corrupt or was built with the wrong shape. Rebuild the matrix "
-    fix += "(e.g. from the source counts)."
-    ptr = np.asarray(indptr[:])
-    if ptr.shape != (n_major + 1,):
+    for part, values in (("indptr", indptr), ("indices", indices)):
+        kind = np.dtype(values.dtype).kind
+        if kind not in "iu" or len(values.shape) != 1:
+            raise ValueError(f"{name}' {part} is not a vector of integers ({values.dtype}): {fix}")
+    if indptr.shape != (n_major + 1,):
         raise ValueError(
-            f"the sparse counts' indptr has {ptr.size} entries for {n_major} {what} "
+            f"{name}' indptr has {indptr.shape[0]} entries for {n_major} {what} "
             f"(expected {n_major + 1}): {fix}"
         )
+    ptr = np.asarray(indptr[:])
     if ptr[0] != 0 or (np.diff(ptr) < 0).any():
-        raise ValueError(f"the sparse counts' indptr does not start at 0 and rise: {fix}")
+        raise ValueError(f"{name}' indptr does not start at 0 and rise: {fix}")
     nnz = int(ptr[-1])
     if nnz != len(indices) or nnz != len(data):
         raise ValueError(
-            f"the sparse counts' indptr ends at {nnz} but {len(indices)} indices and "
+            f"{name}' indptr ends at {nnz} but {len(indices)} indices and "
             f"{len(data)} values are stored: {fix}"
         )
     for start in range(0, nnz, chunk):
@@ -129,7 +150,7 @@ def check_sparse_structure(matrix, chunk: int = 10_000_000) -> None:
         if block.size and (block.min() < 0 or block.max() >= n_minor):
             bad = int(block.max()) if block.max() >= n_minor else int(block.min())
             raise ValueError(
-                f"the sparse counts' indices point outside the matrix ({bad} is not in "
+                f"{name}' indices point outside the matrix ({bad} is not in "
                 f"0..{n_minor - 1}): {fix}"
             )
 
@@ -179,121 +200,6 @@ def validate_counts(matrix, allow_non_integer: bool = False, chunk: int = 10_000
             )
 
 
-@dataclass
-class CountData:
-    """Validated counts, batch codes and optional ground-truth rows for training.
-
-    Attributes
-    ----------
-    matrix
-        CSR matrix (or dense array) of counts, cells x genes; not copied when it is
-        already CSR or dense.
-    batch_codes
-        Integer batch code per cell.
-    batch_categories
-        The batch categories (their order defines the codes).
-    var_names
-        Gene names.
-    library_sizes
-        Total counts per cell (computed once, during validation).
-    """
-
-    matrix: object
-    batch_codes: np.ndarray
-    batch_categories: list
-    var_names: list = field(default_factory=list)
-    library_sizes: np.ndarray | None = None
-
-    @classmethod
-    def from_anndata(
-        cls,
-        adata,
-        layer: str | None = None,
-        batch_key: str | None = None,
-        batch_categories: list | None = None,
-        allow_non_integer: bool = False,
-        check_zero_cells: bool = True,
-    ) -> CountData:
-        """Validate an AnnData and wrap its counts (nothing in ``adata`` is modified)."""
-        if adata.n_obs == 0 or adata.n_vars == 0:
-            raise ValueError(
-                f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
-                "give at least one cell and one gene."
-            )
-        if adata.n_obs < 2 or adata.n_vars < 2:
-            raise ValueError(
-                f"the AnnData has {adata.n_obs} cell(s) x {adata.n_vars} gene(s); scARE needs "
-                "at least two cells (Expected Gradients draws references among them) and two "
-                "genes (the decoder's gene proportions)."
-            )
-        if not adata.var_names.is_unique:
-            dup = adata.var_names[adata.var_names.duplicated()].unique()
-            raise ValueError(
-                f"adata.var_names has {len(dup)} duplicated gene name(s) (e.g. {list(dup[:3])}); "
-                "gene-set matching and saved models need unique names: call "
-                "adata.var_names_make_unique() first."
-            )
-        matrix = get_counts_matrix(adata, layer)
-        check_sparse_structure(matrix)  # before scipy touches it (a broken one can segfault)
-        if getattr(adata, "isbacked", False) and layer is None:
-            fmt = getattr(matrix, "format", "dense")
-            if fmt not in ("csr", "dense"):
-                raise ValueError(
-                    f"backed AnnData with a {fmt} matrix cannot stream rows; rewrite it as CSR "
-                    "(adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad(...))."
-                )
-            logger.info("backed AnnData: minibatches are read from disk as needed")
-        elif (
-            sp.issparse(matrix)
-            and not sp.isspmatrix_csr(matrix)
-            and not isinstance(matrix, sp.csr_array)
-        ):
-            logger.info("converting %s counts to CSR for row slicing", type(matrix).__name__)
-            matrix = sp.csr_matrix(matrix)
-        elif not sp.issparse(matrix):
-            matrix = np.asarray(matrix)
-        validate_counts(matrix, allow_non_integer=allow_non_integer)
-        totals = row_totals(matrix)
-        if check_zero_cells:
-            n_zero = int((totals == 0).sum())
-            if n_zero:
-                raise ValueError(
-                    f"{n_zero} cell(s) have zero counts over the {adata.n_vars} genes; their "
-                    "library size is undefined. Remove them first, e.g. "
-                    "adata = adata[adata.X.sum(1).A1 > 0].copy() or "
-                    "sc.pp.filter_cells(adata, min_counts=1)."
-                )
-        codes, categories = batch_codes_of(adata, batch_key, batch_categories)
-        return cls(matrix, codes, categories, list(map(str, adata.var_names)), totals)
-
-    @property
-    def n_cells(self) -> int:
-        return self.matrix.shape[0]
-
-    @property
-    def n_genes(self) -> int:
-        return self.matrix.shape[1]
-
-    def rows(self, idx: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Dense float32 counts of the cells ``idx`` (a minibatch)."""
-        block = self.matrix[idx]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        return to_device(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)), device)
-
-    def library_log_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-batch mean and variance of the log library size (the scVI library prior)."""
-        totals = row_totals(self.matrix) if self.library_sizes is None else self.library_sizes
-        log_lib = np.log(totals.clip(min=1.0))
-        k = len(self.batch_categories)
-        means, vars_ = np.zeros(k), np.ones(k)
-        for b in range(k):
-            v = log_lib[self.batch_codes == b]
-            if v.size:
-                means[b] = v.mean()
-                vars_[b] = max(v.var(), 1e-4)
-        return means.astype(np.float32), vars_.astype(np.float32)
-
-
 def batch_codes_of(
     adata, batch_key: str | None, categories: list | None = None
 ) -> tuple[np.ndarray, list]:
@@ -329,3 +235,90 @@ def batch_codes_of(
     return pd.Categorical(values, categories=list(categories)).codes.astype(np.int64), list(
         categories
     )
+
+
+def check_anndata(
+    adata,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    allow_non_integer: bool = False,
+    obs_keys: tuple[str | None, ...] = (),
+) -> None:
+    """Every check a model runs on an AnnData before it reads the counts: at least two
+    cells and two genes, unique gene names, a sound sparse structure, counts that are
+    finite, non-negative and (unless ``allow_non_integer``) integers, no cell without
+    counts, and every cell labelled in ``batch_key`` (and in ``obs_keys``). Raises
+    ``TypeError``, ``KeyError`` or ``ValueError`` naming the problem and the fix; nothing
+    is modified.
+
+    Parameters
+    ----------
+    adata
+        The AnnData (in memory or backed).
+    layer
+        Layer with raw counts (``None``: ``X``).
+    batch_key
+        ``obs`` column with the batch, or ``None``.
+    allow_non_integer
+        Accept non-integer counts (e.g. ambient-corrected estimates).
+    obs_keys
+        Other ``obs`` columns that must label every cell (labels, covariates).
+
+    Examples
+    --------
+    >>> import anndata as ad
+    >>> a = ad.AnnData(np.array([[1.0, 2.0], [0.5, 1.0]], dtype=np.float32))
+    >>> check_anndata(a)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: counts contain non-integer values ...
+    """
+    import anndata
+
+    if not isinstance(adata, anndata.AnnData):
+        raise TypeError(
+            f"expected an AnnData, got {type(adata).__name__}; read counts with "
+            "anndata.read_h5ad or build anndata.AnnData(counts)."
+        )
+    if adata.n_obs < 2 or adata.n_vars < 2:
+        raise ValueError(
+            f"the AnnData has {adata.n_obs} cell(s) x {adata.n_vars} gene(s); the model needs "
+            "at least two cells (Expected Gradients draws references among them) and two "
+            "genes."
+        )
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()
+        raise ValueError(
+            f"adata.var_names has {len(dup)} duplicated gene name(s) (e.g. {list(dup[:3])}); "
+            "gene-set matching and saved models need unique names: call "
+            "adata.var_names_make_unique() first."
+        )
+    matrix = get_counts_matrix(adata, layer)
+    if len(getattr(matrix, "shape", ())) != 2 or tuple(matrix.shape) != adata.shape:
+        raise ValueError(
+            f"the counts have shape {getattr(matrix, 'shape', None)}; the AnnData is "
+            f"{adata.shape} (cells x genes). Rebuild the AnnData from a matching matrix."
+        )
+    check_sparse_structure(matrix)  # before scipy touches it (a broken one can segfault)
+    validate_counts(matrix, allow_non_integer=allow_non_integer)
+    n_zero = int((row_totals(matrix) == 0).sum())
+    if n_zero:
+        raise ValueError(
+            f"{n_zero} cell(s) have zero counts over the {adata.n_vars} genes; their "
+            "library size is undefined. Remove them first, e.g. "
+            "sc.pp.filter_cells(adata, min_counts=1)."
+        )
+    for key in (batch_key, *obs_keys):
+        if key is None:
+            continue
+        if key not in adata.obs:
+            raise KeyError(
+                f"{key!r} is not a column of adata.obs (columns: {list(adata.obs)}); pass "
+                "the name of the column, or None."
+            )
+        missing = int(adata.obs[key].isna().sum())
+        if missing:
+            raise ValueError(
+                f"adata.obs[{key!r}] has {missing} missing value(s); give every cell a "
+                "value (e.g. fill them with 'unknown')."
+            )

@@ -1,0 +1,100 @@
+"""The one place attreg_sc reaches into scvi-tools' private modules.
+
+attreg_sc supports scvi-tools 1.4 and 1.5 (``scvi-tools>=1.4,<1.6``). Everything it needs
+that scvi-tools does not export publicly is imported or worked around here, so that a
+scvi-tools release that moves one of them breaks one module, and
+``tests/test_compat.py`` checks each name on the installed version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import rich.pretty  # noqa: F401 - scvi-tools 1.4.2's view_anndata_setup uses it unimported
+import scvi
+import torch
+from scvi.data._constants import (
+    _FIELD_REGISTRIES_KEY,
+    _MODEL_NAME_KEY,
+    _SCVI_UUID_KEY,
+    _SETUP_ARGS_KEY,
+    _SETUP_METHOD_NAME,
+)
+from scvi.data._utils import _check_if_view
+from scvi.model._utils import parse_device_args, use_distributed_sampler
+from scvi.model.base._save_load import _initialize_model
+
+__all__ = [
+    "SCVI_VERSION",
+    "SUPPORTED",
+    "FIELD_REGISTRIES_KEY",
+    "MODEL_NAME_KEY",
+    "SCVI_UUID_KEY",
+    "SETUP_ARGS_KEY",
+    "SETUP_METHOD_NAME",
+    "check_if_view",
+    "initialize_model",
+    "parse_device",
+    "named_like_scvi",
+    "uses_distributed_sampler",
+]
+
+FIELD_REGISTRIES_KEY = _FIELD_REGISTRIES_KEY
+MODEL_NAME_KEY = _MODEL_NAME_KEY
+SCVI_UUID_KEY = _SCVI_UUID_KEY
+SETUP_ARGS_KEY = _SETUP_ARGS_KEY
+SETUP_METHOD_NAME = _SETUP_METHOD_NAME
+
+#: the installed scvi-tools as ``(major, minor)``
+SCVI_VERSION = tuple(int(p) for p in scvi.__version__.split(".")[:2])
+#: the scvi-tools versions attreg_sc is tested with
+SUPPORTED = ((1, 4), (1, 5))
+
+
+def check_if_view(adata, copy_if_view: bool = True) -> None:
+    """scvi-tools' check that ``adata`` is not a view (copied in place if allowed)."""
+    _check_if_view(adata, copy_if_view=copy_if_view)
+
+
+def initialize_model(cls, adata, registry: dict, attr_dict: dict):
+    """A model of ``cls`` built from a saved registry and attributes (scvi-tools' own
+    loading step), without weights."""
+    return _initialize_model(cls, adata, registry, attr_dict, None)
+
+
+def parse_device(accelerator: str, device: int | str) -> torch.device:
+    """The torch device scvi-tools' ``load`` would pick."""
+    _, _, torch_device = parse_device_args(
+        accelerator=accelerator, devices=device, return_device="torch",
+        validate_single_device=True,
+    )
+    return torch_device
+
+
+def uses_distributed_sampler(strategy) -> bool:
+    """Whether scvi-tools shards the data over processes for this Lightning strategy."""
+    return bool(strategy) and use_distributed_sampler(strategy)
+
+
+@contextlib.contextmanager
+def named_like_scvi(model) -> Iterator[None]:
+    """Inside, ``model`` is seen by scvi-tools' base class as an ``SCVI``: its constructor
+    accepts ``adata=None`` and ``registry=None`` (the module is built when ``train`` gets
+    a data module) only for classes *named* SCVI, a test of the name rather than of the
+    class. The instance's class is a subclass named ``SCVI`` for the duration only."""
+    cls = type(model)
+    model.__class__ = _scvi_named(cls)
+    try:
+        yield
+    finally:
+        model.__class__ = cls
+
+
+_NAMED: dict[type, type] = {}
+
+
+def _scvi_named(cls: type) -> type:
+    if cls not in _NAMED:
+        _NAMED[cls] = type("SCVI", (cls,), {"__module__": cls.__module__})
+    return _NAMED[cls]
