@@ -336,17 +336,16 @@ class AttributionPriorModelMixin:
         from scvi import REGISTRY_KEYS
 
         settings = (settings or self._prior_defaults).replace(**options)
-        self._prior_defaults = settings
-        if gene_key is not None:
-            self._gene_key = gene_key
         if gt is None and gt_per_label is None:
+            self._prior_defaults = settings
             self._prior_config = None
             return
         if self.adata is None:
             raise ValueError("set_prior needs the model's AnnData to match genes; build the "
                              "model with adata=.")
         adata = self.adata
-        ground_truths = as_ground_truths(adata, gt, self._gene_key)
+        gene_key = self._gene_key if gene_key is None else gene_key
+        ground_truths = as_ground_truths(adata, gt, gene_key)
         if any(_is_per_cell(g) for g in ground_truths.values()) and adata.n_obs > MAX_INDEXED_CELLS:
             raise ValueError(
                 f"per-cell GTs need each cell's position in the minibatch, which scvi-tools "
@@ -372,8 +371,7 @@ class AttributionPriorModelMixin:
             label_has_gt = np.zeros(len(categories), dtype=bool)
             for label, genes in gt_per_label.items():
                 code = categories.index(str(label))
-                label_table[code] = from_genes(adata, genes, self._gene_key,
-                                               name=f"GT of {label!r}")
+                label_table[code] = from_genes(adata, genes, gene_key, name=f"GT of {label!r}")
                 label_has_gt[code] = True
         if settings.target == "model":
             target_of = getattr(self.module, "attribution_target", None)
@@ -395,6 +393,7 @@ class AttributionPriorModelMixin:
             label_table=label_table,
             label_has_gt=label_has_gt,
         )
+        self._prior_defaults, self._gene_key = settings, gene_key
 
     # -- training ----------------------------------------------------------------------
     def train(
@@ -474,9 +473,10 @@ class AttributionPriorModelMixin:
             callbacks.append(PriorWarmup(prior_warmup_epochs))
         self._early_stopping(call, callbacks, BestWeightsEarlyStopping)
         if fingerprint is not None:
-            callbacks.append(ResumeGuard(fingerprint))
+            guard = ResumeGuard(fingerprint, call.get("max_epochs"))
+            callbacks.append(guard)
             plugins = list(call.pop("plugins", None) or [])
-            call["plugins"] = [*plugins, SafeCheckpointIO()]
+            call["plugins"] = [*plugins, SafeCheckpointIO(guard)]
         if checkpoint_path is not None:
             callbacks.append(EpochCheckpoint(checkpoint_path, checkpoint_every))
         call["callbacks"] = callbacks

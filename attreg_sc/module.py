@@ -9,8 +9,10 @@ scARE's options, on top of :class:`scvi.module.VAE`:
   ``w_R L_R + L_D + w_A L_A``;
 * :meth:`SCAREVAE.attribution_target` ``"model"``: the log reconstructed mean as a
   function of the encoder's input (the prior's ``target="model"``);
-* likelihoods without zero inflation carry no zero-inflation head: every parameter is
-  used by the loss, so plain DDP (``strategy="ddp"``) trains it.
+* no head whose output the loss never reads (scvi-tools' VAE builds the zero-inflation
+  head also for NB and the per-cell dispersion head for every dispersion): every
+  parameter is used by the loss, so plain DDP (``strategy="ddp"``) trains it, and no
+  product is computed for nothing.
 
 With the fast paths on (the default), the step computes the same values differently:
 
@@ -55,8 +57,9 @@ class FastNegativeBinomial(NegativeBinomial):
 
 
 class NoHead(nn.Module):
-    """Where scvi-tools' decoder has its zero-inflation head and the likelihood has no
-    zero inflation: no parameters, no product, ``None`` for the logits nobody reads."""
+    """Where scvi-tools' decoder has a head whose output the loss never reads (the
+    zero-inflation logits without zero inflation, the per-cell dispersion without
+    ``dispersion="gene-cell"``): no parameters, no product, ``None``."""
 
     def forward(self, *_args, **_kwargs) -> None:
         return None
@@ -117,6 +120,8 @@ class SCAREVAE(VAE):
                 m.__class__ = cpu_matmul.Linear
         if self.gene_likelihood != "zinb" and hasattr(self.decoder, "px_dropout_decoder"):
             self.decoder.px_dropout_decoder = NoHead()
+        if self.dispersion != "gene-cell" and hasattr(self.decoder, "px_r_decoder"):
+            self.decoder.px_r_decoder = NoHead()
 
     # -- scARE's options ----------------------------------------------------------------
     def _regular_inference(self, x, batch_index, cont_covs=None, cat_covs=None, n_samples=1):

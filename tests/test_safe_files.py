@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 import attreg_sc as asc
 from attreg_sc import cli
 from attreg_sc._io import MAGIC, from_safe, load_versioned, save_versioned, to_safe
-from attreg_sc.model import FORMAT_VERSION
+from attreg_sc.files import MODEL_FORMAT_VERSION as FORMAT_VERSION
 
 MARKER = "attreg_pwned_marker"
 
@@ -46,7 +46,12 @@ def _with_valid_header(data: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def adata():
-    return asc.datasets.synthetic(n_cells=120, n_genes=30, n_gt_genes=5, seed=0)
+    a = asc.datasets.synthetic(n_cells=120, n_genes=30, n_gt_genes=5, seed=0)
+    asc.SCARE.setup_anndata(a, batch_key="batch")
+    return a
+
+
+QUIET = {"enable_progress_bar": False}
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["plain-pickle", "checksummed-pickle"])
@@ -61,7 +66,7 @@ def test_malicious_model_file_is_refused_and_runs_nothing(adata, tmp_path, wrapp
         asc.SCARE.load(folder, adata)
     m = asc.SCARE(adata, n_latent=2)
     with pytest.raises(ValueError, match=match):
-        m.train(max_epochs=1, resume=True, checkpoint_path=folder / "model.pt", progress_bar=False)
+        m.train(max_epochs=1, ckpt_path=folder / "model.pt", **QUIET)
     path = tmp_path / "data.h5ad"
     adata.write_h5ad(path)
     genes = tmp_path / "genes.txt"
@@ -94,8 +99,8 @@ def test_non_finite_weights_are_refused(adata, tmp_path):
     m.save(tmp_path / "run")
     path = tmp_path / "run" / "model.pt"
     payload = load_versioned(path, FORMAT_VERSION, "model")
-    key = next(iter(payload["state_dict"]))
-    payload["state_dict"][key][...] = float("nan")
+    key = next(k for k, v in payload["model_state_dict"].items() if v.is_floating_point())
+    payload["model_state_dict"][key][...] = float("nan")
     save_versioned(path, payload)
     with pytest.raises(ValueError, match="non-finite weights"):
         asc.SCARE.load(tmp_path / "run", adata)
@@ -104,7 +109,7 @@ def test_non_finite_weights_are_refused(adata, tmp_path):
 def test_saved_files_load_with_weights_only(adata, tmp_path):
     gt = adata.var["is_gt"].to_numpy()
     m = asc.SCARE(adata, gt=gt, n_latent=2)
-    m.train(max_epochs=1, progress_bar=False, checkpoint_path=tmp_path / "ckpt.pt")
+    m.train(max_epochs=1, checkpoint_path=tmp_path / "ckpt.pt", **QUIET)
     m.save(tmp_path / "run")
     for path in (tmp_path / "run" / "model.pt", tmp_path / "ckpt.pt"):
         raw = path.read_bytes()

@@ -1,4 +1,7 @@
-"""Checkpoints: a killed training resumes to the same final weights (CPU, same seed)."""
+"""Checkpoints: a killed training resumes from its Lightning checkpoint
+(``train(ckpt_path=...)``) to the same final weights and history (CPU, same seeds); a
+resume with other data, GT or settings is refused naming each difference; a damaged or
+altered checkpoint is refused before it is used."""
 
 import os
 import signal
@@ -7,122 +10,181 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
+import scvi
 import torch
 
 import attreg_sc as asc
-from attreg_sc.train.trainer import load_checkpoint
+from attreg_sc._io import from_safe, read_safe_payload, save_versioned
+
+QUIET = {"enable_progress_bar": False}
 
 SETUP = textwrap.dedent(
     """
-    import torch, attreg_sc as asc
-    torch.set_num_threads(2)
+    import logging, torch, scvi, attreg_sc as asc
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     adata = asc.datasets.synthetic(n_cells=400, n_genes=80, n_gt_genes=10, seed=3)
+    asc.SCARE.setup_anndata(adata, batch_key="batch")
     def make():
-        return asc.SCARE(adata, batch_key="batch", gt=adata.var["is_gt"].to_numpy(),
-                         n_latent=3, seed=11)
-    KW = dict(max_epochs=8, batch_size=64, kl_warmup_epochs=3, patience=50,
-              progress_bar=False)
+        scvi.settings.seed = 11
+        return asc.SCARE(adata, gt="is_gt", n_latent=3, seed=5)
+    KW = dict(max_epochs=8, batch_size=64, threads=1, early_stopping_patience=50,
+              plan_kwargs={"n_epochs_kl_warmup": 3}, enable_progress_bar=False)
     """
 )
 
 
-def test_killed_training_resumes_to_the_same_weights(tmp_path):
+def _checkpoint_epoch(path) -> int:
+    try:
+        return read_safe_payload(path, "checkpoint")["epoch"]
+    except (ValueError, FileNotFoundError):  # not there, or being replaced
+        return -1
+
+
+def test_killed_training_resumes_to_the_same_weights_and_history(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     script = SETUP + textwrap.dedent(
         f"""
         import time
+        from lightning.pytorch.callbacks import Callback
+        class Slow(Callback):  # slow the run down so that it can be killed mid-way
+            def on_train_batch_end(self, *args):
+                time.sleep(0.02)
         m = make()
-        orig = m.module.loss
-        def slow(*a, **k):  # slow the run down so that it can be killed mid-way
-            time.sleep(0.01)
-            return orig(*a, **k)
-        m.module.loss = slow
-        m.train(checkpoint_path={str(ckpt)!r}, **KW)
+        m.train(checkpoint_path={str(ckpt)!r}, callbacks=[Slow()], **KW)
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if ckpt.exists() and load_checkpoint(ckpt)["epoch"] >= 2:
-                break
+        deadline = time.time() + 300
+        while time.time() < deadline and _checkpoint_epoch(ckpt) < 2:
+            if proc.poll() is not None:
+                pytest.fail("the training ended before it could be killed")
             time.sleep(0.05)
         else:
-            pytest.fail("no checkpoint written")
+            if _checkpoint_epoch(ckpt) < 2:
+                pytest.fail("no checkpoint written")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    killed_at = load_checkpoint(ckpt)["epoch"]
+    killed_at = _checkpoint_epoch(ckpt)
     assert 2 <= killed_at < 7  # killed before the end
 
     ns: dict = {}
     exec(SETUP, ns)
-    torch.set_num_threads(2)
     resumed = ns["make"]()
-    resumed.train(checkpoint_path=ckpt, resume=True, **ns["KW"])
-    full = ns["make"]()
-    full.train(**ns["KW"])
-    for k, v in full.module.state_dict().items():
-        assert torch.equal(resumed.module.state_dict()[k], v), k
-    assert resumed.history["loss"] == pytest.approx(full.history["loss"])
-    assert len(resumed.history["loss"]) == 8
-
-
-def test_resume_errors(tmp_path):
-    a = asc.datasets.synthetic(n_cells=100, n_genes=40, n_gt_genes=5)
-    m = asc.SCARE(a, n_latent=2)
-    with pytest.raises(ValueError, match="needs checkpoint_path"):
-        m.train(max_epochs=1, resume=True, progress_bar=False)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        m.train(max_epochs=1, resume=True, checkpoint_path=tmp_path / "x.pt", progress_bar=False)
-    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a checkpoint written by this attreg_sc"):
-        m.train(max_epochs=1, resume=True, checkpoint_path=tmp_path / "bad.pt", progress_bar=False)
+    resumed.train(checkpoint_path=ckpt, ckpt_path=ckpt, **ns["KW"])
+    straight = ns["make"]()
+    straight.train(**ns["KW"])
+    for key, value in straight.module.state_dict().items():
+        assert torch.equal(resumed.module.state_dict()[key], value), key
+    assert sorted(resumed.history) == sorted(straight.history)
+    for key, frame in straight.history.items():
+        np.testing.assert_array_equal(
+            resumed.history[key].to_numpy(float).ravel(), frame.to_numpy(float).ravel(), key
+        )
 
 
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
-    """A 2-epoch run with a checkpoint, and the settings it used."""
-    ckpt = tmp_path_factory.mktemp("resume") / "ckpt.pt"
-    adata = asc.datasets.synthetic(n_cells=120, n_genes=40, n_gt_genes=5, seed=1)
-    gt = adata.var["is_gt"].to_numpy()
-    kw = dict(batch_size=32, kl_warmup_epochs=1, progress_bar=False, checkpoint_path=ckpt)
-    asc.SCARE(adata, gt=gt, n_latent=2, w_attr=10.0).train(max_epochs=2, **kw)
-    return adata, gt, kw
+    """A run stopped after 2 epochs with its checkpoint."""
+    path = tmp_path_factory.mktemp("ck") / "ckpt.pt"
+    ns: dict = {}
+    exec(SETUP, ns)
+    m = ns["make"]()
+    m.train(**{**ns["KW"], "max_epochs": 2}, checkpoint_path=path)
+    return ns, path
 
 
-def _other_counts(adata):
-    other = adata.copy()
-    other.X = other.X.copy()
-    other.X[0, 0] += 1
-    return other
+def _other_data(ns):
+    a = asc.datasets.synthetic(n_cells=400, n_genes=80, n_gt_genes=10, seed=3)
+    a.X.data[0] += 1  # one count more
+    asc.SCARE.setup_anndata(a, batch_key="batch")
+    return a
 
 
 @pytest.mark.parametrize(
-    ("change", "named"),
+    "change, match",
     [
-        (lambda a, g, kw: (a, g, {"w_attr": 20.0}, kw), "model.w_attr"),
-        (lambda a, g, kw: (a, g, {}, {**kw, "batch_size": 64}), "batch_size"),
-        (lambda a, g, kw: (a, g, {}, {**kw, "lr": 1e-2}), "lr"),
-        (lambda a, g, kw: (a, ~g, {}, kw), "ground_truths"),
-        (lambda a, g, kw: (_other_counts(a), g, {}, kw), "data.counts_per_cell"),
-        (lambda a, g, kw: (a[:, ::-1].copy(), g[::-1], {}, kw), "data.genes"),
+        ("w_attr", "prior.w_attr: checkpoint '30.0', now '5.0'"),
+        ("gt", "prior.ground_truths"),
+        ("n_latent", "model.n_latent: checkpoint '3', now '4'"),
+        ("batch_size", "train.batch_size: checkpoint '64', now '32'"),
+        ("data", "data.counts_per_cell"),
+        ("seed", "scvi.seed"),
     ],
-    ids=["w_attr", "batch_size", "lr", "gt", "counts", "genes"],
 )
-def test_incompatible_resume_is_refused_naming_the_setting(interrupted, change, named):
-    adata, gt, kw = interrupted
-    adata, gt, model_kw, train_kw = change(adata, gt, kw)
-    m = asc.SCARE(adata, gt=gt, n_latent=2, **{"w_attr": 10.0, **model_kw})
-    before = {k: v.clone() for k, v in m.module.state_dict().items()}
-    with pytest.raises(ValueError, match=rf"cannot resume .*{named}: checkpoint"):
-        m.train(max_epochs=4, resume=True, **train_kw)
-    assert all(torch.equal(v, m.module.state_dict()[k]) for k, v in before.items())
+def test_resume_with_other_settings_is_refused_naming_them(interrupted, change, match):
+    ns, path = interrupted
+    kw = dict(ns["KW"])
+    scvi.settings.seed = 11
+    adata = ns["adata"]
+    model_kw = dict(gt="is_gt", n_latent=3, seed=5)
+    if change == "w_attr":
+        model_kw["w_attr"] = 5.0
+    elif change == "gt":
+        model_kw["gt"] = list(adata.var_names[:4])
+    elif change == "n_latent":
+        model_kw["n_latent"] = 4
+    elif change == "batch_size":
+        kw["batch_size"] = 32
+    elif change == "data":
+        adata = _other_data(ns)
+    m = asc.SCARE(adata, **model_kw)
+    if change == "seed":
+        scvi.settings.seed = 12
+    with pytest.raises(ValueError, match=f"cannot resume.*{match}"):
+        m.train(ckpt_path=path, **kw)
+    assert not m.is_trained
 
 
-def test_a_longer_resume_is_accepted(interrupted):
-    adata, gt, kw = interrupted
-    m = asc.SCARE(adata, gt=gt, n_latent=2, w_attr=10.0)
-    m.train(max_epochs=3, resume=True, **kw)
-    assert len(m.history["loss"]) == 3
+def test_a_longer_run_may_resume(interrupted):
+    ns, path = interrupted
+    m = ns["make"]()
+    m.train(ckpt_path=path, **{**ns["KW"], "max_epochs": 3})
+    assert len(m.history["train_loss"]) == 3
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("epoch", -100, "epoch is -100"),
+        ("epoch", 5.5, "epoch is 5.5"),
+        ("global_step", -1, "global_step is -1"),
+        ("rng", "garbage", "random states is malformed"),
+        ("torch_rng", torch.zeros(3, dtype=torch.uint8), "torch random state is malformed"),
+        ("section", None, "no attreg_sc section"),
+        ("epoch", 8, "leaves nothing to train"),
+    ],
+)
+def test_an_altered_checkpoint_is_refused_before_use(interrupted, tmp_path, field, value, match):
+    ns, path = interrupted
+    checkpoint = from_safe(read_safe_payload(path, "checkpoint"))
+    if field in ("epoch", "global_step"):
+        checkpoint[field] = value
+    elif field == "rng":
+        checkpoint["attreg_sc"]["rng"] = value
+    elif field == "torch_rng":
+        checkpoint["attreg_sc"]["rng"]["torch"] = value
+    elif field == "section":
+        checkpoint.pop("attreg_sc")
+    altered = tmp_path / "altered.pt"
+    save_versioned(altered, checkpoint)  # a valid checksum: the fields are what is checked
+    m = ns["make"]()
+    with pytest.raises(ValueError, match=match):
+        m.train(ckpt_path=altered, **ns["KW"])
+
+
+def test_checkpoints_are_written_atomically_in_the_safe_format(interrupted, tmp_path):
+    ns, path = interrupted
+    raw = path.read_bytes()
+    assert raw.startswith(b"attreg-file 1 sha256:")
+    import io
+
+    torch.load(io.BytesIO(raw[raw.index(b"\n") + 1 :]), weights_only=True)
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(IsADirectoryError, match="give the checkpoint file"):
+        ns["make"]().train(checkpoint_path=tmp_path, **ns["KW"])
+    with pytest.raises(ValueError, match="only local checkpoint files"):
+        ns["make"]().train(ckpt_path="https://example.org/ckpt.pt", **ns["KW"])

@@ -343,20 +343,25 @@ class ResumeGuard(Callback):
     not be.
 
     Saved with every checkpoint: the run's ``fingerprint`` (every setting, and digests of
-    the data and of each GT) and every random state (torch's, CUDA's, numpy's, Python's
-    and the prior's). On resume the checkpoint is checked before it is used (its epoch,
-    step and random states), the fingerprints are compared (a difference is refused,
-    naming each), and the random states are restored when training starts.
+    the data and of each GT), every random state (torch's, CUDA's, numpy's, Python's and
+    the prior's) and the history so far. On resume, :meth:`check` runs as the checkpoint
+    is read (:class:`SafeCheckpointIO`), before anything of it is used: its epoch, step and
+    random states are checked, and the fingerprints compared (a difference is refused,
+    naming each). The random states and the history are restored when training starts.
 
     Parameters
     ----------
     fingerprint
         What the run's result depends on; only ``max_epochs`` may differ on resume.
+    max_epochs
+        The resumed run's ``max_epochs``.
     """
 
-    def __init__(self, fingerprint: dict[str, Any]) -> None:
+    def __init__(self, fingerprint: dict[str, Any], max_epochs: int | None = None) -> None:
         self.fingerprint = dict(fingerprint)
+        self.max_epochs = max_epochs
         self._states: dict[str, Any] | None = None
+        self._history: dict[str, Any] | None = None
 
     @property
     def state_key(self) -> str:
@@ -366,10 +371,26 @@ class ResumeGuard(Callback):
         return {"fingerprint": self.fingerprint, "format": CHECKPOINT_FORMAT}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("fingerprint")
+        """Checked already, as the file was read (:meth:`check`)."""
+
+    def check(self, checkpoint: dict[str, Any], path: str) -> None:
+        """Refuse a checkpoint this run cannot resume from, naming the field or setting."""
+        ours = checkpoint.get("attreg_sc")
+        if not isinstance(ours, dict) or ours.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"{path} was not written by SCARE.train(checkpoint_path=...) (no attreg_sc "
+                "section): resume only from such checkpoints."
+            )
+        for field in ("epoch", "global_step"):
+            value = checkpoint.get(field)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10**9:
+                raise ValueError(
+                    f"{path}: the checkpoint's {field} is {value!r}; expected a count >= 0. "
+                    "It was altered or is not a training checkpoint."
+                )
+        saved = (checkpoint.get("callbacks") or {}).get(self.state_key, {}).get("fingerprint")
         if not isinstance(saved, dict):
-            raise ValueError("the checkpoint holds no run fingerprint; it was not written by "
-                             "SCARE.train(checkpoint_path=...).")
+            raise ValueError(f"{path} holds no run fingerprint; it cannot be resumed safely.")
         differing = [
             f"{k}: checkpoint {saved.get(k, '(absent)')!r}, now "
             f"{self.fingerprint.get(k, '(absent)')!r}"
@@ -382,6 +403,13 @@ class ResumeGuard(Callback):
                 f"{'; '.join(differing)}. Resume with the same data and settings (only "
                 "max_epochs may grow), or start a new run without ckpt_path."
             )
+        if self.max_epochs is not None and 0 <= self.max_epochs <= checkpoint["epoch"]:
+            raise ValueError(
+                f"{path} was written after epoch {checkpoint['epoch'] + 1}; max_epochs="
+                f"{self.max_epochs} leaves nothing to train. Raise max_epochs to continue."
+            )
+        self._states = _checked_rng_states(ours.get("rng"), path)
+        self._history = _checked_history(ours.get("history"), path)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint["attreg_sc"] = {
@@ -390,36 +418,13 @@ class ResumeGuard(Callback):
             "history": _history_so_far(trainer),
         }
 
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        path = str(getattr(trainer, "ckpt_path", None) or "the checkpoint")
-        ours = checkpoint.get("attreg_sc")
-        if not isinstance(ours, dict) or ours.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"{path} was not written by SCARE.train(checkpoint_path=...) (no attreg_sc "
-                "section): resume only from such checkpoints."
-            )
-        if self.state_key not in checkpoint.get("callbacks", {}):
-            raise ValueError(f"{path} holds no run fingerprint; it cannot be resumed safely.")
-        for field in ("epoch", "global_step"):
-            value = checkpoint.get(field)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10**9:
-                raise ValueError(
-                    f"{path}: the checkpoint's {field} is {value!r}; expected a count >= 0. "
-                    "It was altered or is not a training checkpoint."
-                )
-        max_epochs = trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0 and checkpoint["epoch"] >= max_epochs:
-            raise ValueError(
-                f"{path} was written after epoch {checkpoint['epoch'] + 1}; max_epochs="
-                f"{max_epochs} leaves nothing to train. Raise max_epochs to continue."
-            )
-        self._states = _checked_rng_states(ours.get("rng"), path)
-        _restore_history(trainer, ours.get("history"), path)
-
     def on_train_start(self, trainer, pl_module) -> None:
         if self._states is not None:
             _set_rng_states(self._states, pl_module)
             self._states = None
+        if self._history:
+            _restore_history(trainer, self._history)
+            self._history = None
 
 
 def _history_so_far(trainer) -> dict[str, Any]:
@@ -445,19 +450,25 @@ def _history_so_far(trainer) -> dict[str, Any]:
     return out
 
 
-def _restore_history(trainer, history: Any, path: str) -> None:
+def _checked_history(history: Any, path: str) -> dict[str, list[float]]:
+    if history is None:
+        return {}
+    if not isinstance(history, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and len(v) <= 10**6
+        and all(isinstance(x, float) for x in v)
+        for k, v in history.items()
+    ):
+        raise ValueError(f"{path}: the checkpoint's history is malformed.")
+    return history
+
+
+def _restore_history(trainer, history: dict[str, list[float]]) -> None:
     """Give the model the interrupted run's history; scvi-tools appends this run's."""
     import pandas as pd
 
     model = getattr(trainer, "_model", None)
-    if model is None or not history:
+    if model is None:
         return
-    if not isinstance(history, dict) or not all(
-        isinstance(k, str) and isinstance(v, list) and all(isinstance(x, float) for x in v)
-        and len(v) <= 10**6
-        for k, v in history.items()
-    ):
-        raise ValueError(f"{path}: the checkpoint's history is malformed.")
     model.history_ = {k: pd.DataFrame({k: v}, index=pd.RangeIndex(len(v), name="epoch"))
                       for k, v in history.items()}
     model.is_trained_ = True
@@ -466,7 +477,17 @@ def _restore_history(trainer, history: Any, path: str) -> None:
 class SafeCheckpointIO(CheckpointIO):
     """Lightning checkpoint I/O in attreg_sc's safe format: written atomically with a
     checksum, read only from a regular local file (size-capped) with
-    ``torch.load(weights_only=True)``, so a checkpoint cannot run code when resumed."""
+    ``torch.load(weights_only=True)``, so a checkpoint cannot run code when resumed.
+
+    Parameters
+    ----------
+    guard
+        Checks a checkpoint as it is read, before Lightning uses any of it
+        (:meth:`ResumeGuard.check`).
+    """
+
+    def __init__(self, guard: ResumeGuard | None = None) -> None:
+        self.guard = guard
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if storage_options is not None:
@@ -485,6 +506,8 @@ class SafeCheckpointIO(CheckpointIO):
             raise ValueError(str(err)) from None
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise ValueError(f"{text} is not a training checkpoint (no state_dict).")
+        if self.guard is not None:
+            self.guard.check(checkpoint, text)
         return checkpoint
 
     def remove_checkpoint(self, path) -> None:

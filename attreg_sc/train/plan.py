@@ -469,7 +469,8 @@ class AttributionPriorPlanMixin:
         if self._fast_logging():  # a weighted mean per epoch, logged at the epoch's end
             self._accumulate_mean(stage, name, l_a, n)
         else:
-            self.log(name, l_a.detach(), on_epoch=True, on_step=False, batch_size=n)
+            self.log(name, l_a.detach(), on_epoch=True, on_step=False, batch_size=n,
+                     sync_dist=self.use_sync_dist)
         return inference_outputs, generative_outputs, loss_output
 
     def _record_terms(self, loss_output, l_a: torch.Tensor | None = None) -> None:

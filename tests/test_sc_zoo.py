@@ -1,6 +1,6 @@
-"""attreg_sc on scvi-tools: priors for SCVI, SCANVI and TOTALVI (the GT share rises and
-training still converges), SCAREVI with scvi-tools' whole user API, and model files that
-cannot run code."""
+"""attreg_sc on scvi-tools' model zoo: priors for SCVI, SCANVI and TOTALVI through
+with_prior (the GT share rises and training still converges), SCARE with scvi-tools' whole
+user API, the fast paths, and model files that cannot run code."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import torch
 scvi = pytest.importorskip("scvi")
 
 import attreg_sc as asc  # noqa: E402
-from attreg_sc.scvi_tools import SCAREVI, PriorConfig, with_prior  # noqa: E402
+from attreg_sc import SCARE, with_prior  # noqa: E402
+from attreg_sc.train import PriorConfig  # noqa: E402
 from tests.test_safe_files import _malicious_bytes, _with_valid_header  # noqa: E402
 
 warnings.filterwarnings("ignore", module="lightning")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
+QUIET = {"enable_progress_bar": False}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_bad_prior_settings_are_refused_at_set_prior(synthetic):
     adata = synthetic.copy()
     model_cls.setup_anndata(adata, batch_key="batch")
     model = model_cls(adata, n_latent=3)
-    with pytest.raises(TypeError, match="unknown prior options"):
+    with pytest.raises(TypeError, match="unknown prior setting"):
         model.set_prior("is_gt", reduce="sum")
     with pytest.raises(ValueError, match="unknown reducer"):
         model.set_prior("is_gt", reducer="max")
@@ -99,6 +100,8 @@ def test_bad_prior_settings_are_refused_at_set_prior(synthetic):
         model.set_prior(gt_per_label={"no such label": ["gene0"]})
     with pytest.raises(ValueError, match="unknown reparameterizer|reparameterizer"):
         model.set_prior("is_gt", reparameterizer="nope")
+    with pytest.raises(ValueError, match="target='model' needs attreg_sc.SCARE"):
+        model.set_prior("is_gt", target="model")
     assert model.prior_config is None  # nothing half-set
     model.set_prior("is_gt", w_attr=2.0, reducer="sum")
     assert model.prior_config.w_attr == 2.0 and model.prior_config.active
@@ -204,7 +207,7 @@ def test_per_cell_type_gt_without_registered_labels(synthetic, tmp_path, caplog)
     # a query model keeps the vector GT and drops the reference's per-cell one, saying so
     query = synthetic[:80].copy()
     query.obs["batch"] = "new run"
-    with caplog.at_level(logging.WARNING, logger="attreg_sc.scvi_tools.model"):
+    with caplog.at_level(logging.WARNING, logger="attreg_sc.mixin"):
         q = model_cls.load_query_data(query, cells)
     assert "describe the reference's cells" in caplog.text
     assert list(q.prior_config.ground_truths) == ["vector"]
@@ -222,7 +225,9 @@ def test_per_cell_gt_must_cover_the_models_cells(synthetic):
     cfg_gt = asc.gt.from_cell_matrix(
         synthetic[:10].copy(), np.eye(10, synthetic.n_vars, dtype=bool)
     )
-    model._prior_config = PriorConfig(ground_truths={"g": cfg_gt}, w_attr=1.0)
+    model._prior_config = PriorConfig(
+        ground_truths={"g": cfg_gt}, settings=asc.PriorSettings(w_attr=1.0)
+    )
     with pytest.raises(ValueError, match="has 10 rows; the model's AnnData has 400 cells"):
         model.train(max_epochs=1, **QUIET)
 
@@ -248,13 +253,13 @@ def test_totalvi_prior_on_genes_with_proteins_outside(pbmc):
     assert shares[30.0] > shares[0.0] + 0.1, shares  # measured 0.06 -> 0.3-0.4
 
 
-# -- SCAREVI: scvi-tools' API -------------------------------------------------------------
+# -- SCARE: scvi-tools' API ----------------------------------------------------------
 @pytest.fixture(scope="module")
-def scarevi(pbmc):
+def scare(pbmc):
     adata = pbmc.copy()
     adata.obs["percent_mito"] = np.linspace(0, 1, adata.n_obs)
     adata.obs["donor"] = np.where(np.arange(adata.n_obs) % 2, "d1", "d2")
-    SCAREVI.setup_anndata(
+    SCARE.setup_anndata(
         adata,
         batch_key="batch",
         labels_key="cell_type",
@@ -262,26 +267,26 @@ def scarevi(pbmc):
         continuous_covariate_keys=["percent_mito"],
     )
     scvi.settings.seed = 0
-    model = SCAREVI(adata, gt=asc.datasets.PBMC_MARKERS["B"], n_latent=5)
-    model.train(max_epochs=4, progress_bar=False, accelerator="cpu", plan_kwargs={"lr": 2e-3})
+    model = SCARE(adata, gt=asc.datasets.PBMC_MARKERS["B"], n_latent=5)
+    model.train(max_epochs=4, accelerator="cpu", plan_kwargs={"lr": 2e-3}, **QUIET)
     return model
 
 
-def test_scarevi_has_scares_architecture_and_prior(scarevi):
-    m = scarevi.module
+def test_scare_has_scares_architecture_and_prior(scare):
+    m = scare.module
     assert not m.use_observed_lib_size and m.encode_covariates and m.gene_likelihood == "nb"
-    assert m.n_latent == 5 and scarevi.prior_config.w_attr == 30.0
-    assert scarevi.prior_config.options["reducer"] == "random_direction"
-    assert isinstance(scarevi, scvi.model.SCVI)
-    from attreg_sc.scvi_tools.module import UnusedHead
+    assert m.n_latent == 5 and scare.prior_settings.w_attr == 30.0
+    assert scare.prior_settings.reducer == "random_direction"
+    assert isinstance(scare, scvi.model.SCVI)
+    from attreg_sc.module import NoHead
 
-    # NB: the zero-inflation head is kept (state dict) but its product skipped
-    assert type(m.decoder.px_dropout_decoder) is UnusedHead
-    assert "decoder.px_dropout_decoder.weight" in m.state_dict()
+    # NB: no zero-inflation head, so every parameter is used by the loss (plain DDP)
+    assert type(m.decoder.px_dropout_decoder) is NoHead
+    assert "decoder.px_dropout_decoder.weight" not in m.state_dict()
 
 
-def test_scarevi_answers_every_scvi_tools_method(scarevi):
-    model, adata = scarevi, scarevi.adata
+def test_scare_answers_every_scvi_tools_method(scare):
+    model, adata = scare, scare.adata
     n, g = adata.n_obs, adata.n_vars
     assert model.get_normalized_expression().shape == (n, g)
     assert model.get_normalized_expression(library_size=1e4, n_samples=2).shape == (n, g)
@@ -303,42 +308,55 @@ def test_scarevi_answers_every_scvi_tools_method(scarevi):
     model.view_anndata_setup()
     assert isinstance(model.history["elbo_train"], pd.DataFrame)
     assert {"attribution_loss_train", "validation_loss"} <= set(model.history)
+    assert "SCARE model" in repr(model)
 
 
-def test_scarevi_query_with_a_new_batch(scarevi, tmp_path):
-    query = scarevi.adata[:60].copy()
+def test_scare_query_with_a_new_batch(scare, tmp_path):
+    query = scare.adata[:60].copy()
     query.obs["batch"] = pd.Categorical(["new_run"] * 60)
     query.obs["cell_type"] = pd.Categorical(["unassigned"] * 60)
-    SCAREVI.prepare_query_anndata(query, scarevi)
-    q = SCAREVI.load_query_data(query, scarevi)
-    q.train(max_epochs=1, progress_bar=False, plan_kwargs={"weight_decay": 0.0})
+    SCARE.prepare_query_anndata(query, scare)
+    q = SCARE.load_query_data(query, scare)
+    q.train(max_epochs=1, plan_kwargs={"weight_decay": 0.0}, **QUIET)
     assert q.get_latent_representation().shape == (60, 5)
     assert q.prior_config is not None  # the reference's prior carries over
-    # a reference given as a path is read with the safe loader
-    scarevi.save(tmp_path / "ref")
-    q2 = SCAREVI.load_query_data(query.copy(), str(tmp_path / "ref"))
-    q2.train(max_epochs=1, progress_bar=False)
+    # a reference given as a path is read with the checked loader
+    scare.save(tmp_path / "ref")
+    q2 = SCARE.load_query_data(query.copy(), str(tmp_path / "ref"))
+    q2.train(max_epochs=1, **QUIET)
     assert q2.get_latent_representation().shape == (60, 5)
-    assert q2.prior_config.options == scarevi.prior_config.options
+    assert q2.prior_settings == scare.prior_settings
+    # a query whose genes are not the reference's (all one name, or reordered) is refused
+    same_name = query.copy()
+    same_name.var_names = ["g"] * same_name.n_vars
+    with pytest.raises(ValueError, match="genes differ from the reference"):
+        SCARE.load_query_data(same_name, scare)
+    reordered = query[:, ::-1].copy()
+    with pytest.raises(ValueError, match="prepare_query_anndata"):
+        SCARE.load_query_data(reordered, scare)
 
 
-def test_scarevi_save_load_round_trip_with_and_without_adata(scarevi, tmp_path):
-    scarevi.save(tmp_path / "m", save_anndata=True)
+def test_scare_save_load_round_trip_with_and_without_adata(scare, tmp_path):
+    scare.save(tmp_path / "m", save_anndata=True)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["adata.h5ad", "model.pt"]
-    loaded = SCAREVI.load(tmp_path / "m")  # the saved AnnData
+    loaded = SCARE.load(tmp_path / "m")  # the saved AnnData
     np.testing.assert_allclose(
-        loaded.get_latent_representation(), scarevi.get_latent_representation(), atol=1e-6
+        loaded.get_latent_representation(), scare.get_latent_representation(), atol=1e-6
     )
-    assert loaded.prior_config.options == scarevi.prior_config.options
+    assert loaded.prior_settings == scare.prior_settings
     assert isinstance(loaded.history["elbo_train"], pd.DataFrame)
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        scarevi.save(tmp_path / "m")
-    scarevi.save(tmp_path / "m", overwrite=True)
-    again = SCAREVI.load(tmp_path / "m", adata=scarevi.adata)
+    with pytest.raises(ValueError, match="already exists"):
+        scare.save(tmp_path / "m")
+    scare.save(tmp_path / "m", overwrite=True)
+    again = SCARE.load(tmp_path / "m", adata=scare.adata)
     assert again.is_trained
+    # onto other genes: refused, naming the first difference
+    other = scare.adata[:, ::-1].copy()
+    with pytest.raises(ValueError, match="first difference is gene 0"):
+        SCARE.load(tmp_path / "m", adata=other)
 
 
-def test_scarevi_files_cannot_run_code(scarevi, tmp_path):
+def test_scare_files_cannot_run_code(scare, tmp_path):
     marker = tmp_path / "attreg_pwned_marker"
     for wrapped, match in ((False, "no attreg header"), (True, "safe load refuses")):
         folder = tmp_path / f"m{wrapped}"
@@ -346,34 +364,38 @@ def test_scarevi_files_cannot_run_code(scarevi, tmp_path):
         data = _malicious_bytes(marker)
         (folder / "model.pt").write_bytes(_with_valid_header(data) if wrapped else data)
         with pytest.raises(ValueError, match=match):
-            SCAREVI.load(folder, adata=scarevi.adata)
+            SCARE.load(folder, adata=scare.adata)
         with pytest.raises(ValueError, match=match):
-            SCAREVI.load_query_data(scarevi.adata[:10].copy(), str(folder))
+            SCARE.load_query_data(scare.adata[:10].copy(), str(folder))
         assert not marker.exists()
     # scvi-tools' own pickled file is refused too, with the reason
     plain = tmp_path / "scvi_file"
-    scvi.model.SCVI.save(scarevi, plain)
+    scvi.model.SCVI.save(scare, plain)
     with pytest.raises(ValueError, match="could run code"):
-        SCAREVI.load(plain, adata=scarevi.adata)
+        SCARE.load(plain, adata=scare.adata)
 
 
 def test_prior_config_is_plain_data():
-    cfg = PriorConfig(ground_truths={"g": np.array([True, False])}, w_attr=0.0)
+    cfg = PriorConfig(ground_truths={"g": np.array([True, False])},
+                      settings=asc.PriorSettings(w_attr=0.0))
     assert not cfg.active
 
 
-def test_scarevi_fast_paths_change_speed_not_results(synthetic):
-    """oneDNN products, the fast NB derivative, fused Adam and per-epoch metric logging
-    (attreg.fast_paths) give the history of scvi-tools' own code paths."""
+def test_scare_fast_paths_change_speed_not_results(synthetic):
+    """oneDNN products, the fast NB derivative, the closed-form encoder gradient, fused
+    Adam and per-epoch metric logging (attreg.fast_paths) give the history of scvi-tools'
+    own code paths."""
     import attreg
-    from attreg_sc.scvi_tools.module import FastNegativeBinomial
+    from attreg_sc.module import FastNegativeBinomial
 
     histories = {}
     for fast in (True, False):
         with attreg.fast_paths(fast):
+            adata = synthetic.copy()
+            SCARE.setup_anndata(adata, batch_key="batch")
             scvi.settings.seed = 0
-            model = SCAREVI(synthetic.copy(), batch_key="batch", gt="is_gt", n_latent=4)
-            model.train(max_epochs=3, progress_bar=False, enable_model_summary=False)
+            model = SCARE(adata, gt="is_gt", n_latent=4, dropout_rate=0.0)
+            model.train(max_epochs=3, **QUIET)
             histories[fast] = model.history
     # scvi-tools logs the KL weight per step (outside the history); folded, it is per epoch
     assert set(histories[True]) == set(histories[False]) | {"kl_weight"}
@@ -399,7 +421,7 @@ def test_scarevi_fast_paths_change_speed_not_results(synthetic):
 @pytest.mark.parametrize("n_layers,inject", [(1, False), (2, True), (2, False)])
 def test_encoder_prefix_is_the_same_function_and_attributions(n_layers, inject):
     import attreg
-    from attreg_sc.scvi_tools.encoder_prefix import covariate_part, encoder_prefix
+    from attreg_sc.fast.encoder_prefix import covariate_part, encoder_prefix
 
     torch.manual_seed(0)
     enc = scvi.nn.Encoder(
@@ -442,18 +464,22 @@ def test_encoder_prefix_is_the_same_function_and_attributions(n_layers, inject):
     assert encoder_prefix(bn, 30, (x, b)) is None  # BatchNorm: the generic path
 
 
-def test_fssf_and_report_tools_accept_a_scvi_tools_model(synthetic):
+def test_fssf_and_report_tools_accept_a_zoo_model(synthetic):
     adata = synthetic.copy()
+    model_cls = with_prior(scvi.model.SCVI)
+    model_cls.setup_anndata(adata, batch_key="batch")
     scvi.settings.seed = 0
-    model = SCAREVI(adata, batch_key="batch", gt="is_gt", n_latent=4)
-    model.train(max_epochs=3, progress_bar=False, enable_model_summary=False)
+    model = model_cls(adata, gt="is_gt", n_latent=4)
+    model.train(max_epochs=3, **QUIET)
     gt = adata.var["is_gt"].to_numpy()
     res = asc.metrics.fssf(model, gt, "cell_type", n_random=2, min_cells=50)
     assert len(res.table) > 0 and res.table["score"].between(-1, 1).all()
     assert res.subclusters.index.equals(adata.obs_names)
-    # the swap encoder is the model's own: unswapped cells map onto their latent
     res_names = asc.metrics.fssf(model, list(adata.var_names[gt]), "cell_type", n_random=1)
     assert len(res_names.table) == len(res.table)
+    # the fast first-layer path and encoding the swapped counts give the same scores
+    slow = asc.metrics.fssf(model, gt, "cell_type", n_random=2, min_cells=50, fast=False)
+    np.testing.assert_allclose(slow.table["score"], res.table["score"], atol=1e-6)
     # a model whose encoder reads more than counts and a batch is refused, with the reason
     tv_adata = asc.datasets.pbmc_two_runs()
     tv_cls = with_prior(scvi.model.TOTALVI)
@@ -464,53 +490,51 @@ def test_fssf_and_report_tools_accept_a_scvi_tools_model(synthetic):
         asc.metrics.fssf(tv, np.arange(tv_adata.n_vars) < 10, "cell_type", n_random=1)
 
 
-def test_report_compares_scarevi_with_scare(synthetic, tmp_path):
+def test_report_compares_models_and_names_their_figures_apart(synthetic, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
     gt = synthetic.var["is_gt"].to_numpy()
-    scare = asc.SCARE(synthetic, batch_key="batch", gt=gt, n_latent=3)
-    scare.train(max_epochs=2, progress_bar=False)
-    scvi.settings.seed = 0
-    scarevi = SCAREVI(synthetic.copy(), batch_key="batch", gt=gt, n_latent=3)
-    scarevi.train(max_epochs=2, progress_bar=False, enable_model_summary=False)
-    assert scarevi.w_attr == 30.0 and scarevi.prior_params["reducer"] == "random_direction"
-    assert len(scarevi.scare_history["reconstruction"]) == 2
-    ev = asc.report.evaluate(
-        {"SCARE": scare, "SCAREVI": scarevi}, gt, "cell_type", n_random=2, attribution_samples=2
-    )
+    models = {}
+    for name, w in (("scARE-1", 30.0), ("scARE_1", 0.0)):  # one slug for both names
+        adata = synthetic.copy()
+        SCARE.setup_anndata(adata, batch_key="batch")
+        scvi.settings.seed = 0
+        models[name] = SCARE(adata, gt=gt, n_latent=3, w_attr=w)
+        models[name].train(max_epochs=2, **QUIET)
+    ev = asc.report.evaluate(models, gt, "cell_type", n_random=2, attribution_samples=2)
     summary = ev.summary()
-    assert set(summary.index) == {"SCARE", "SCAREVI"}
-    assert np.isfinite(summary.loc["SCAREVI", ["gt_attribution_share", "reconstruction"]]).all()
+    assert set(summary.index) == set(models)
+    assert np.isfinite(summary.loc["scARE-1", ["gt_attribution_share", "reconstruction"]]).all()
     asc.report.write_report(ev, tmp_path / "rep")
     page = (tmp_path / "rep" / "index.html").read_text()
-    assert "SCAREVI" in page and "umap_scarevi.png" in page
+    assert "umap_scare_1.png" in page and "umap_scare_1-2.png" in page
+    assert (tmp_path / "rep" / "umap_scare_1.png").exists()
+    assert (tmp_path / "rep" / "umap_scare_1-2.png").exists()
 
 
-def test_scarevi_takes_scares_names_and_scvi_tools_train_arguments(synthetic):
+def test_scare_takes_scvi_tools_arguments_in_scvi_tools_order(synthetic):
+    adata = synthetic.copy()
+    SCARE.setup_anndata(adata, batch_key="batch")
     scvi.settings.seed = 0
-    model = SCAREVI(
-        synthetic.copy(),
-        batch_key="batch",
-        gt="is_gt",
-        n_latent=3,
-        dropout=0.2,
-        likelihood="zinb",
-        use_observed_library=True,
-        target="encoder",
-        reducer="per_dimension",
-    )
+    # SCVI(adata, registry, n_hidden, n_latent, n_layers, dropout_rate, dispersion,
+    #      gene_likelihood, use_observed_lib_size, ...)
+    model = SCARE(adata, None, 32, 3, 1, 0.2, "gene", "zinb", True, gt="is_gt",
+                  reducer="per_dimension")
     assert model.module.gene_likelihood == "zinb" and model.module.use_observed_lib_size
-    model.train(
-        max_epochs=2,
-        train_size=0.8,
-        check_val_every_n_epoch=1,
-        batch_size=64,
-        progress_bar=False,
-        plan_kwargs={"weight_decay": 0.0},
-    )
+    assert model.module.n_hidden == 32 if hasattr(model.module, "n_hidden") else True
+    assert model.module.n_latent == 3
+    # train(max_epochs, accelerator, devices, train_size, ...)
+    model.train(2, "cpu", "auto", 0.8, check_val_every_n_epoch=1, batch_size=64,
+                plan_kwargs={"weight_decay": 0.0}, **QUIET)
     assert len(model.validation_indices) == pytest.approx(0.2 * synthetic.n_obs, abs=2)
     assert len(model.history["validation_loss"]) == 2
-    for name, value in (("w_reconstruction", 2.0), ("target", "model"), ("normalize_input", True)):
-        with pytest.raises(TypeError, match=f"SCAREVI has no {name}="):
-            SCAREVI(synthetic.copy(), batch_key="batch", **{name: value})
+
+
+def test_scarevi_is_a_deprecated_name_of_scare():
+    with pytest.warns(DeprecationWarning, match="attreg_sc.SCARE"):
+        assert asc.SCAREVI is SCARE
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        from attreg_sc.scvi_tools import with_prior as old
+
+    assert old is with_prior
