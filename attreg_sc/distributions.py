@@ -43,6 +43,8 @@ def negative_binomial_log_prob(
     eps
         Added inside the logarithms.
     """
+    if _sparse_path(x, mu, theta):
+        return _negative_binomial_log_prob_sparse(x, mu, theta, eps)
     log_theta_mu = torch.log(theta + mu + eps)
     return (
         theta * (torch.log(theta + eps) - log_theta_mu)
@@ -51,6 +53,57 @@ def negative_binomial_log_prob(
         + log_gamma_ratio(x, theta)
         - torch.lgamma(x + 1)
     )
+
+
+#: the zero-aware path pays off below this share of non-zero counts
+_SPARSE_BELOW = 0.5
+
+
+def _sparse_path(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> bool:
+    """Counts on the CPU, float32, one theta per gene (or per cell and gene), no graph to
+    the counts: the zero-aware form applies (behind :mod:`attreg.fast_paths`)."""
+    from attreg.fast_paths import fast_paths_enabled
+
+    return (
+        fast_paths_enabled()
+        and x.device.type == "cpu"
+        and x.dim() == 2
+        and x.dtype == mu.dtype == torch.float32
+        and mu.shape == x.shape
+        and not x.requires_grad
+        and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+        and not torch._C._functorch.is_functorch_wrapped_tensor(mu)
+    )
+
+
+def _negative_binomial_log_prob_sparse(x, mu, theta, eps):
+    """The same values, with the count terms computed on the non-zero counts only.
+
+    At ``x = 0`` the terms ``x (log mu - log(theta + mu))``, ``lgamma(x + theta) -
+    lgamma(theta)`` and ``lgamma(x + 1)`` are exactly 0, so only
+    ``theta (log theta - log(theta + mu))`` is computed for every count; single-cell
+    counts are mostly zeros (PBMC 3k: 91%), which spares three full-size logarithms and
+    lgammas and their derivatives. The non-zero terms are added in place of the zeros.
+    """
+    log_theta_mu = torch.log(theta + mu + eps)
+    out = theta * (torch.log(theta + eps) - log_theta_mu)
+    with torch.no_grad():
+        nonzero = x.nonzero(as_tuple=True)
+    if nonzero[0].numel() > _SPARSE_BELOW * x.numel():  # dense data: the dense form
+        return out + (
+            x * (torch.log(mu + eps) - log_theta_mu)
+            + log_gamma_ratio(x, theta)
+            - torch.lgamma(x + 1)
+        )
+    rows, cols = nonzero
+    xv = x[rows, cols]
+    theta_v = theta.expand_as(mu)[rows, cols]
+    values = (
+        xv * (torch.log(mu[rows, cols] + eps) - log_theta_mu[rows, cols])
+        + log_gamma_ratio(xv, theta_v)
+        - torch.lgamma(xv + 1)
+    )
+    return out.index_put((rows, cols), values, accumulate=True)
 
 
 def zero_inflated_negative_binomial_log_prob(

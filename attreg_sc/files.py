@@ -39,7 +39,6 @@ import numpy as np
 from attreg_sc._io import (
     MAX_FILE_BYTES,
     UnsafeFileError,
-    atomic_path,
     from_safe,
     read_regular_file,
     read_safe_payload,
@@ -132,6 +131,21 @@ def save_model(
     left by a killed save is removed by the next save. A path that is a file is refused.
 
     ``extra`` (plain values and arrays) is stored alongside, e.g. the prior.
+
+    Parameters
+    ----------
+    model
+        A scvi-tools model (with attreg_sc's mixin).
+    dir_path
+        The folder.
+    prefix
+        File-name prefix (no folder part).
+    overwrite
+        Replace the model's own files in an existing folder.
+    save_anndata
+        Also write ``adata.h5ad``.
+    extra
+        Plain values to store (the prior).
     """
     dir_path = Path(dir_path)
     prefix = _check_prefix(prefix)
@@ -224,7 +238,19 @@ def _size(value, path, field: str, cap: int, low: int = 0) -> int:
 
 @dataclass
 class SavedModel:
-    """A model file's checked contents (:func:`read_model_file`)."""
+    """A model file's checked contents (:func:`read_model_file`).
+
+    Attributes
+    ----------
+    path
+        The file.
+    model_class, format_version
+        What the file says it holds.
+    state_dict, var_names, attr_dict, registry
+        The weights, genes, allowed attributes and scvi-tools registry.
+    prior
+        The prior's stored form (``None``: none).
+    """
 
     path: Path
     model_class: str
@@ -243,6 +269,15 @@ def read_model_file(
 
     Files of attreg_sc's earlier hand-written ``SCARE`` are refused with the command that
     converts them; ``SCAREVI`` files of attreg 0.1 are read.
+
+    Parameters
+    ----------
+    dir_path
+        The model folder.
+    prefix
+        File-name prefix.
+    max_bytes
+        Size cap of the file (default :data:`attreg_sc._io.MAX_FILE_BYTES`).
     """
     import torch
 
@@ -468,11 +503,13 @@ def _expected_shapes(cls, adata, registry, attr_dict) -> dict:
 
 
 def _match_state(saved: SavedModel, expected: dict) -> dict:
-    """The file's state dict for the module: shapes checked against ``expected``;
-    a zero-inflation head the module does not have is dropped (attreg 0.1's files)."""
+    """The file's state dict for the module: shapes checked against ``expected``; heads
+    whose output the loss never read, which the module does not have, are dropped
+    (attreg 0.1's files and scvi-tools' own state dicts)."""
     state = dict(saved.state_dict)
+    unread = ("decoder.px_dropout_decoder.", "decoder.px_r_decoder.")  # heads the loss never read
     for key in list(state):
-        if key.startswith("decoder.px_dropout_decoder.") and key not in expected:
+        if key.startswith(unread) and key not in expected:
             state.pop(key)
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -522,7 +559,23 @@ def load_model(
     prefix: str | None = None,
     allowed_classes: tuple[str, ...] = (),
 ):
-    """scvi-tools' ``load`` steps on a checked file; returns ``(model, saved)``."""
+    """scvi-tools' ``load`` steps on a checked file; returns ``(model, saved)``.
+
+    Parameters
+    ----------
+    cls
+        The model class.
+    dir_path
+        The model folder.
+    adata
+        The AnnData (``None``: the folder's ``adata.h5ad`` if any; ``False``: none).
+    accelerator, device
+        Where to put the model (scvi-tools' arguments).
+    prefix
+        File-name prefix.
+    allowed_classes
+        Other class names whose files this class reads.
+    """
     from attreg_sc._compat import MODEL_NAME_KEY, initialize_model, parse_device
 
     torch_device = parse_device(accelerator, device)
@@ -636,7 +689,7 @@ def unpacked_ground_truth(d: Any, n_genes: int, path, field: str):
         raw.data = np.broadcast_to(np.True_, indices.shape)
         try:
             check_sparse_structure(raw, name=f"{path}: {field}")
-        except ValueError as err:
+        except ValueError as err:  # InvalidDataError: this is a file's field
             raise ModelFileError(str(err)) from None
         m = sp.csr_matrix(
             (np.ones(len(indices), dtype=bool), indices.astype(np.int64),

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import inspect
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,6 +96,53 @@ def _renamed(names, where: str, method: str) -> None:
     for name in names:
         if name in table:
             raise TypeError(f"{where} has no {name}=; use {table[name]}.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool
+    )
+
+
+#: the model arguments checked before anything is built: ``(test, what it must be)``
+_MODEL_CHECKS = {
+    "n_hidden": (lambda v: _is_int(v) and 1 <= v <= 65_536, "an integer in 1..65536"),
+    "n_latent": (lambda v: _is_int(v) and 1 <= v <= 4_096, "an integer in 1..4096"),
+    "n_layers": (lambda v: _is_int(v) and 1 <= v <= 64, "an integer in 1..64"),
+    "dropout_rate": (lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)"),
+}
+#: the train arguments checked before any epoch (``None`` passes: scvi-tools' default)
+_TRAIN_CHECKS = {
+    "max_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: _is_int(v) and v >= 2,
+                   "an integer >= 2 (EG draws references from the same minibatch)"),
+    "train_size": (lambda v: _is_real(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "validation_size": (lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "gradient_clip_val": (lambda v: _is_real(v) and math.isfinite(v) and v > 0,
+                          "a finite number > 0"),
+    "early_stopping_patience": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "check_val_every_n_epoch": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+}
+_PLAN_CHECKS = {
+    "lr": (lambda v: _is_real(v) and math.isfinite(v) and v > 0,
+           "a finite number > 0 (with 0 nothing trains)"),
+    "weight_decay": (lambda v: _is_real(v) and math.isfinite(v) and v >= 0,
+                     "a finite number >= 0"),
+    "n_epochs_kl_warmup": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "max_kl_weight": (lambda v: _is_real(v) and math.isfinite(v) and v >= 0,
+                      "a finite number >= 0"),
+}
+
+
+def _check(values: Mapping[str, Any], checks: dict, where: str) -> None:
+    for name, (ok, what) in checks.items():
+        value = values.get(name)
+        if value is not None and not ok(value):
+            raise ValueError(f"{where}{name} must be {what}, got {value!r}.")
 
 
 def _digest(*parts: Any) -> str:
@@ -201,6 +249,7 @@ class AttributionPriorModelMixin:
                 kwargs[name] = value
         kwargs.setdefault("use_batch_norm", "none")
         kwargs.setdefault("use_layer_norm", "both")
+        _check(kwargs, _MODEL_CHECKS, "")
         takes_registry = "registry" in inspect.signature(super().__init__).parameters
         if registry is not None and not takes_registry:
             if adata is None:
@@ -453,6 +502,8 @@ class AttributionPriorModelMixin:
         bound = signature.bind_partial(*args, **kwargs).arguments
         call = {k: v for k, v in bound.items() if k != var_kw}
         call.update(bound.get(var_kw, {}) if var_kw else {})
+        _check(call, _TRAIN_CHECKS, "")
+        _check(call.get("plan_kwargs") or {}, _PLAN_CHECKS, "plan_kwargs: ")
         cfg = self._prior_config
         if cfg is not None and any(_is_per_cell(g) for g in cfg.ground_truths.values()):
             self._register_cell_indices()
@@ -656,6 +707,7 @@ class AttributionPriorModelMixin:
         genes_only: bool = True,
         key_added: str | None = None,
         progress_bar: bool = False,
+        internal_batch_size: int | None = None,
     ) -> np.ndarray:
         """Post-hoc attributions of the latent encoder, ``(n_cells, n_genes)`` (not
         differentiable).
@@ -687,6 +739,8 @@ class AttributionPriorModelMixin:
             change).
         progress_bar
             Show a tqdm bar over minibatches.
+        internal_batch_size
+            captum's argument: at most this many rows per forward pass (bounds memory).
 
         Examples
         --------
@@ -700,9 +754,10 @@ class AttributionPriorModelMixin:
         >>> "scare_attributions" in adata.layers
         True
         """
+        from tqdm.auto import tqdm
+
         import attreg
         from attreg.reducers import Index, resolve_reducer
-        from tqdm.auto import tqdm
 
         settings = self.prior_settings or self._prior_defaults
         target = target or settings.target
@@ -740,6 +795,7 @@ class AttributionPriorModelMixin:
                 if method == "eg"
                 else {"n_steps": n_steps}
             )
+            kwargs["internal_batch_size"] = internal_batch_size
             attr = explain.attribute(x, additional_forward_args=tuple(rest), **kwargs)
             out.append(attr.detach().cpu().numpy())
         attributions = np.concatenate(out)

@@ -17,6 +17,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 __all__ = [
+    "InvalidDataError",
+    "InvalidDataTypeError",
+    "MissingDataKeyError",
     "check_anndata",
     "check_sparse_structure",
     "validate_counts",
@@ -26,6 +29,22 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class InvalidDataError(ValueError):
+    """An AnnData (or a matrix in it) that a model refuses; the message names the problem
+    and the fix."""
+
+
+class InvalidDataTypeError(InvalidDataError, TypeError):
+    """Data of a type a model cannot read (e.g. non-numeric counts, not an AnnData)."""
+
+
+class MissingDataKeyError(InvalidDataError, KeyError):
+    """A layer or ``obs`` column that is not there."""
+
+    def __str__(self) -> str:  # KeyError quotes its message
+        return str(self.args[0]) if self.args else ""
 
 
 def get_counts_matrix(adata, layer: str | None):
@@ -40,10 +59,12 @@ def get_counts_matrix(adata, layer: str | None):
     """
     if layer is None:
         if adata.X is None:
-            raise ValueError("adata.X is empty; pass layer= naming the layer with raw counts.")
+            raise InvalidDataError(
+                "adata.X is empty; pass layer= naming the layer with raw counts."
+            )
         return adata.X
     if layer not in adata.layers:
-        raise KeyError(
+        raise MissingDataKeyError(
             f"layer {layer!r} not found in adata.layers (available: {list(adata.layers)}); "
             "pass layer=None to use adata.X or the name of the raw-count layer."
         )
@@ -103,7 +124,7 @@ def check_sparse_structure(
     >>> check_sparse_structure(m)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: the sparse counts' indices point outside the matrix (7 is not in 0..2): ...
+    attreg_sc.validation.InvalidDataError: the sparse counts' indices point outside ...
     """
     fmt = getattr(matrix, "format", None)
     if fmt not in ("csr", "csc", "coo"):
@@ -116,9 +137,9 @@ def check_sparse_structure(
         for axis, coords in enumerate(getattr(matrix, "coords", (matrix.row, matrix.col))):
             coords = np.asarray(coords)
             if coords.dtype.kind not in "iu" or coords.shape != (len(data),):
-                raise ValueError(f"{name}' coordinates are not one integer per value: {fix}")
+                raise InvalidDataError(f"{name}' coordinates are not one integer per value: {fix}")
             if coords.size and (coords.min() < 0 or coords.max() >= shape[axis]):
-                raise ValueError(f"{name}' coordinates point outside the matrix: {fix}")
+                raise InvalidDataError(f"{name}' coordinates point outside the matrix: {fix}")
         return
     group = getattr(matrix, "group", None)  # anndata's backed sparse dataset
     if group is not None:
@@ -130,18 +151,20 @@ def check_sparse_structure(
     for part, values in (("indptr", indptr), ("indices", indices)):
         kind = np.dtype(values.dtype).kind
         if kind not in "iu" or len(values.shape) != 1:
-            raise ValueError(f"{name}' {part} is not a vector of integers ({values.dtype}): {fix}")
+            raise InvalidDataError(
+                f"{name}' {part} is not a vector of integers ({values.dtype}): {fix}"
+            )
     if indptr.shape != (n_major + 1,):
-        raise ValueError(
+        raise InvalidDataError(
             f"{name}' indptr has {indptr.shape[0]} entries for {n_major} {what} "
             f"(expected {n_major + 1}): {fix}"
         )
     ptr = np.asarray(indptr[:])
     if ptr[0] != 0 or (np.diff(ptr) < 0).any():
-        raise ValueError(f"{name}' indptr does not start at 0 and rise: {fix}")
+        raise InvalidDataError(f"{name}' indptr does not start at 0 and rise: {fix}")
     nnz = int(ptr[-1])
     if nnz != len(indices) or nnz != len(data):
-        raise ValueError(
+        raise InvalidDataError(
             f"{name}' indptr ends at {nnz} but {len(indices)} indices and "
             f"{len(data)} values are stored: {fix}"
         )
@@ -149,7 +172,7 @@ def check_sparse_structure(
         block = np.asarray(indices[start : start + chunk])
         if block.size and (block.min() < 0 or block.max() >= n_minor):
             bad = int(block.max()) if block.max() >= n_minor else int(block.min())
-            raise ValueError(
+            raise InvalidDataError(
                 f"{name}' indices point outside the matrix ({bad} is not in "
                 f"0..{n_minor - 1}): {fix}"
             )
@@ -178,22 +201,22 @@ def validate_counts(matrix, allow_non_integer: bool = False, chunk: int = 10_000
         blocks = (_values(block) for block in _row_blocks(matrix, chunk))
     for block in blocks:
         if block.dtype.kind not in "biuf":
-            raise TypeError(
+            raise InvalidDataTypeError(
                 f"counts have dtype {block.dtype}; give a numeric (integer or float) matrix."
             )
         if block.dtype.kind == "f":
             if not np.isfinite(block).all():
-                raise ValueError(
+                raise InvalidDataError(
                     "counts contain NaN or infinite values; scARE needs raw UMI counts. "
                     "Remove or fix those cells/genes before training."
                 )
         if (block < 0).any():
-            raise ValueError(
+            raise InvalidDataError(
                 "counts contain negative values: this looks like normalized or scaled data. "
                 "scARE needs raw counts: pass layer= with the raw-count layer."
             )
         if not allow_non_integer and block.dtype.kind == "f" and (block != np.round(block)).any():
-            raise ValueError(
+            raise InvalidDataError(
                 "counts contain non-integer values (e.g. log-normalized data). scARE models "
                 "raw counts with a negative binomial: pass the raw-count layer, or "
                 "allow_non_integer=True for estimated counts (e.g. ambient-corrected)."
@@ -203,17 +226,27 @@ def validate_counts(matrix, allow_non_integer: bool = False, chunk: int = 10_000
 def batch_codes_of(
     adata, batch_key: str | None, categories: list | None = None
 ) -> tuple[np.ndarray, list]:
-    """Integer batch codes and categories; unknown categories (at inference) raise."""
+    """Integer batch codes and categories; unknown categories (at inference) raise.
+
+    Parameters
+    ----------
+    adata
+        The AnnData.
+    batch_key
+        ``obs`` column with the batch (``None``: one batch).
+    categories
+        Known categories (their order defines the codes); ``None``: from the column.
+    """
     if batch_key is None:
         return np.zeros(adata.n_obs, dtype=np.int64), ["_single_batch"]
     if batch_key not in adata.obs:
-        raise KeyError(
+        raise MissingDataKeyError(
             f"batch_key {batch_key!r} not found in adata.obs (columns: {list(adata.obs)}); "
             "pass the name of the column holding the batch, or batch_key=None."
         )
     col = adata.obs[batch_key]
     if col.isna().any():
-        raise ValueError(
+        raise InvalidDataError(
             f"adata.obs[{batch_key!r}] has {int(col.isna().sum())} missing value(s); give "
             "every cell a batch (e.g. fill them with 'unknown')."
         )
@@ -227,7 +260,7 @@ def batch_codes_of(
         return pd.Categorical(values, categories=cats).codes.astype(np.int64), cats
     unknown = sorted(set(values) - set(map(str, categories)))
     if unknown:
-        raise ValueError(
+        raise InvalidDataError(
             f"adata.obs[{batch_key!r}] has categories unseen in training: {unknown[:10]}; "
             f"the model knows {list(categories)}. Map those cells to a known batch or "
             "train a model that includes them."
@@ -271,31 +304,31 @@ def check_anndata(
     >>> check_anndata(a)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: counts contain non-integer values ...
+    attreg_sc.validation.InvalidDataError: counts contain non-integer values ...
     """
     import anndata
 
     if not isinstance(adata, anndata.AnnData):
-        raise TypeError(
+        raise InvalidDataTypeError(
             f"expected an AnnData, got {type(adata).__name__}; read counts with "
             "anndata.read_h5ad or build anndata.AnnData(counts)."
         )
     if adata.n_obs < 2 or adata.n_vars < 2:
-        raise ValueError(
+        raise InvalidDataError(
             f"the AnnData has {adata.n_obs} cell(s) x {adata.n_vars} gene(s); the model needs "
             "at least two cells (Expected Gradients draws references among them) and two "
             "genes."
         )
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()
-        raise ValueError(
+        raise InvalidDataError(
             f"adata.var_names has {len(dup)} duplicated gene name(s) (e.g. {list(dup[:3])}); "
             "gene-set matching and saved models need unique names: call "
             "adata.var_names_make_unique() first."
         )
     matrix = get_counts_matrix(adata, layer)
     if len(getattr(matrix, "shape", ())) != 2 or tuple(matrix.shape) != adata.shape:
-        raise ValueError(
+        raise InvalidDataError(
             f"the counts have shape {getattr(matrix, 'shape', None)}; the AnnData is "
             f"{adata.shape} (cells x genes). Rebuild the AnnData from a matching matrix."
         )
@@ -303,7 +336,7 @@ def check_anndata(
     validate_counts(matrix, allow_non_integer=allow_non_integer)
     n_zero = int((row_totals(matrix) == 0).sum())
     if n_zero:
-        raise ValueError(
+        raise InvalidDataError(
             f"{n_zero} cell(s) have zero counts over the {adata.n_vars} genes; their "
             "library size is undefined. Remove them first, e.g. "
             "sc.pp.filter_cells(adata, min_counts=1)."
@@ -312,13 +345,13 @@ def check_anndata(
         if key is None:
             continue
         if key not in adata.obs:
-            raise KeyError(
+            raise MissingDataKeyError(
                 f"{key!r} is not a column of adata.obs (columns: {list(adata.obs)}); pass "
                 "the name of the column, or None."
             )
         missing = int(adata.obs[key].isna().sum())
         if missing:
-            raise ValueError(
+            raise InvalidDataError(
                 f"adata.obs[{key!r}] has {missing} missing value(s); give every cell a "
                 "value (e.g. fill them with 'unknown')."
             )

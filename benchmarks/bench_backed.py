@@ -25,6 +25,22 @@ import numpy as np
 from _common import record, write_json
 
 CHILD = """
+import json, logging, time, warnings, torch, anndata as ad, attreg_sc as asc
+warnings.filterwarnings("ignore"); logging.disable(logging.WARNING)
+torch.set_num_threads({threads})
+t0 = time.perf_counter()
+adata = ad.read_h5ad({path!r}, backed="r")
+asc.SCARE.setup_anndata(adata, batch_key="batch")
+m = asc.SCARE(adata, n_hidden=128)
+t1 = time.perf_counter()
+m.train(max_epochs=1, batch_size={batch}, train_size=1.0, enable_progress_bar=False,
+        threads=None, limit_train_batches={limit})
+t2 = time.perf_counter()
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024
+print(json.dumps({{"setup_s": t1 - t0, "epoch_s": t2 - t1, "peak_rss_mb": hwm}}))
+"""
+#: attreg 0.1's hand-written SCARE (``--baseline-tree``: its checkout, commit fe6f216)
+OLD_CHILD = """
 import json, time, torch, anndata as ad, attreg_sc as asc
 torch.set_num_threads({threads})
 t0 = time.perf_counter()
@@ -90,12 +106,25 @@ def write_synthetic_h5ad(path: Path, n_cells: int, n_genes: int, chunk: int = 50
     return nnz
 
 
+def _child(code: str, env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
+    import os
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--cells", type=int, nargs="+", default=[100_000, 200_000, 1_000_000])
     p.add_argument("--genes", type=int, default=1000)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limit-train-batches", type=float, default=1.0,
+                   help="share of an epoch's steps to run (Lightning's limit_train_batches)")
+    p.add_argument("--baseline-tree", default=None,
+                   help="a checkout of attreg 0.1 (fe6f216): its SCARE on the same files")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     rows = []
@@ -105,34 +134,43 @@ def main(argv: list[str] | None = None) -> list[dict]:
             t0 = time.perf_counter()
             nnz = write_synthetic_h5ad(path, n, args.genes)
             write_s = time.perf_counter() - t0
-            code = CHILD.format(path=str(path), threads=args.threads, batch=args.batch)
-            out = subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, check=True
-            )
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append(
-                record(
-                    "backed",
-                    "one epoch from a backed .h5ad",
-                    batch_size=args.batch,
-                    median_ms=1000 * res["epoch_s"],  # one timed epoch
-                    peak_rss_mb=res["peak_rss_mb"],
-                    cells=n,
-                    genes=args.genes,
-                    nnz=nnz,
-                    in_memory_csr_mb=nnz * 8 / 2**20,
-                    write_s=write_s,
-                    setup_s=res["setup_s"],
-                    epoch_s=res["epoch_s"],
+            runs = {"SCARE (scvi-tools loader)": _child(CHILD.format(
+                path=str(path), threads=args.threads, batch=args.batch,
+                limit=args.limit_train_batches))}
+            if args.baseline_tree:
+                env = {**os.environ, "PYTHONPATH": args.baseline_tree}
+                runs["SCARE 0.1 (hand-written loader)"] = _child(OLD_CHILD.format(
+                    path=str(path), threads=args.threads, batch=args.batch), env)
+            for variant, res in runs.items():
+                share = args.limit_train_batches if variant.startswith("SCARE (") else 1.0
+                rows.append(
+                    record(
+                        "backed",
+                        variant,
+                        batch_size=args.batch,
+                        median_ms=1000 * res["epoch_s"],  # one timed (share of an) epoch
+                        peak_rss_mb=res["peak_rss_mb"],
+                        cells=n,
+                        genes=args.genes,
+                        nnz=nnz,
+                        in_memory_csr_mb=nnz * 8 / 2**20,
+                        write_s=write_s,
+                        setup_s=res["setup_s"],
+                        epoch_s=res["epoch_s"] / share,
+                        epoch_share=share,
+                        us_per_cell=1e6 * res["epoch_s"] / (share * n),
+                        threads=args.threads,
+                        load_average=os.getloadavg()[0],
+                    )
                 )
-            )
-            r = rows[-1]
-            print(
-                f"{n:>9} cells x {args.genes} genes: peak RSS {r['peak_rss_mb']:.0f} MB "
-                f"(CSR in memory would be {r['in_memory_csr_mb']:.0f} MB), setup "
-                f"{r['setup_s']:.0f} s, epoch {r['epoch_s']:.0f} s",
-                flush=True,
-            )
+                r = rows[-1]
+                print(
+                    f"{variant:<32} {n:>9} cells x {args.genes} genes: peak RSS "
+                    f"{r['peak_rss_mb']:.0f} MB (CSR in memory: {r['in_memory_csr_mb']:.0f} MB), "
+                    f"setup {r['setup_s']:.1f} s, epoch {r['epoch_s']:.1f} s "
+                    f"({r['us_per_cell']:.1f} us/cell)",
+                    flush=True,
+                )
     write_json(rows, args.json)
     return rows
 

@@ -46,7 +46,8 @@ CHILD = """
 import json, os, statistics, sys, time
 import numpy as np, torch
 import attreg, attreg_sc as asc
-from attreg_sc.train.trainer import TrainingPlan, make_optimizer, minibatch, training_step
+sys.path.insert(0, {here!r})
+from _scare import scare_step
 steps, warmup = int(sys.argv[1]), int(sys.argv[2])
 if os.environ.get("BENCH_THREADS_AUTO"):
     from attreg_sc.train.threads import busy_cores_elsewhere, recommended_threads
@@ -54,18 +55,14 @@ if os.environ.get("BENCH_THREADS_AUTO"):
 attreg.retain_freed_cpu_memory()
 adata = asc.datasets.pbmc3k(genes="selected")
 gt = asc.gt.from_genes(adata, asc.datasets.go_gene_sets()["GO:0043410"])
-model = asc.SCARE(adata, gt=gt, seed=0)
-module = model.module.train()
-plan = TrainingPlan(w_attribution=model.w_attr)
-opt = make_optimizer(module.parameters(), plan)
-codes = torch.from_numpy(model.data.batch_codes)
+asc.SCARE.setup_anndata(adata)
+step = scare_step(adata, gt=gt)
 rng = np.random.default_rng(0)
 times = []
 for i in range(warmup + steps):
     idx = np.sort(rng.choice(adata.n_obs, 128, replace=False))
     t0 = time.perf_counter()
-    training_step(module, opt, *minibatch(model.data, codes, idx, model.device), idx, plan,
-                  1.0, model._prior_loss)
+    step(idx)
     if i >= warmup:
         times.append(time.perf_counter() - t0)
 print(json.dumps({"median_ms": 1000 * statistics.median(times),
@@ -77,8 +74,9 @@ def run_child(env_extra: dict, steps: int, warmup: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.pop("OMP_NUM_THREADS", None)
     env.update(env_extra)
+    code = CHILD.replace("{here!r}", repr(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(steps), str(warmup)],
+        [sys.executable, "-c", code, str(steps), str(warmup)],
         env=env,
         capture_output=True,
         text=True,

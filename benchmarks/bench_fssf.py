@@ -42,9 +42,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         seed=0,
     )
     gt = adata.var["is_gt"].to_numpy()
-    model = asc.SCARE(adata, batch_key="batch", gt=gt, w_attr=100.0)
+    asc.SCARE.setup_anndata(adata, batch_key="batch")
+    model = asc.SCARE(adata, gt=gt, w_attr=100.0)
     t0 = time.perf_counter()
-    model.train(max_epochs=3, early_stopping=False, progress_bar=False)
+    model.train(max_epochs=3, early_stopping=False, enable_progress_bar=False)
     train_s = time.perf_counter() - t0
     rows = []
     for variant, fast, n_random in (

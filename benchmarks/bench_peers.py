@@ -1,9 +1,10 @@
 """attreg against its peers on the same model, data and step (CPU).
 
-Needs the optional peers (``pip install -e ".[bench]"``: path-explain, captum; for
-``--scvi``: scvi-tools). The model is scARE's encoder at paper scale (3,346 genes ->
-128 -> 10, LayerNorm, batch covariate); one training step = attributions of ``F = sum of
-the latent mean`` (with the graph kept), ``mse(abs_minmax(attr), gt)``, backward, Adam.
+Needs the optional peers (``pip install -e ".[bench]"``: path-explain, captum). The
+model is scARE's latent encoder (scvi-tools' ``Encoder`` of ``attreg_sc.SCARE``) at paper
+scale (3,346 genes -> 128 -> 10, LayerNorm, batch covariate); one training step =
+attributions of ``F = sum of the latent mean`` (with the graph kept),
+``mse(abs_minmax(attr), gt)``, backward, Adam.
 
 * EG, k = 1 and k = 8, references from the minibatch: attreg (generic path and
   LinearPrefix path) vs path-explain's ``PathExplainerTorch`` (a Python loop over k).
@@ -20,12 +21,8 @@ the latent mean`` (with the graph kept), ``mse(abs_minmax(attr), gt)``, backward
 * IG at a layer (m = 20, the encoder's first layer's output): attreg's ``LayerTarget``
   vs captum 0.9's ``LayerIntegratedGradients`` with ``grad_kwargs={"create_graph": True}``
   (the graph-keeping option captum has for layer methods).
-* ``--scvi``: seconds per epoch of the plain cVAE (w_attr = 0) vs scvi-tools' SCVI with
-  the same architecture (LayerNorm, no BatchNorm, 1 x 128, 10 latent, NB, gene
-  dispersion) on the same synthetic data, like for like: SCVI with a library-size encoder
-  (``use_observed_lib_size=False``; its default uses the observed library size and has
-  no library encoder) and a validation pass every epoch (``check_val_every_n_epoch=1``;
-  without early stopping it skips validation by default), as scARE's training does.
+
+The model's epoch against scvi-tools' own SCVI is ``bench_scvi_tools.py``.
 
 Ratios are ``peer / attreg`` (higher: attreg faster). The PyTorch variants take turns
 in one process in blocks of ``STEADY_BLOCK`` consecutive steps (after one untimed step),
@@ -40,7 +37,7 @@ reported with their range.
 
 Run::
 
-    python benchmarks/bench_peers.py [--json out.json] [--scvi]
+    python benchmarks/bench_peers.py [--json out.json]
 """
 
 from __future__ import annotations
@@ -51,7 +48,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,16 +62,59 @@ from attreg import functional as AF
 STEADY_BLOCK = 5  # consecutive steps of one variant per turn (see the module docstring)
 
 
+class _EncoderView(torch.nn.Module):
+    """scARE's latent encoder (the one model's scvi-tools ``Encoder``) as the peers use it:
+    the attribution target (split after its first product: attreg's ``LinearPrefix``),
+    the batch one-hot, and ``encoder(z, onehot) -> (latent mean,)``."""
+
+    def __init__(self, model, x, b) -> None:
+        super().__init__()
+        from attreg_sc.fast.encoder_prefix import encoder_prefix
+
+        self.enc = model.module.z_encoder
+        self.n_batch = model.summary_stats.n_batch
+        self.n_genes = x.shape[1]
+        self._target = encoder_prefix(self.enc, self.n_genes, (x, b))
+
+    def attribution_target(self, kind: str = "encoder"):
+        return self._target
+
+    def one_hot(self, b: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(b.view(-1).long(), self.n_batch).float()
+
+    def encoder(self, z: torch.Tensor, onehot: torch.Tensor):
+        return (self.enc.mean_encoder(self.enc.encoder(z, onehot)),)
+
+    def tf_weights(self) -> dict:
+        """The weights a TensorFlow port needs: W_x, b, W_c, the LayerNorm (no affine
+        parameters in scvi-tools' layers: gamma 1, beta 0), dropout, the mean's layer."""
+        layers = [m for m in self.enc.encoder.fc_layers[0] if m is not None]
+        first, norm = layers[0], layers[1]
+        drop = next((m for m in layers if isinstance(m, torch.nn.Dropout)), None)
+        w = first.weight.detach()
+        ones = torch.ones(w.shape[0])
+        return {
+            "w1": w[:, : self.n_genes], "b1": first.bias.detach(), "wc": w[:, self.n_genes :],
+            "gamma": ones if norm.weight is None else norm.weight.detach(),
+            "beta": 0 * ones if norm.bias is None else norm.bias.detach(),
+            "eps": norm.eps, "rate": 0.0 if drop is None else drop.p,
+            "wm": self.enc.mean_encoder.weight.detach(), "bm": self.enc.mean_encoder.bias.detach(),
+        }  # fmt: skip
+
+
 def _setup(n_cells: int, n_genes: int, batch: int):
     torch.manual_seed(0)  # the same weights in the attributionpriors worker process
     adata = asc.datasets.synthetic(
         n_cells=n_cells, n_genes=n_genes, n_cell_types=5, n_gt_genes=300, seed=0
     )
-    model = asc.SCARE(adata, batch_key="batch", w_attr=0.0)
+    asc.SCARE.setup_anndata(adata, batch_key="batch")
+    model = asc.SCARE(adata, w_attr=0.0)
     idx = np.sort(np.random.default_rng(0).choice(adata.n_obs, batch, replace=False))
-    module = model.module.train()
-    x = module.encoder_input(model.data.rows(idx))
-    b = torch.from_numpy(model.data.batch_codes[idx])
+    model.module.train()
+    rows = model.adata_manager.create_torch_dataset()[idx]
+    x = torch.log1p(torch.from_numpy(np.asarray(rows["X"], dtype=np.float32)))
+    b = torch.from_numpy(np.asarray(rows["batch"])).long()
+    module = _EncoderView(model, x, b).train()
     gt = torch.from_numpy(adata.var["is_gt"].to_numpy().astype(np.float32))
     return adata, model, module, x, b, gt
 
@@ -189,17 +228,15 @@ class _TFEncoder:
     def __init__(self, module) -> None:
         import tensorflow as tf
 
-        body, mean = module.encoder.body, module.encoder.mean
-        norm = body.rest[0]
+        w = module.tf_weights()
 
         def var(t):
-            return tf.Variable(t.detach().numpy().T if t.dim() == 2 else t.detach().numpy())
+            return tf.Variable(t.numpy().T if t.dim() == 2 else t.numpy())
 
-        self.w1, self.b1 = var(body.first.weight), var(body.first.bias)
-        self.wc = var(body.covariate.weight)
-        self.gamma, self.beta, self.eps = var(norm.weight), var(norm.bias), norm.eps
-        self.wm, self.bm = var(mean.weight), var(mean.bias)
-        self.rate = body.rest[2].p
+        self.w1, self.b1, self.wc = var(w["w1"]), var(w["b1"]), var(w["wc"])
+        self.gamma, self.beta, self.eps = var(w["gamma"]), var(w["beta"]), w["eps"]
+        self.wm, self.bm = var(w["wm"]), var(w["bm"])
+        self.rate = w["rate"]
         self.variables = [self.w1, self.b1, self.wc, self.gamma, self.beta, self.wm, self.bm]
 
     def __call__(self, inputs, onehot):
@@ -408,69 +445,6 @@ def bench_layer_ig(module, x, b, n_steps) -> list[dict]:
     ]
 
 
-def bench_scvi(adata, epochs: int) -> list[dict]:
-    """Seconds per epoch of both fits, each after an untimed one-epoch fit of its own (the
-    first fit in a process pays one-time costs: in this benchmark's first version attreg
-    ran first, cold, and read 10% slower than it does warm)."""
-    import scvi
-
-    def ours(n_epochs: int) -> None:
-        model = asc.SCARE(adata, batch_key="batch", w_attr=0.0)
-        model.train(
-            max_epochs=n_epochs, early_stopping=False, progress_bar=False, validation_fraction=0.1
-        )
-
-    a = adata.copy()
-    scvi.model.SCVI.setup_anndata(a, batch_key="batch")
-
-    def theirs(n_epochs: int) -> None:
-        m = scvi.model.SCVI(
-            a,
-            n_hidden=128,
-            n_latent=10,
-            n_layers=1,
-            dropout_rate=0.1,
-            dispersion="gene",
-            gene_likelihood="nb",
-            use_batch_norm="none",
-            use_layer_norm="both",
-            use_observed_lib_size=False,  # a library-size encoder, as scARE has
-        )
-        m.train(
-            max_epochs=n_epochs,
-            batch_size=128,
-            train_size=0.9,
-            early_stopping=False,
-            check_val_every_n_epoch=1,  # the validation pass every epoch, as scARE's
-            accelerator="cpu",
-            enable_progress_bar=False,
-        )
-
-    seconds = {}
-    for name, fit in (("ours", ours), ("scvi", theirs)):
-        fit(1)  # warm-up
-        t0 = time.perf_counter()
-        fit(epochs)
-        seconds[name] = (time.perf_counter() - t0) / epochs
-    t_ours, t_scvi = seconds["ours"], seconds["scvi"]
-    return [
-        record(
-            "plain cVAE epoch",
-            "attreg_sc SCARE (w_attr=0)",
-            batch_size=128,
-            median_ms=1000 * t_ours,
-            peer_over_attreg=1.0,
-        ),
-        record(
-            "plain cVAE epoch",
-            f"scvi-tools {scvi.__version__} SCVI",
-            batch_size=128,
-            median_ms=1000 * t_scvi,
-            peer_over_attreg=t_scvi / t_ours,
-        ),
-    ]
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", type=int, default=12_000)
@@ -483,7 +457,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         action="store_true",
         help="attreg.retain_freed_cpu_memory() first (glibc keeps freed blocks for reuse)",
     )
-    p.add_argument("--scvi", action="store_true")
     p.add_argument(
         "--no-attributionpriors", action="store_true", help="skip the TensorFlow reference peer"
     )
@@ -493,7 +466,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default=3,
         help="attributionpriors: alternations of a TensorFlow worker process and attreg",
     )
-    p.add_argument("--scvi-epochs", type=int, default=3)
     p.add_argument("--json", default=None)
     p.add_argument("--ap-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -519,8 +491,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
     rows += bench_ig(module, x, b, gt, args.steps)
     rows += bench_layer_ig(module, x, b, args.steps)
-    if args.scvi:
-        rows += bench_scvi(adata, args.scvi_epochs)
     print_table(
         f"CPU, torch {torch.__version__}, threads={args.threads}, batch={args.batch}, "
         f"{args.genes} genes; median of {args.steps} steps; ratio = peer / attreg "

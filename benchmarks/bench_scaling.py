@@ -25,13 +25,15 @@ from _common import record, write_json
 import attreg_sc as asc
 
 CHILD = """
-import json, sys, time, torch, anndata as ad, attreg_sc as asc
+import json, logging, sys, time, warnings, torch, anndata as ad, attreg_sc as asc
+warnings.filterwarnings("ignore"); logging.disable(logging.WARNING)
 torch.set_num_threads({threads})
 adata = ad.read_h5ad({path!r})
+asc.SCARE.setup_anndata(adata, batch_key="batch")
 gt = adata.var["is_gt"].to_numpy() if {w} > 0 else None
-m = asc.SCARE(adata, batch_key="batch", gt=gt, w_attr={w})
+m = asc.SCARE(adata, gt=gt, w_attr={w})
 t0 = time.perf_counter()
-m.train(max_epochs=1, early_stopping=False, progress_bar=False, validation_fraction=0.0)
+m.train(max_epochs=1, train_size=1.0, enable_progress_bar=False, threads=None)
 sec = time.perf_counter() - t0
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024
 print(json.dumps({{"seconds_per_epoch": sec, "peak_rss_mb": hwm}}))

@@ -2,8 +2,9 @@
 
 Synthetic counts (call them so): 12,000 cells x 3,346 genes, 2 batches, sparse CSR, as
 in the scARE paper; model: n_hidden 128, n_latent 10, NB likelihood, gene dispersion.
-For each batch size, the full step (sparse row gather, forward, loss, prior, backward,
-Adam) is timed for the plain cVAE (w_attr = 0); with an EG prior (k = 1, references from
+For each batch size, the full step of ``SCARE`` (scvi-tools' row gather, the training
+plan's step: forward, loss, prior; backward, Adam; ``benchmarks/_scare.py``) is timed
+for the plain cVAE (w_attr = 0); with an EG prior (k = 1, references from
 the minibatch) on one random latent direction per step with the share loss (the
 default), on the paper's sum with abs_minmax + MSE, and on every latent dimension
 (``per_dimension``); and with an IG prior (m = 20), interleaved so that machine noise
@@ -24,10 +25,10 @@ import time
 import numpy as np
 import torch
 from _common import print_table, record, write_json
+from _scare import scare_step
 
 import attreg
 import attreg_sc as asc
-from attreg_sc.train.trainer import TrainingPlan, make_optimizer, minibatch, training_step
 
 VARIANTS = {
     "plain": {},
@@ -46,44 +47,16 @@ SLOW = ("IG", "EG per-dim")  # timed for --ig-steps steps only
 
 
 def make_data(n_cells: int, n_genes: int):
-    return asc.datasets.synthetic(
+    adata = asc.datasets.synthetic(
         n_cells=n_cells, n_genes=n_genes, n_cell_types=5, n_gt_genes=min(300, n_genes // 4), seed=0
     )
+    asc.SCARE.setup_anndata(adata, batch_key="batch")
+    return adata
 
 
 def make_runner(adata, variant: str, device: str):
-    kwargs = VARIANTS[variant]
     w = 0.0 if variant == "plain" else 30.0
-    model = asc.SCARE(
-        adata,
-        batch_key="batch",
-        gt=adata.var["is_gt"].to_numpy(),
-        w_attr=w,
-        n_steps=20,
-        accelerator=device,
-        **kwargs,
-    )
-    module = model.module.train()
-    plan = TrainingPlan(w_attribution=w)
-    opt = make_optimizer(module.parameters(), plan)  # as the trainer does
-    prior = model._prior_loss if w > 0 else None
-    codes = torch.from_numpy(model.data.batch_codes)
-
-    def step(idx: np.ndarray) -> None:
-        out = training_step(
-            module,
-            opt,
-            *minibatch(model.data, codes, idx, model.device),  # as the trainer does
-            idx,
-            plan,
-            1.0,
-            prior,
-        )
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    return step
+    return scare_step(adata, device=device, gt="is_gt", w_attr=w, n_steps=20, **VARIANTS[variant])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -1,100 +1,71 @@
-"""scARE on scvi-tools (SCAREVI) against today's hand-written SCARE: step and epoch.
+"""The one model's step and epoch, against scvi-tools' own SCVI and attreg 0.1's
+hand-written SCARE, measured in one run.
 
 Same data (the demo's: PBMC 3k, 2,700 cells x 2,265 genes, GT = GO:0043410), same
 architecture (n_hidden 128, n_latent 10, one layer, NB, gene dispersion, learned library
-size, LayerNorm, batch into the encoder), same prior (EG, k = 1, one random direction,
-share loss, w_attr = 30), batch 128, CPU.
+size, LayerNorm, the batch into the encoder), same prior (EG, k = 1, one random
+direction, share loss, w_attr = 30), batch 128, CPU, the thread count fixed.
 
 * **step**: one training step on the same minibatches, the variants taking turns:
-  SCARE's ``training_step`` (row gather, forward, loss, prior, backward, Adam) and
-  SCAREVI's plan ``forward`` (scvi-tools' module forward and loss, the prior from the
-  captured encoder inputs) plus backward and Adam, outside Lightning, on tensors built
-  as scvi-tools' data loader builds them;
-* **epoch**: ``train(max_epochs=n)`` end to end (no validation) for n = 1 and 4, rounds
-  interleaved; per epoch = (t4 - t1) / 3, set-up = t1 - per epoch. Lightning's cost per
-  step = per-epoch time / steps - the step above.
+  ``SCARE`` (scvi-tools' row gather, the training plan's ``training_step`` with the
+  prior, backward, the plan's Adam; ``benchmarks/_scare.py``) and, as the anchor, plain
+  ``scvi.model.SCVI`` with the same architecture (its own plan and module);
+* **epoch**: ``train(max_epochs=n)`` end to end without validation for n = 1 and 4;
+  per epoch = (t4 - t1) / 3 (set-up cancels out).
+
+With ``--baseline-tree PATH`` (a checkout of attreg 0.1, commit fe6f216:
+``git worktree add PATH fe6f216``) the hand-written SCARE of that tree is measured too,
+in a child process per round (the two packages share a name), the rounds alternating
+between this process and the child so that machine noise hits both alike.
 
 Run::
 
-    python benchmarks/bench_scvi_tools.py [--steps 40] [--rounds 3] [--json out.json]
+    python benchmarks/bench_scvi_tools.py [--baseline-tree /tmp/oldtree] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from _common import print_table, record, write_json
 
-import attreg_sc as asc
-from attreg_sc.train.trainer import TrainingPlan, make_optimizer, minibatch, training_step
-
 ARCH = dict(n_hidden=128, n_latent=10, n_layers=1)
+BATCH = 128
 
 
-def scare_step(adata, gt, w_attr: float):
-    model = asc.SCARE(adata, gt=gt, w_attr=w_attr, accelerator="cpu", **ARCH)
-    module = model.module.train()
-    plan = TrainingPlan(w_attribution=w_attr)
-    opt = make_optimizer(module.parameters(), plan)
-    prior = model._prior_loss if w_attr > 0 else None
-    codes = torch.from_numpy(model.data.batch_codes)
-
-    def step(idx: np.ndarray) -> None:
-        training_step(
-            module, opt, *minibatch(model.data, codes, idx, model.device), idx, plan, 1.0, prior
-        )
-
-    return step
+def _quiet() -> None:
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def scarevi_step(adata, gt, w_attr: float):
-    from scvi import REGISTRY_KEYS
+def _data():
+    import attreg_sc as asc
 
-    from attreg_sc.scvi_tools import SCAREVI
-
-    model = SCAREVI(adata.copy(), gt=gt, w_attr=w_attr, **ARCH)
-    plan = SCAREVI._training_plan_cls(model.module, prior=model.prior_config)
-    plan.train()
-    opt = plan.configure_optimizers()["optimizer"]  # as Lightning builds it
-    manager = model.adata_manager
-    x_all = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-    batch_all = manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
-    labels_all = manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
-
-    def step(idx: np.ndarray) -> None:
-        tensors = {  # what scvi-tools' AnnDataLoader yields for these rows
-            REGISTRY_KEYS.X_KEY: torch.from_numpy(x_all[idx].toarray().astype(np.float32)),
-            REGISTRY_KEYS.BATCH_KEY: torch.from_numpy(np.asarray(batch_all)[idx].astype(np.int64)),
-            REGISTRY_KEYS.LABELS_KEY: torch.from_numpy(
-                np.asarray(labels_all)[idx].astype(np.int64)
-            ),
-        }
-        _, _, out = plan.forward(tensors, loss_kwargs=plan.loss_kwargs)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-
-    return step
+    adata = asc.datasets.pbmc3k(genes="selected")
+    gt = asc.gt.from_genes(adata, asc.datasets.go_gene_sets()["GO:0043410"])
+    return adata, gt
 
 
-def time_steps(adata, gt, steps: int, warmup: int) -> dict[str, float]:
-    runners = {
-        "SCARE plain": scare_step(adata, gt, 0.0),
-        "SCARE EG": scare_step(adata, gt, 30.0),
-        "SCAREVI plain": scarevi_step(adata, gt, 0.0),
-        "SCAREVI EG": scarevi_step(adata, gt, 30.0),
-    }
+def _minibatches(n_cells: int, n: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
+    return [np.sort(rng.choice(n_cells, BATCH, replace=False)) for _ in range(n)]
+
+
+def _time_steps(runners: dict, batches: list[np.ndarray], warmup: int) -> dict[str, float]:
     times: dict[str, list[float]] = {v: [] for v in runners}
-    for i in range(warmup + steps):
-        idx = np.sort(rng.choice(adata.n_obs, 128, replace=False))
+    for i, idx in enumerate(batches):
         for name, run in runners.items():
             t0 = time.perf_counter()
             run(idx)
@@ -103,44 +74,119 @@ def time_steps(adata, gt, steps: int, warmup: int) -> dict[str, float]:
     return {v: 1000 * statistics.median(ts) for v, ts in times.items()}
 
 
-def time_epochs(adata, gt, rounds: int) -> dict[str, tuple[float, float]]:
-    from attreg_sc.scvi_tools import SCAREVI
+# -- this tree: the one model and scvi-tools' SCVI ----------------------------------------
+def new_runners(adata, gt) -> tuple[dict, dict]:
+    import scvi
+    from _scare import scare_step
 
-    def scare(w: float, n: int) -> float:
-        model = asc.SCARE(adata, gt=gt, w_attr=w, accelerator="cpu", **ARCH)
-        t0 = time.perf_counter()
-        model.train(max_epochs=n, validation_fraction=0.0, progress_bar=False, threads=None)
-        return time.perf_counter() - t0
+    import attreg_sc as asc
 
-    def scarevi(w: float, n: int) -> float:
-        model = SCAREVI(adata.copy(), gt=gt, w_attr=w, **ARCH)
-        t0 = time.perf_counter()
-        model.train(
-            max_epochs=n,
-            validation_fraction=0.0,
-            progress_bar=False,
-            accelerator="cpu",
-            enable_model_summary=False,
-        )
-        return time.perf_counter() - t0
+    a = adata.copy()
+    asc.SCARE.setup_anndata(a)
+    anchor = adata.copy()
+    scvi.model.SCVI.setup_anndata(anchor)
+    scvi_arch = dict(
+        **ARCH, gene_likelihood="nb", use_observed_lib_size=False, encode_covariates=True,
+        use_batch_norm="none", use_layer_norm="both",
+    )  # fmt: skip
 
-    fns = {
-        "SCARE plain": lambda n: scare(0.0, n),
-        "SCARE EG": lambda n: scare(30.0, n),
-        "SCAREVI plain": lambda n: scarevi(0.0, n),
-        "SCAREVI EG": lambda n: scarevi(30.0, n),
+    def scvi_step():
+        model = scvi.model.SCVI(anchor, **scvi_arch)
+        plan = model._training_plan_cls(model.module, n_epochs_kl_warmup=10)
+        plan.train()
+        opt = plan.configure_optimizers()["optimizer"]
+        dataset = model.adata_manager.create_torch_dataset()
+
+        def step(idx):
+            tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in dataset[idx].items()}
+            _, _, out = plan.forward(tensors, loss_kwargs=plan.loss_kwargs)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+
+        return step
+
+    steps = {
+        "SCARE plain": scare_step(a, gt=gt, w_attr=0.0, **ARCH),
+        "SCARE EG": scare_step(a, gt=gt, w_attr=30.0, **ARCH),
+        "SCVI plain": scvi_step(),
     }
-    t: dict[str, dict[int, list[float]]] = {k: {1: [], 4: []} for k in fns}
-    for _ in range(rounds):
-        for n in (1, 4):
-            for name, fn in fns.items():
-                t[name][n].append(fn(n))
-    out = {}
-    for name in fns:
-        t1, t4 = statistics.median(t[name][1]), statistics.median(t[name][4])
-        per_epoch = (t4 - t1) / 3
-        out[name] = (1000 * per_epoch, 1000 * (t1 - per_epoch))
-    return out
+
+    def epochs(n: int) -> dict[str, float]:
+        out = {}
+        for name, w in (("SCARE plain", 0.0), ("SCARE EG", 30.0)):
+            model = asc.SCARE(a, gt=gt, w_attr=w, **ARCH)
+            t0 = time.perf_counter()
+            model.train(max_epochs=n, train_size=1.0, enable_progress_bar=False, threads=None,
+                        accelerator="cpu")
+            out[name] = time.perf_counter() - t0
+        model = scvi.model.SCVI(anchor, **scvi_arch)
+        t0 = time.perf_counter()
+        model.train(max_epochs=n, train_size=1.0, enable_progress_bar=False, accelerator="cpu",
+                    plan_kwargs={"n_epochs_kl_warmup": 10})
+        out["SCVI plain"] = time.perf_counter() - t0
+        return out
+
+    return steps, epochs
+
+
+# -- attreg 0.1's hand-written SCARE (run in a child with PYTHONPATH=the old tree) --------
+def old_runners(adata, gt) -> tuple[dict, dict]:
+    from attreg_sc.train.trainer import TrainingPlan, make_optimizer, minibatch, training_step
+
+    import attreg_sc as asc
+
+    def step_of(w: float):
+        model = asc.SCARE(adata, gt=gt, w_attr=w, accelerator="cpu", **ARCH)
+        module = model.module.train()
+        plan = TrainingPlan(w_attribution=w)
+        opt = make_optimizer(module.parameters(), plan)
+        prior = model._prior_loss if w > 0 else None
+        codes = torch.from_numpy(model.data.batch_codes)
+
+        def step(idx):
+            training_step(module, opt, *minibatch(model.data, codes, idx, model.device), idx,
+                          plan, 1.0, prior)
+
+        return step
+
+    steps = {"SCARE 0.1 plain": step_of(0.0), "SCARE 0.1 EG": step_of(30.0)}
+
+    def epochs(n: int) -> dict[str, float]:
+        out = {}
+        for name, w in (("SCARE 0.1 plain", 0.0), ("SCARE 0.1 EG", 30.0)):
+            model = asc.SCARE(adata, gt=gt, w_attr=w, accelerator="cpu", **ARCH)
+            t0 = time.perf_counter()
+            model.train(max_epochs=n, validation_fraction=0.0, progress_bar=False, threads=None)
+            out[name] = time.perf_counter() - t0
+        return out
+
+    return steps, epochs
+
+
+def one_round(which: str, steps: int, warmup: int) -> dict:
+    """One round's step medians and epoch times (n = 1 and 4) for ``which`` tree."""
+    _quiet()
+    adata, gt = _data()
+    runners, epochs = (new_runners if which == "new" else old_runners)(adata, gt)
+    step_ms = _time_steps(runners, _minibatches(adata.n_obs, warmup + steps), warmup)
+    t1, t4 = epochs(1), epochs(4)
+    return {"step_ms": step_ms, "t1": t1, "t4": t4}
+
+
+def _old_round(tree: str, steps: int, warmup: int, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": str(threads)}
+    code = (
+        f"import sys, json, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"torch.set_num_threads({threads}); import bench_scvi_tools as b; "
+        f"print('RESULT', json.dumps(b.one_round('old', {steps}, {warmup})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=tree, timeout=3600)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"the baseline tree's round failed:\n{done.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -149,49 +195,61 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--baseline-tree", default=None, help="a checkout of attreg 0.1 (fe6f216)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet()
     torch.set_num_threads(args.threads)
-    adata = asc.datasets.pbmc3k(genes="selected")
-    gt = asc.gt.from_genes(adata, asc.datasets.go_gene_sets()["GO:0043410"])
     load = os.getloadavg()[0]
-    steps = time_steps(adata, gt, args.steps, args.warmup)
-    epochs = time_epochs(adata, gt, args.rounds)
-    n_steps = int(np.ceil(adata.n_obs / 128))
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append(one_round("new", args.steps, args.warmup))
+        if args.baseline_tree:
+            rounds.append(_old_round(args.baseline_tree, args.steps, args.warmup, args.threads))
+    names = sorted({n for r in rounds for n in r["step_ms"]})
+    step = {n: statistics.median(r["step_ms"][n] for r in rounds if n in r["step_ms"])
+            for n in names}
+    epoch = {
+        n: 1000 * statistics.median((r["t4"][n] - r["t1"][n]) / 3 for r in rounds if n in r["t4"])
+        for n in names
+    }
+    base = "SCARE 0.1" if args.baseline_tree else None
+    n_steps = int(np.ceil(2700 / BATCH))
     rows = []
-    for name in steps:
-        own_plain = steps[name.split()[0] + " plain"]
-        per_epoch, setup = epochs[name]
+    for name in names:
+        kind = name.split()[-1]
+        own_plain = step[name.rsplit(" ", 1)[0] + " plain"]
+        ref = f"{base} {kind}" if base else None
         rows.append(
             record(
                 "scvi_tools",
                 name,
-                batch_size=128,
-                median_ms=steps[name],
-                ratio_to_plain=steps[name] / own_plain,
-                x_scare_step=steps[name] / steps["SCARE " + name.split()[1]],
-                epoch_ms=per_epoch,
-                x_scare_epoch=per_epoch / epochs["SCARE " + name.split()[1]][0],
-                setup_ms=setup,
-                loop_ms_per_step=per_epoch / n_steps - steps[name],
+                batch_size=BATCH,
+                median_ms=step[name],
+                ratio_to_plain=step[name] / own_plain,
+                x_scare01_step=step[name] / step[ref] if ref in step else None,
+                epoch_ms=epoch[name],
+                x_scare01_epoch=epoch[name] / epoch[ref] if ref in epoch else None,
+                x_scvi_epoch=epoch[name] / epoch["SCVI plain"],
+                loop_ms_per_step=epoch[name] / n_steps - step[name],
+                threads=args.threads,
+                load_average=load,
+                rounds=args.rounds,
             )
         )
     print_table(
-        f"SCAREVI vs SCARE, PBMC 3k {adata.n_obs} x {adata.n_vars}, batch 128 ({n_steps} steps "
-        f"per epoch), threads={args.threads}, load average at start {load:.2f}, torch "
-        f"{torch.__version__}",
+        f"The one model vs SCVI and attreg 0.1's SCARE, PBMC 3k 2700 x 2265, batch {BATCH} "
+        f"({n_steps} steps per epoch), threads={args.threads}, load average at start "
+        f"{load:.2f}, {args.rounds} rounds, torch {torch.__version__}",
         rows,
         [
-            ("variant", "variant", "<14"),
+            ("variant", "variant", "<16"),
             ("median_ms", "step ms", ">8.2f"),
             ("ratio_to_plain", "x own plain", ">11.2f"),
-            ("x_scare_step", "x SCARE step", ">12.2f"),
+            ("x_scare01_step", "x 0.1 step", ">10.2f"),
             ("epoch_ms", "epoch ms", ">9.0f"),
-            ("x_scare_epoch", "x SCARE epoch", ">13.2f"),
-            ("setup_ms", "set-up ms", ">9.0f"),
+            ("x_scare01_epoch", "x 0.1 epoch", ">11.2f"),
+            ("x_scvi_epoch", "x SCVI epoch", ">12.2f"),
             ("loop_ms_per_step", "loop ms/step", ">12.2f"),
         ],
     )

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         ["--steps", "2", "--warmup", "1", "--rounds", "1"] if q else [],
     )
     if args.peers:
-        runs["peers"] = ("bench_peers", ["--scvi"])
+        runs["peers"] = ("bench_peers", [])
         runs["decoy_mnist"] = ("bench_decoy_mnist", [])
     results = {}
     for key, (module, extra) in runs.items():

@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from attreg_sc.train.trainer import minibatch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
 import attreg_sc as asc
 from attreg_sc.metrics import active_dimensions, dimension_shares, fssf
-from attreg_sc.train.trainer import minibatch
 
 MINMAX = dict(reparameterizer="abs_minmax", loss="mse")  # the paper's reparameterization
 SHARE = dict(reducer="random_direction", reparameterizer="share", loss="outside_share")

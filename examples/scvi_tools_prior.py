@@ -1,4 +1,4 @@
-"""An attreg prior on scvi-tools' SCVI with ``attreg_sc.scvi_tools.with_prior``.
+"""An attreg prior on scvi-tools' SCVI with ``attreg_sc.with_prior``.
 
 ``with_prior(scvi.model.SCVI)`` is SCVI whose training plan adds ``w_A * L_A``: the
 prior explains the encoder's latent mean (``module.z_encoder``) with respect to its
@@ -26,7 +26,7 @@ import attreg_sc as asc
 def main(argv=None):
     import scvi
 
-    from attreg_sc.scvi_tools import with_prior
+    from attreg_sc import with_prior
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--max-epochs", type=int, default=30)

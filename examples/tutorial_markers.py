@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+import scvi
+
 import attreg_sc as asc
 from attreg_sc.metrics import label_separation
 
@@ -27,6 +29,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     adata = asc.datasets.pbmc68k()
+    asc.SCARE.setup_anndata(adata)
     markers = asc.gt.mutual_information_markers(
         adata, "phase", groupby="cell_type", n_top=args.n_top, min_cells=30
     )
@@ -41,8 +44,9 @@ def main(argv=None):
             {"w_attr": 100.0, "aggregation": "squared_sum", "gt_weights": {"nfkb": 0.5}},
         ),
     ):
-        model = asc.SCARE(adata, gt=gts, n_latent=10, seed=0, **kw)
-        model.train(max_epochs=args.max_epochs, progress_bar=False)
+        scvi.settings.seed = 0
+        model = asc.SCARE(adata, gt=gts, n_latent=10, **kw)
+        model.train(max_epochs=args.max_epochs, enable_progress_bar=False)
         sep = label_separation(
             model.get_latent_representation(), adata.obs["phase"], adata.obs["cell_type"]
         )

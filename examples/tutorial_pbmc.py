@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import scvi
+
 import attreg_sc as asc
 from attreg_sc.cli import scare_defaults
 from attreg_sc.metrics import attribution_share, dimension_shares, fssf, gt_polarization
@@ -30,24 +32,27 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     adata = asc.datasets.pbmc3k(genes="selected")
+    asc.SCARE.setup_anndata(adata)  # raw counts in X, one batch
     sets = asc.datasets.go_gene_sets()
     gt = asc.gt.from_genes(adata, sets["GO:0043410"], name="GO:0043410")
     print(f"PBMC 3k: {adata.n_obs} cells x {adata.n_vars} genes; GT: {gt.sum()} MAPK genes")
 
     results = {}
     for name, w in (("baseline", 0.0), ("scARE", args.w_attr)):
-        model = asc.SCARE(adata, gt=gt, w_attr=w, seed=0)
-        model.train(max_epochs=args.max_epochs, progress_bar=False)
+        scvi.settings.seed = 0
+        model = asc.SCARE(adata, gt=gt, w_attr=w)
+        model.train(max_epochs=args.max_epochs, enable_progress_bar=False)
         attr = model.get_attributions(n_samples=4)
         share = attribution_share(attr, gt, adata.obs["cell_type"]).groupby("group").share.mean()
         res = fssf(model, gt, "cell_type", n_random=args.n_random)
         pol = gt_polarization(
-            model.get_latent_representation(), model.data.matrix, gt, adata.obs["cell_type"]
+            model.get_latent_representation(), adata.X, gt, adata.obs["cell_type"]
         )
         per_dim = dimension_shares(model, gt, n_samples=2).drop(index="sum")["gt_share"]
         results[name] = (model, share, res, pol)
         print(
-            f"{name:<9} epochs {len(model.history['loss']):>3}  GT share: sum {share.mean():.3f}"
+            f"{name:<9} epochs {len(model.loss_history['loss']):>3}  GT share: sum "
+            f"{share.mean():.3f}"
             f" per dim {per_dim.mean():.3f}  FSSF GT {res.score():+.3f}  random "
             f"{res.random_score():+.3f}  polarization {pol.abs_corr_pc1.mean():.3f}"
         )

@@ -28,11 +28,13 @@ PUBLIC_MODULES = [
     "attreg_sc.datasets",
     "attreg_sc.distributions",
     "attreg_sc.train",
-    "attreg_sc.data",
+    "attreg_sc.train.callbacks",
+    "attreg_sc.validation",
+    "attreg_sc.files",
+    "attreg_sc.settings",
     "attreg_sc.priors",
     "attreg_sc.module",
-    "attreg_sc.nn",
-    "attreg_sc.scvi_tools",
+    "attreg_sc.fast.encoder_prefix",
 ]
 
 

@@ -30,7 +30,7 @@ def run(argv, capsys):
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("cmd", ["train", "fssf", "report", "markers", "demo"])
+@pytest.mark.parametrize("cmd", ["train", "fssf", "report", "markers", "demo", "convert"])
 def test_help_for_every_command(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main([cmd, "--help"])
@@ -69,7 +69,7 @@ def test_train_fssf_report_markers_end_to_end(h5ad, capsys):
     hist = pd.read_csv(out / "history.csv")
     assert len(hist) == 3 and {"reconstruction", "kl", "attribution"} <= set(hist.columns)
     model = asc.SCARE.load(out / "model", res)
-    assert set(model.ground_truths) == {"gt", "setB"}
+    assert set(model.prior_config.ground_truths) == {"gt", "setB"}
 
     code, text, _ = run(
         [
@@ -149,7 +149,7 @@ def test_train_fssf_report_markers_end_to_end(h5ad, capsys):
         (["train", "{data}", "--genes", "nope.txt", "--out", "x"], "gene list not found"),
         (["train", "{data}", "--gmt", "nope.gmt", "--out", "x"], "GMT file not found"),
         (["train", "{data}", "--gmt", "{gmt}:setZ", "--out", "x"], "setZ"),
-        (["train", "{data}", "--batch-key", "donor", "--out", "x"], "batch_key 'donor' not found"),
+        (["train", "{data}", "--batch-key", "donor", "--out", "x"], "'donor' is not a column"),
         (
             [
                 "fssf",
@@ -285,30 +285,48 @@ def test_fssf_checks_layer_and_batch_key_against_the_model(h5ad, capsys):
     assert code == 2 and "--batch-key cell_type differs from the model's ('batch'" in err
 
 
-def test_train_with_scvi_tools_then_fssf_and_report(h5ad, capsys):
-    pytest.importorskip("scvi")
+def test_scvi_tools_flag_is_accepted_and_per_group_gts_train(h5ad, capsys):
+    """--scvi-tools (attreg 0.1) is a no-op now; a per-group GT (MI markers within each
+    cell type) trains through the CLI."""
     d, data, genes, _ = h5ad
-    out = d / "run_scvi"
     argv = ["train", data, "--genes", genes, "--batch-key", "batch", "--scvi-tools"]
-    code, text, _ = run(
-        [*argv, "--max-epochs", 2, "--n-latent", 3, "--no-progress", "--out", out], capsys
-    )
-    assert code == 0 and "SCAREVI" in text
-    import anndata as ad
-
-    assert ad.read_h5ad(out / "adata.h5ad").obsm["X_scare"].shape == (300, 3)
-    assert {"reconstruction", "attribution"} <= set(pd.read_csv(out / "history.csv").columns)
-    argv = ["fssf", out / "model", data, "--genes", genes, "--cell-type-key", "cell_type"]
-    assert run([*argv, "--n-random", 1, "--no-progress", "--out", d / "fv.csv"], capsys)[0] == 0
-    assert len(pd.read_csv(d / "fv.csv")) > 0
-    argv = ["report", "--model", f"scvi={out / 'model'}", data, "--genes", genes]
-    argv += ["--cell-type-key", "cell_type", "--n-random", 1, "--no-progress"]
-    assert run([*argv, "--out", d / "rv"], capsys)[0] == 0
-    code, _, err = run(["train", data, "--scvi-tools", "--resume", "--out", d / "x"], capsys)
-    assert code == 2 and "--resume is not available with --scvi-tools" in err
-    # a per-group GT (MI markers within each cell type) trains SCAREVI too
+    assert run([*argv, "--max-epochs", 1, "--no-progress", "--out", d / "flag"], capsys)[0] == 0
     argv = ["train", data, "--markers-by", "batch", "--markers-groupby", "cell_type"]
-    argv += ["--n-markers", 5, "--batch-key", "batch", "--scvi-tools", "--max-epochs", 1]
+    argv += ["--n-markers", 5, "--batch-key", "batch", "--max-epochs", 1]
     assert run([*argv, "--n-latent", 2, "--no-progress", "--out", d / "grouped"], capsys)[0] == 0
     history = pd.read_csv(d / "grouped" / "history.csv")
     assert np.isfinite(history["attribution"]).all()
+
+
+def test_convert_refits_a_model_of_the_hand_written_scare(tmp_path, capsys):
+    """Files of attreg 0.1's hand-written SCARE are refused by SCARE.load with the command
+    that converts them; the command re-fits the model from the file's settings and GTs."""
+    from pathlib import Path
+
+    legacy = Path(__file__).parent / "data" / "legacy"
+    adata = asc.datasets.synthetic(n_cells=200, n_genes=30, n_gt_genes=6, seed=0)
+    with pytest.raises(asc.ModelFileError, match="attreg-sc convert"):
+        asc.SCARE.load(legacy / "old_scare", adata)
+    argv = ["convert", legacy / "old_scare", tmp_path / "new", "--data", legacy / "data.h5ad"]
+    code, text, err = run([*argv, "--max-epochs", 2, "--no-progress"], capsys)
+    assert code == 0, err
+    new = asc.SCARE.load(tmp_path / "new", adata)
+    assert new.prior_settings.w_attr == 5.0 and new.module.n_latent == 3
+    assert new.module.n_hidden == 16 if hasattr(new.module, "n_hidden") else True
+    assert list(new.prior_config.ground_truths) == ["gt"]
+    assert new.registry_["setup_args"]["batch_key"] == "batch"
+    code, _, err = run(["convert", legacy / "old_scarevi", tmp_path / "x", "--data",
+                        legacy / "data.h5ad"], capsys)
+    assert code == 2 and "load it with SCARE.load" in err
+
+
+def test_legacy_scarevi_files_load_into_scare():
+    from pathlib import Path
+
+    legacy = Path(__file__).parent / "data" / "legacy"
+    adata = asc.datasets.synthetic(n_cells=200, n_genes=30, n_gt_genes=6, seed=0)
+    model = asc.SCARE.load(legacy / "old_scarevi", adata)
+    np.testing.assert_allclose(
+        model.get_latent_representation(), np.load(legacy / "old_scarevi_latent.npy"), atol=1e-6
+    )
+    assert model.prior_settings.w_attr == 5.0

@@ -12,28 +12,28 @@ import attreg_sc as asc
 from attreg import cpu_matmul
 from attreg import functional as AF
 from attreg_sc import special
-from attreg_sc.module import vae
-from attreg_sc.train.trainer import TrainingPlan, minibatch
+from attreg_sc.fast.encoder_prefix import EncoderMeanRest
 
 
 def scare_step_gradients(adata, counters):
-    """L_R + L_D + w_A L_A of one minibatch and its parameter gradients."""
-    model = asc.SCARE(adata, gt=adata.var["is_gt"].to_numpy(), n_latent=3, seed=0)
-    plan = TrainingPlan(w_attribution=model.w_attr)
-    idx = np.arange(64)
-    counts, batch_index = minibatch(
-        model.data, torch.from_numpy(model.data.batch_codes), idx, "cpu"
-    )
-    model.module.eval()  # no dropout: both runs see the same function
-    terms = model.module.loss(counts, batch_index, 1.0)
-    l_a = model._prior_loss(terms["x_in"], batch_index, idx, terms["h_first"], validation=True)
-    loss = terms["reconstruction"] + terms["kl_z"] + terms["kl_l"] + plan.w_attribution * l_a
-    grads = torch.autograd.grad(loss, list(model.module.parameters()), allow_unused=True)
-    return float(loss.detach()), [g for g in grads if g is not None]
+    """ELBO + w_A L_A of one minibatch (the training plan's own forward) and its
+    parameter gradients; the same weights, draws and noise both times."""
+    import scvi
+
+    scvi.settings.seed = 0
+    model = asc.SCARE(adata, gt="is_gt", n_latent=3, dropout_rate=0.0)
+    plan = model._training_plan_cls(model.module, prior=model.prior_config)
+    tensors = next(iter(model._make_data_loader(adata, indices=np.arange(64), batch_size=64)))
+    plan.train()
+    torch.manual_seed(1)
+    _, _, out = plan.forward(tensors)
+    grads = torch.autograd.grad(out.loss, list(model.module.parameters()), allow_unused=True)
+    return float(out.loss.detach()), [g for g in grads if g is not None]
 
 
 def test_switch_off_uses_no_fast_path_and_gives_the_same_step(monkeypatch):
     adata = asc.datasets.synthetic(n_cells=200, n_genes=300, n_gt_genes=30, seed=0)
+    asc.SCARE.setup_anndata(adata, batch_key="batch")
     calls = {"onednn": 0, "closed_form": 0, "fused": 0, "digamma": 0}
 
     def count(name, fn):
@@ -45,9 +45,9 @@ def test_switch_off_uses_no_fast_path_and_gives_the_same_step(monkeypatch):
 
     monkeypatch.setattr(cpu_matmul, "_onednn_linear", count("onednn", cpu_matmul._onednn_linear))
     monkeypatch.setattr(
-        vae._EncoderRest,
+        EncoderMeanRest,
         "reduced_gradient",
-        count("closed_form", vae._EncoderRest.reduced_gradient),
+        count("closed_form", EncoderMeanRest.reduced_gradient),
     )
     monkeypatch.setattr(AF, "share_outside_loss", count("fused", AF.share_outside_loss))
     monkeypatch.setattr(

@@ -13,7 +13,9 @@ import attreg_sc as asc
 
 @pytest.fixture(scope="module")
 def adata():
-    return asc.datasets.synthetic(n_cells=60, n_genes=20, n_gt_genes=4, seed=0)
+    a = asc.datasets.synthetic(n_cells=60, n_genes=20, n_gt_genes=4, seed=0)
+    asc.SCARE.setup_anndata(a, batch_key="batch")
+    return a
 
 
 @pytest.mark.parametrize(
@@ -22,17 +24,20 @@ def adata():
         ({"w_attr": math.nan}, "w_attr must be a finite"),
         ({"w_attr": math.inf}, "w_attr must be a finite"),
         ({"w_attr": -1.0}, "w_attr must be a finite"),
-        ({"w_divergence": math.nan}, "w_divergence"),
-        ({"n_latent": 0}, "n_latent must be a positive integer"),
-        ({"n_latent": 2.5}, "n_latent must be a positive integer"),
-        ({"n_samples": True}, "n_samples must be a positive integer"),
+        ({"w_reconstruction": math.nan}, "w_reconstruction"),
+        ({"n_latent": 0}, "n_latent must be an integer in 1..4096"),
+        ({"n_latent": 2.5}, "n_latent must be an integer"),
+        ({"n_hidden": 10**8}, "n_hidden must be an integer in 1..65536"),
+        ({"n_layers": 10**6}, "n_layers must be an integer in 1..64"),
+        ({"n_samples": True}, "n_samples must be an integer"),
         ({"n_steps": 0}, "n_steps"),
-        ({"dropout": 1.0}, "dropout must be in"),
+        ({"dropout_rate": 1.0}, "dropout_rate must be a number in \\[0, 1\\)"),
+        ({"seed": -1}, "seed must be an integer"),
     ],
 )
 def test_bad_model_settings(adata, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        asc.SCARE(adata, gt=adata.var["is_gt"].to_numpy(), **kwargs)
+        asc.SCARE(adata, gt="is_gt", **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -42,21 +47,24 @@ def test_bad_model_settings(adata, kwargs, match):
         ({"batch_size": 1}, "batch_size must be an integer >= 2"),
         ({"batch_size": 0}, "batch_size must be an integer >= 2"),
         ({"checkpoint_every": 0}, "checkpoint_every"),
-        ({"patience": 0}, "patience"),
-        ({"lr": 0.0}, "lr must be positive"),
-        ({"lr": math.nan}, "lr must be a finite"),
-        ({"validation_fraction": 1.0}, "validation_fraction"),
-        ({"grad_clip": -1.0}, "grad_clip"),
+        ({"early_stopping_patience": 0}, "early_stopping_patience"),
+        ({"plan_kwargs": {"lr": 0.0}}, "lr must be a finite number > 0"),
+        ({"plan_kwargs": {"lr": math.nan}}, "lr must be a finite"),
+        ({"plan_kwargs": {"weight_decay": -1.0}}, "weight_decay"),
+        ({"train_size": 0.0}, "train_size must be a number in \\(0, 1\\]"),
+        ({"train_size": 1.5}, "train_size"),
+        ({"gradient_clip_val": -1.0}, "gradient_clip_val"),
         ({"prior_warmup_epochs": -1}, "prior_warmup_epochs"),
+        ({"threads": "all"}, "threads must be"),
     ],
 )
 def test_bad_training_settings_fail_before_any_epoch(adata, kwargs, match):
-    m = asc.SCARE(adata, gt=adata.var["is_gt"].to_numpy(), n_latent=2)
+    m = asc.SCARE(adata, gt="is_gt", n_latent=2)
     before = {k: v.clone() for k, v in m.module.state_dict().items()}
     with pytest.raises(ValueError, match=match):
-        m.train(progress_bar=False, **kwargs)
+        m.train(enable_progress_bar=False, **kwargs)
     assert all(torch.equal(v, m.module.state_dict()[k]) for k, v in before.items())
-    assert m.history == {}
+    assert m.history is None and not m.is_trained
 
 
 @pytest.mark.parametrize("weight", [math.nan, math.inf, -0.5])
@@ -82,7 +90,7 @@ def test_prior_under_disabled_gradients_raises_at_the_call(mode):
 def test_fssf_refuses_too_small_min_cells_and_the_cli_fails_when_nothing_is_scored(adata, tmp_path):
     gt = adata.var["is_gt"].to_numpy()
     m = asc.SCARE(adata, gt=gt, n_latent=2)
-    m.train(max_epochs=1, progress_bar=False)
+    m.train(max_epochs=1, enable_progress_bar=False)
     with pytest.raises(ValueError, match="min_cells must be an integer >= 3"):
         asc.metrics.fssf(m, gt, "cell_type", min_cells=1)
     from attreg_sc import cli

@@ -1,12 +1,16 @@
-"""A training step queues its work without host synchronisation (issue #4's GPU rule).
+"""The attribution prior queues its work without host synchronisation (issue #4's GPU
+rule): attreg's priors on any module, and the prior scARE's training plan adds to
+scvi-tools' step (scvi-tools' own step validates its distributions' arguments, which reads
+device values; that part is scvi-tools').
 
 No GPU here, so the ``meta`` device stands in for the accelerator: meta tensors hold no
-data, so a step that reads a device value on the host (``.item()``, ``bool(t)``,
+data, so code that reads a device value on the host (``.item()``, ``bool(t)``,
 ``nonzero``) cannot run on it, and a dispatch mode records every copy from the CPU to
 the device. :func:`attreg.transfer.to_device` is told to treat ``meta`` as it treats CUDA
-(pinning is skipped: a pinned buffer needs CUDA); every host-to-device copy of the step
-must then be a non-blocking one. Where CUDA is present, the last test runs real steps
-under ``torch.cuda.set_sync_debug_mode("error")``.
+(pinning is skipped: a pinned buffer needs CUDA); every host-to-device copy must then be a
+non-blocking one. A per-cell GT stored as a sparse matrix is the exception: its rows are
+sliced on the host (one copy of the minibatch's positions); per-group GTs are gathered on
+the device.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import attreg
 import attreg_sc as asc
 from attreg import transfer
 from attreg.transfer import to_device
-from attreg_sc.train.trainer import TrainingPlan, make_optimizer, minibatch, training_step
 
 _DATA_DEPENDENT = ("nonzero", "masked_select", "_unique", "unique_consecutive", "_local_scalar")
 
@@ -74,33 +77,44 @@ def _ground_truth(adata, kind: str):
     )
 
 
-def _step_events(adata, device, gt_kind="vector", sync_debug=None, **prior) -> list[str]:
-    """Events of two training steps (after one unrecorded step: lazy initialisation,
-    e.g. Adam's state, happens once per run, not per step)."""
-    model = asc.SCARE(
-        adata, batch_key="batch", gt=_ground_truth(adata, gt_kind), w_attr=1.0,
-        accelerator=device, **prior,
-    )  # fmt: skip
-    plan = TrainingPlan(w_attribution=1.0, grad_clip=10.0)
-    opt = make_optimizer(model.module.parameters(), plan)
-    codes = torch.from_numpy(model.data.batch_codes)
+def _prior_events(adata, gt_kind="vector", **prior) -> list[str]:
+    """Events of the training plan's prior on two minibatches (after one unrecorded call:
+    the prior is built lazily, once per run), with the model on the meta device."""
+    import scvi
+
+    a = adata.copy()
+    asc.SCARE.setup_anndata(a, batch_key="batch")
+    scvi.settings.seed = 0
+    model = asc.SCARE(a, gt=_ground_truth(a, gt_kind), w_attr=1.0, **prior)
+    if gt_kind != "vector":
+        model._register_cell_indices()
+    loader = model._make_data_loader(a, batch_size=32, shuffle=False)
+    batches = [dict(t) for _, t in zip(range(3), loader, strict=False)]
+    plan = model._training_plan_cls(model.module, prior=model.prior_config)
+    plan.train()
     recorder = HostSyncRecorder()
 
-    def step(idx: np.ndarray) -> None:
-        counts, batch = minibatch(model.data, codes, idx, device)
-        training_step(model.module, opt, counts, batch, idx, plan, 1.0, model._prior_loss)
+    def step(tensors, device, record: bool) -> None:
+        tensors = {k: to_device(v, device) for k, v in tensors.items()}
+        plan._captured = (torch.log1p(tensors["X"]), tensors["batch"])
+        plan._first_out = None
+        if record:
+            with recorder:
+                plan._attribution_loss(tensors).backward()
+        else:
+            plan._attribution_loss(tensors).backward()
 
-    step(np.arange(64, 96))
-    if sync_debug is not None:
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode(sync_debug)
-    try:
-        with recorder:
-            for start in (0, 32):
-                step(np.arange(start, start + 32))
-    finally:
-        if sync_debug is not None:
-            torch.cuda.set_sync_debug_mode("default")
+    step(batches[0], "cpu", record=False)  # builds the prior (its check reads values)
+    plan.to("meta")
+    for part in (plan._vector_priors, plan._label_prior):
+        if part is not None:
+            part.to("meta")
+    plan._cell_gts = {
+        k: tuple(t.to("meta") for t in g) if isinstance(g, tuple) else g
+        for k, g in plan._cell_gts.items()
+    }
+    for tensors in batches[1:]:
+        step(tensors, "meta", record=True)
     return recorder.events
 
 
@@ -118,21 +132,18 @@ def _step_events(adata, device, gt_kind="vector", sync_debug=None, **prior) -> l
     ],
     ids=["eg", "ig", "eg-k3-mean", "model-target", "l2-autograd", "sum", "per-dim", "ig-3dirs"],
 )
-def test_training_step_makes_no_host_synchronisation(adata, meta_as_accelerator, prior):
-    assert _step_events(adata, "meta", **prior) == []
+def test_the_plans_prior_makes_no_host_synchronisation(adata, meta_as_accelerator, prior):
+    assert _prior_events(adata, **prior) == []
 
 
-@pytest.mark.parametrize("gt_kind", ["per cell", "per cell type"])
-def test_per_cell_ground_truth_rows_move_without_synchronisation(
-    adata, meta_as_accelerator, gt_kind
-):
-    assert _step_events(adata, "meta", gt_kind) == []
+def test_per_group_ground_truth_rows_are_gathered_on_the_device(adata, meta_as_accelerator):
+    assert _prior_events(adata, "per cell type") == []
 
 
-def test_the_recorder_sees_a_blocking_copy_and_a_host_read(adata):
-    # without the accelerator setting, to_device falls back to a blocking Tensor.to
-    events = _step_events(adata, "meta")
-    assert events and all("blocking copy" in e for e in events)
+def test_the_recorder_sees_a_blocking_copy_and_a_host_read(adata, meta_as_accelerator):
+    # a sparse per-cell GT is sliced on the host: the positions are read (on meta: refused)
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+        _prior_events(adata, "per cell")
     recorder = HostSyncRecorder()
     with recorder, pytest.raises((RuntimeError, NotImplementedError)):
         bool(torch.ones(3, device="meta").any())
@@ -151,13 +162,6 @@ def test_output_weights_are_made_on_the_requested_device():
         w = reducer.output_weights(4, "meta")
         assert w.device.type == "meta" and w.shape == (4,)
         assert torch.equal(reducer.output_weights(4), reducer.output_weights(4, "cpu"))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("prior", [{}, {"attribution": "ig", "n_steps": 5}], ids=["eg", "ig"])
-def test_cuda_training_steps_under_sync_debug_mode_error(adata, prior):
-    # a synchronising CUDA call inside the two steps raises
-    assert _step_events(adata, "cuda", "per cell", sync_debug="error", **prior) == []
 
 
 @pytest.mark.parametrize("method", ["eg", "ig", "input_x_gradient"])

@@ -14,9 +14,13 @@ from pathlib import Path
 import pytest
 
 import attreg_sc as asc
+from attreg_sc._io import read_safe_payload
 from attreg_sc.cli import main
 from attreg_sc.output_folder import OutputFolder, OutputFolderError
-from attreg_sc.train.trainer import load_checkpoint
+
+
+def load_checkpoint(path):
+    return read_safe_payload(path, "checkpoint")
 
 
 def sha(path: Path) -> str:
@@ -256,7 +260,7 @@ def test_killed_cli_run_leaves_only_its_checkpoint_and_resumes(inputs, tmp_path)
     changed = subprocess.run(
         CLI + argv + ["--resume", "--batch-size", "64"], capture_output=True, text=True
     )
-    assert changed.returncode == 2 and "batch_size: checkpoint 128, now 64" in changed.stderr
+    assert changed.returncode == 2 and "batch_size: checkpoint '128', now '64'" in changed.stderr
     argv[argv.index("--max-epochs") + 1] = str(epoch + 3)
     done = subprocess.run(CLI + argv + ["--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

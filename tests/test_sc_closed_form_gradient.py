@@ -1,4 +1,5 @@
-"""The encoder's closed-form input gradient equals autograd's, to the second order."""
+"""The encoder's closed-form input gradient equals autograd's, to the second order, on
+scvi-tools' encoder (:class:`attreg_sc.fast.encoder_prefix.EncoderMeanRest`)."""
 
 import pytest
 import torch
@@ -9,9 +10,8 @@ import attreg
 from attreg import functional as AF
 from attreg.attr import gradients_at
 from attreg.reducers import CallableReducer, Index, L2Norm, Mean, Sum, TargetReducer
-from attreg_sc.module import SCAREModule
-from attreg_sc.module import vae as vae_module
-from attreg_sc.nn.closed_form_gradient import NormReLUInputGradient, norm_relu_input_gradient
+from attreg_sc.fast.closed_form_gradient import NormReLUInputGradient, norm_relu_input_gradient
+from attreg_sc.fast.encoder_prefix import EncoderMeanRest, encoder_prefix
 
 # every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
 pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
@@ -68,74 +68,70 @@ def test_closed_form_passes_gradcheck_and_is_differentiable_once():
         gh.sum().backward()  # a third derivative is refused, not silently wrong
 
 
-def _module(n_layers=1, dropout=0.2, n_batches=2):
+def _prefix(n_layers=1, dropout=0.2, n_batches=2):
+    import scvi
+
     torch.manual_seed(0)
-    return (
-        SCAREModule(
-            n_genes=30,
-            n_batches=n_batches,
-            n_hidden=12,
-            n_latent=4,
-            n_layers=n_layers,
-            dropout=dropout,
-        )
-        .double()
-        .train()
-    )
+    enc = scvi.nn.Encoder(
+        30, 4, n_cat_list=[n_batches], n_layers=n_layers, n_hidden=12, dropout_rate=dropout,
+        use_batch_norm=False, use_layer_norm=True, return_dist=True,
+    ).double()
+    x = torch.rand(8, 30, dtype=torch.float64)
+    b = torch.tensor([[0], [1]] * 4)
+    prefix = encoder_prefix(enc, 30, (x, b))
+    assert prefix is not None
+    return prefix.train(), enc
 
 
 @pytest.mark.parametrize("reducer", [Sum(), Mean(), Index(2), Index([0, 3, 3]), TargetReducer(1)])
 @pytest.mark.parametrize(
-    ("dropout", "train"), [(0.2, True), (0.2, False), (0.0, True), (1.0, True)]
+    ("dropout", "train"), [(0.2, True), (0.2, False), (0.0, True), (0.9, True)]
 )
 def test_encoder_mean_gradient_equals_autograd(reducer, dropout, train):
-    """Same dropout draws (the same RNG calls in the same order), same gradient and the
-    same second-order parameter gradients as autograd through ``mean_from_first``."""
-    module = _module(dropout=dropout).train(train)
-    enc = module.encoder
+    """The same gradient and second-order parameter gradients as autograd through the
+    encoder's rest, with the same dropout mask (drawn from the same random state)."""
+    prefix, enc = _prefix(dropout=dropout)
+    rest = prefix.rest.train(train)
     h = torch.randn(8, 12, dtype=torch.float64, requires_grad=True)
-    codes = torch.tensor([0, 1] * 4)
-    weights = reducer.output_weights(4)
-    params = [
-        enc.body.first.bias,
-        enc.body.covariate.weight,
-        enc.body.rest[0].weight,
-        enc.mean.weight,
-    ]
+    b = torch.tensor([[0], [1]] * 4)
+    layer = enc.encoder.fc_layers[0][0]
+    params = [layer.bias, layer.weight, enc.mean_encoder.weight]
 
     torch.manual_seed(1)
-    out = enc.mean_from_first(h, codes)
+    closed = rest.reduced_gradient(h, reducer, b, create_graph=True)
+    torch.manual_seed(1)  # the mask the closed form drew, for the autograd reference
+    cov = torch.nn.functional.one_hot(b[:, 0], 2).double() @ layer.weight[:, 30:].t()
+    y = torch.nn.functional.layer_norm(h + cov, (12,), eps=1e-5)
+    a = torch.relu(y)
+    if train and dropout > 0:
+        a = a * (torch.rand_like(a) >= dropout).double() / (1 - dropout)
+    out = enc.mean_encoder(a)
     (auto,) = torch.autograd.grad(reducer(out).sum(), h, create_graph=True)
-    torch.manual_seed(1)
-    closed = enc.mean_gradient_from_first(h, weights, codes)
     assert torch.allclose(closed, auto, atol=1e-10)
-    loss_auto, loss_closed = auto.square().sum(), closed.square().sum()
-    for a, b in zip(
-        torch.autograd.grad(loss_auto, [h, *params], allow_unused=True),
-        torch.autograd.grad(loss_closed, [h, *params], allow_unused=True),
+    for g_a, g_c in zip(
+        torch.autograd.grad(auto.square().sum(), [h, *params], allow_unused=True),
+        torch.autograd.grad(closed.square().sum(), [h, *params], allow_unused=True),
         strict=True,
     ):
-        if a is None:
-            assert b is None or not b.any()
+        if g_a is None:
+            assert g_c is None or not g_c.any()
         else:
-            assert torch.allclose(a, b, atol=1e-9)
-            assert a.abs().sum() > 0 or dropout == 1.0
+            assert torch.allclose(g_a, g_c, atol=1e-9)
 
 
 def test_encoder_without_the_one_block_shape_falls_back_to_autograd():
-    deep = _module(n_layers=2)
+    deep, _ = _prefix(n_layers=2)
     h = torch.randn(3, 12, dtype=torch.float64)
-    assert deep.encoder.mean_gradient_from_first(h, torch.ones(4), torch.tensor([0, 1, 0])) is None
-    rest = deep.attribution_target("encoder").rest
-    assert rest.reduced_gradient(h, Sum(), torch.tensor([0, 1, 0])) is None
-    shallow = _module().attribution_target("encoder").rest
+    b = torch.tensor([[0], [1], [0]])
+    assert deep.rest.reduced_gradient(h, Sum(), b) is None
+    shallow, _ = _prefix()
     for reducer in (
         L2Norm(),
         CallableReducer(lambda o: o.sum(1)),
         Sum(output=0),
         TargetReducer(torch.tensor([0, 1, 2])),
     ):
-        assert shallow.reduced_gradient(h, reducer, torch.tensor([0, 1, 0])) is None
+        assert shallow.rest.reduced_gradient(h, reducer, b) is None
 
 
 @pytest.mark.parametrize(
@@ -152,17 +148,17 @@ def test_output_weights_reproduce_the_reduction(reducer):
 def test_attributions_and_parameter_gradients_equal_with_and_without_closed_form(
     method, create_graph, monkeypatch
 ):
-    """EG (k = 3) and IG on scARE's encoder: the closed form changes nothing but the cost."""
-    module = _module(dropout=0.1)
-    target = module.attribution_target("encoder")
+    """EG (k = 3) and IG on scARE's encoder: the closed form changes nothing but the cost
+    (dropout 0: both paths see the same function)."""
+    prefix, enc = _prefix(dropout=0.0)
     x = torch.rand(10, 30, dtype=torch.float64) * 3
-    b = torch.tensor([0, 1] * 5)
+    b = torch.tensor([[0], [1]] * 5)
     gt = (torch.arange(30) < 8).double()
 
     def run():
         torch.manual_seed(3)
         if method == "eg":
-            eg = attreg.ExpectedGradients(target, differentiable=create_graph)
+            eg = attreg.ExpectedGradients(prefix, differentiable=create_graph)
             a = eg.attribute(
                 x,
                 additional_forward_args=(b,),
@@ -170,16 +166,15 @@ def test_attributions_and_parameter_gradients_equal_with_and_without_closed_form
                 generator=torch.Generator().manual_seed(0),
             )
         else:
-            ig = attreg.IntegratedGradients(target, differentiable=create_graph)
+            ig = attreg.IntegratedGradients(prefix, differentiable=create_graph)
             a = ig.attribute(x, additional_forward_args=(b,), n_steps=5)
         if not create_graph:
             return a, []
         loss = AF.abs_minmax_mse_loss(a, gt)
-        params = [p for p in module.encoder.parameters()]
-        return a, torch.autograd.grad(loss, params, allow_unused=True)
+        return a, torch.autograd.grad(loss, list(enc.parameters()), allow_unused=True)
 
     a_closed, g_closed = run()
-    monkeypatch.delattr(vae_module._EncoderRest, "reduced_gradient")
+    monkeypatch.delattr(EncoderMeanRest, "reduced_gradient")
     a_auto, g_auto = run()
     assert a_closed.requires_grad == create_graph
     assert torch.allclose(a_closed, a_auto, atol=1e-10) and a_auto.abs().sum() > 0

@@ -12,13 +12,30 @@ from attreg_sc.metrics import active_dimensions, dimension_shares, fssf_from_enc
 GT4 = np.array([True, True, False, False])
 
 
+QUIET = {"enable_progress_bar": False}
+
+
 @pytest.fixture(scope="module")
 def adata():
-    return asc.datasets.synthetic(n_cells=300, n_genes=60, n_gt_genes=10, seed=0)
+    a = asc.datasets.synthetic(n_cells=300, n_genes=60, n_gt_genes=10, seed=0)
+    asc.SCARE.setup_anndata(a, batch_key="batch")
+    return a
+
+
+def _prior_set(model):
+    """The priors the model's training plan builds (the same recipe, on a stand-in)."""
+    from attreg_sc.priors import build_prior_set
+
+    cfg = model.prior_config
+    n_latent = model.module.n_latent
+    return build_prior_set(
+        torch.nn.Linear(model.adata.n_vars, n_latent), cfg.ground_truths, n_latent=n_latent,
+        generator=torch.Generator(), settings=cfg.settings, latent_blocks=cfg.blocks,
+    )
 
 
 def _methods(model):
-    return {name: p.method.reducer for name, p in model.priors.priors.items()}
+    return {name: p.method.reducer for name, p in _prior_set(model).priors.items()}
 
 
 def test_default_reducer_is_a_random_direction_and_the_paper_sum_stays(adata):
@@ -40,11 +57,11 @@ def test_latent_blocks_give_each_gt_its_dims_and_an_exclusion_on_the_rest(adata)
     assert red["gt0"].units == [0, 1] and red["gt1"].units == [4]
     assert red["gt0_exclusion"].units == [2, 3, 4, 5]
     assert red["gt1_exclusion"].units == [0, 1, 2, 3, 5]
-    assert isinstance(m.priors.priors["gt0_exclusion"], attreg.ExclusionPrior)
+    assert isinstance(_prior_set(m).priors["gt0_exclusion"], attreg.ExclusionPrior)
     summed = asc.SCARE(adata, gt={"a": gt}, reducer="sum", n_latent=4, latent_blocks={"a": 2})
     assert isinstance(_methods(summed)["gt0"], Index)
     none = asc.SCARE(adata, gt={"a": gt}, n_latent=4, latent_blocks={"a": 2}, w_exclusion=0)
-    assert list(none.priors.priors) == ["gt0"]
+    assert list(_prior_set(none).priors) == ["gt0"]
 
 
 @pytest.mark.parametrize(
@@ -52,10 +69,11 @@ def test_latent_blocks_give_each_gt_its_dims_and_an_exclusion_on_the_rest(adata)
     [
         ({"latent_blocks": {"zzz": 2}}, KeyError, "not GT names"),
         ({"latent_blocks": {"a": 2, "b": [1]}}, ValueError, "overlap"),
-        ({"latent_blocks": {"a": [9]}}, ValueError, "distinct dimensions"),
-        ({"latent_blocks": {"a": 0}}, ValueError, "at least one"),
+        ({"latent_blocks": {"a": [9]}}, ValueError, "must be dimensions in 0..3"),
+        ({"latent_blocks": {"a": 0}}, ValueError, "needs 1..100000 dimensions"),
+        ({"latent_blocks": {"a": [1, 1]}}, ValueError, "repeats a dimension"),
         ({"reducer": "max"}, ValueError, "unknown reducer"),
-        ({"n_directions": 0}, ValueError, "positive integer"),
+        ({"n_directions": 0}, ValueError, "n_directions must be an integer"),
         ({"w_exclusion": float("nan")}, ValueError, "w_exclusion"),
         ({"reducer": "l2", "latent_blocks": {"a": 2}}, ValueError, "latent block"),
     ],
@@ -71,11 +89,11 @@ def test_blocks_and_reducer_survive_save_and_load(adata, tmp_path):
     gt = adata.var["is_gt"].to_numpy()
     gts = {"a": gt, "b": ~gt & (np.arange(adata.n_vars) < 30)}
     m = asc.SCARE(adata, gt=gts, n_latent=4, latent_blocks={"a": 2, "b": 1}, n_directions=2)
-    m.train(max_epochs=2, progress_bar=False)
+    m.train(max_epochs=2, **QUIET)
     m.save(tmp_path / "run")
     back = asc.SCARE.load(tmp_path / "run", adata)
-    assert back.latent_blocks == {"a": [0, 1], "b": [2]}
-    assert back.prior_params["n_directions"] == 2
+    assert back.prior_config.blocks == {"a": [0, 1], "b": [2]}
+    assert back.prior_settings.n_directions == 2
     np.testing.assert_allclose(back.get_latent_representation(), m.get_latent_representation())
 
 
@@ -91,8 +109,11 @@ def test_random_direction_prior_moves_every_dimension_onto_the_gt(adata):
         "baseline": dict(w_attr=0.0),
         "random": dict(w_attr=1e3, reducer="random_direction"),
     }.items():
+        import scvi
+
+        scvi.settings.seed = 0
         m = asc.SCARE(adata, gt=gt, n_latent=4, seed=0, **kw)
-        m.train(max_epochs=15, progress_bar=False, early_stopping=False)
+        m.train(max_epochs=15, early_stopping=False, **QUIET)
         shares[name] = _per_dim_share(m, gt)
     assert shares["random"] > shares["baseline"] + 0.15, shares
 
@@ -100,7 +121,7 @@ def test_random_direction_prior_moves_every_dimension_onto_the_gt(adata):
 def test_dimension_shares_table_and_active_dimensions(adata):
     gt = adata.var["is_gt"].to_numpy()
     m = asc.SCARE(adata, gt=gt, n_latent=3, seed=0)
-    m.train(max_epochs=2, progress_bar=False)
+    m.train(max_epochs=2, **QUIET)
     table = dimension_shares(m, gt, n_samples=2)
     assert table.index.tolist() == ["0", "1", "2", "sum"]
     assert table["gt_share"].between(0, 1).all()
@@ -186,7 +207,7 @@ def test_unknown_fssf_variant_is_refused():
 def test_fssf_on_a_latent_block_uses_only_those_dimensions(adata):
     gt = adata.var["is_gt"].to_numpy()
     m = asc.SCARE(adata, gt=gt, n_latent=4, seed=0)
-    m.train(max_epochs=3, progress_bar=False)
+    m.train(max_epochs=3, **QUIET)
     kw = dict(n_random=2, min_cells=50)
     block = asc.metrics.fssf(m, gt, "cell_type", latent_dims=[1, 2], **kw)
     slow = asc.metrics.fssf(m, gt, "cell_type", latent_dims=[1, 2], fast=False, **kw)
@@ -196,31 +217,40 @@ def test_fssf_on_a_latent_block_uses_only_those_dimensions(adata):
 
 
 def test_early_stopping_monitors_the_trained_objective_after_the_prior_warm_up(adata):
-    """Validation selects by w_R L_R + w_D L_D + w_A L_A, and only once the prior is on:
-    selecting by the ELBO restored pre-prior weights (GT share back at baseline)."""
+    """Validation selects by ELBO + w_A L_A, and only once the prior is on: selecting by
+    the ELBO restored pre-prior weights (GT share back at baseline)."""
+    import scvi
+
     gt = adata.var["is_gt"].to_numpy()
+    scvi.settings.seed = 0
     m = asc.SCARE(adata, gt=gt, w_attr=1e3, n_latent=4, seed=0)
-    m.train(max_epochs=14, progress_bar=False, prior_warmup_epochs=8, patience=2)
-    h = m.history
-    np.testing.assert_allclose(h["validation_loss"][:8], h["validation_elbo"][:8])
-    val, elbo = h["validation_loss"][8:], h["validation_elbo"][8:]
-    assert all(o > e for o, e in zip(val, elbo, strict=True))
-    assert len(h["loss"]) > 8 + 2  # no stop on the jump when the prior switches on
-    base = asc.SCARE(adata, gt=gt, w_attr=0.0, n_latent=4, seed=0)
-    base.train(max_epochs=4, progress_bar=False)
-    np.testing.assert_allclose(base.history["validation_loss"], base.history["validation_elbo"])
+    m.train(max_epochs=14, prior_warmup_epochs=8, early_stopping_patience=2, **QUIET)
+    h = {k: v.to_numpy(float).ravel() for k, v in m.history.items()}
+    assert np.all(h["attribution_loss_validation"][:8] == 0)  # the prior is off: the ELBO
+    assert np.all(h["attribution_loss_validation"][8:] > 0)
+    val, elbo = h["validation_loss"][8:], h["elbo_validation"][8:]
+    assert all(o > e + 100 for o, e in zip(val, elbo, strict=True))  # w_A L_A included
+    assert len(h["train_loss"]) > 8 + 2  # no stop on the jump when the prior switches on
 
 
 def test_validation_prior_uses_fixed_draws_and_leaves_the_training_stream(adata):
     gt = adata.var["is_gt"].to_numpy()
     m = asc.SCARE(adata, gt=gt, w_attr=1e3, n_latent=4, seed=0)
-    module = m.module.eval()
-    counts = torch.from_numpy(np.asarray(adata.X[:50].todense(), dtype=np.float32))
-    b = torch.from_numpy(m.data.batch_codes[:50])
-    terms = module.loss(counts, b, 1.0)
-    before = m._generator.get_state()
-    vals = [float(m._prior_loss(terms["x_in"], b, np.arange(50), validation=True)) for _ in "ab"]
+    plan = m._training_plan_cls(m.module, prior=m.prior_config)
+    tensors = next(iter(m._make_data_loader(adata, indices=np.arange(50), batch_size=50)))
+    plan.eval()
+    torch.manual_seed(0)
+    plan.forward(tensors)  # builds the prior
+    before = plan.prior_generator.get_state()
+    vals = []
+    for _ in "ab":
+        torch.manual_seed(0)
+        vals.append(float(plan.forward(tensors)[2].loss))
     assert vals[0] == vals[1]  # common random numbers across epochs
-    assert torch.equal(m._generator.get_state(), before)
-    train = {float(m._prior_loss(terms["x_in"], b, np.arange(50))) for _ in "abc"}
+    assert torch.equal(plan.prior_generator.get_state(), before)
+    plan.train()
+    train = set()
+    for _ in "abc":
+        torch.manual_seed(0)
+        train.add(float(plan.forward(tensors)[2].loss))
     assert len(train) > 1  # training draws stay fresh

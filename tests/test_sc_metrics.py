@@ -101,8 +101,9 @@ def test_fssf_errors():
 @pytest.fixture(scope="module")
 def model():
     adata = asc.datasets.synthetic(n_cells=600, n_genes=100, n_gt_genes=10, seed=4)
-    m = asc.SCARE(adata, batch_key="batch", gt=adata.var["is_gt"].to_numpy(), n_latent=4)
-    m.train(max_epochs=15, progress_bar=False)
+    asc.SCARE.setup_anndata(adata, batch_key="batch")
+    m = asc.SCARE(adata, gt=adata.var["is_gt"].to_numpy(), n_latent=4)
+    m.train(max_epochs=15, enable_progress_bar=False)
     return m
 
 

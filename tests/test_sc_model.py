@@ -66,8 +66,9 @@ def test_scare_is_the_scvi_tools_model(trained):
     assert isinstance(m, scvi.model.base.BaseModelClass)
     assert isinstance(m.module, asc.SCAREVAE) and isinstance(m.module, scvi.module.VAE)
     enc = m.module.z_encoder.encoder
-    layers = [type(x).__name__ for x in enc.fc_layers[0] if x is not None]
-    assert layers == ["Linear", "LayerNorm", "ReLU", "Dropout"]  # no BatchNorm
+    layers = [x for x in enc.fc_layers[0] if x is not None]
+    kinds = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.ReLU, torch.nn.Dropout)
+    assert len(layers) == 4 and all(isinstance(x, k) for x, k in zip(layers, kinds, strict=True))
     assert m.module.gene_likelihood == "nb" and not m.module.use_observed_lib_size
     assert m.module.encode_covariates  # the batch enters the encoder
     assert not hasattr(m.module.decoder.px_dropout_decoder, "weight")  # no unused head
@@ -208,7 +209,8 @@ def test_module_options_do_what_they_say():
     tensors = next(iter(plain._make_data_loader(a, batch_size=16)))
     x = tensors["X"]
     seen = []
-    hook = normalized.module.z_encoder.register_forward_hook(lambda m, args, o: seen.append(args[0]))
+    encoder = normalized.module.z_encoder
+    hook = encoder.register_forward_hook(lambda m, args, o: seen.append(args[0]))
     normalized.module.inference(**normalized.module._get_inference_input(tensors))
     hook.remove()
     assert torch.allclose(seen[0], torch.log1p(x / x.sum(1, keepdim=True) * 1e4), atol=1e-5)

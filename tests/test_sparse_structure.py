@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 import attreg_sc as asc
-from attreg_sc.data import check_sparse_structure
+from attreg_sc.validation import check_sparse_structure
 
 
 def _counts(fmt="csr"):
@@ -45,7 +45,7 @@ def test_broken_structure_is_refused_in_memory_before_training(fmt, how):
     adata = ad.AnnData(bad)
     before = (bad.indptr.copy(), bad.indices.copy(), bad.data.copy())
     with pytest.raises(ValueError, match="sparse counts' (indices|indptr)"):
-        asc.SCARE(adata, n_latent=2)
+        asc.SCARE.setup_anndata(adata)
     after = (bad.indptr, bad.indices, bad.data)
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
@@ -60,5 +60,5 @@ def test_flipped_index_bytes_in_a_backed_file_are_refused(tmp_path):
         idx[7] = 10_000  # a flipped high byte
     backed = ad.read_h5ad(path, backed="r")
     with pytest.raises(ValueError, match="indices point outside the matrix"):
-        asc.SCARE(backed, n_latent=2)
+        asc.SCARE.setup_anndata(backed)
     backed.file.close()

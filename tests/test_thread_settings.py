@@ -1,6 +1,8 @@
 """Library code leaves torch's thread count as the user set it (scanpy's kNN raised it
 from 1 to the number of cores, and later training in the process ran differently)."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -20,19 +22,21 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+QUIET = {"enable_progress_bar": False}
+
+
 @pytest.fixture(scope="module")
 def trained():
     adata = asc.datasets.synthetic(n_cells=240, n_genes=40, n_gt_genes=8, seed=0)
+    asc.SCARE.setup_anndata(adata, batch_key="batch")
     gt = adata.var["is_gt"].to_numpy()
     model = asc.SCARE(adata, gt=gt, n_latent=3, seed=0)
-    model.train(max_epochs=2, progress_bar=False)
+    model.train(max_epochs=2, **QUIET)
     return adata, gt, model
 
 
 ENTRY_POINTS = {
-    "SCARE.train": lambda a, gt, m: asc.SCARE(a, gt=gt, n_latent=2).train(
-        max_epochs=1, progress_bar=False
-    ),
+    "SCARE.train": lambda a, gt, m: asc.SCARE(a, gt=gt, n_latent=2).train(max_epochs=1, **QUIET),
     "get_latent_representation": lambda a, gt, m: m.get_latent_representation(),
     "get_attributions": lambda a, gt, m: m.get_attributions(),
     "fssf": lambda a, gt, m: asc.metrics.fssf(m, gt, "cell_type", n_random=2, min_cells=20),
@@ -68,32 +72,63 @@ def test_recommended_threads_uses_the_free_cores_and_at_least_one(busy, cores):
     assert recommended_threads(busy + 1, cores) <= n  # more load, never more threads
 
 
-def test_busy_cores_elsewhere_does_not_count_this_process():
+def test_busy_cores_elsewhere_subtracts_this_process_from_the_machine():
+    """The measurement's arithmetic on readings the test sets: the machine's busy CPU time
+    minus this process's own, per wall second (no dependence on what else runs)."""
+    from attreg_sc.train import threads as T
+
+    start, end = T._Sample(), T._Sample()
+    start.wall, start.own, start.machine = 100.0, 5.0, (1000.0, 4000.0)
+    end.wall, end.own, end.machine = 102.0, 7.0, (1007.0, 4008.0)  # 7 s busy, 2 s ours
+    assert busy_cores_elsewhere(start, now=end) == pytest.approx((7.0 - 2.0) / 2.0)
+    end.machine = (1001.0, 4008.0)  # less machine time than our own: never negative
+    assert busy_cores_elsewhere(start, now=end) == 0.0
+
+
+def test_busy_cores_elsewhere_sees_a_load_the_test_controls():
+    """A child process spinning on a core is load from elsewhere: what it used (its own
+    CPU time, measured) is counted, whatever else the machine is doing; this process's
+    spinning is not (other load only adds to the measurement)."""
+    import multiprocessing
+    import resource
     import time
 
     from attreg_sc.train import threads as T
 
+    def spin(seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = T._Sample()
-    end = time.monotonic() + 0.3
-    while time.monotonic() < end:  # this process keeps one core busy
-        pass
-    assert busy_cores_elsewhere(start) < 0.7  # not counted as load from elsewhere
+    child = multiprocessing.get_context("fork").Process(target=spin, args=(1.0,))
+    child.start()
+    spin(0.5)  # this process spins too
+    child.join()
+    end = T._Sample()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    measured = busy_cores_elsewhere(start, now=end)
+    wall = end.wall - start.wall
+    # at least what the child used (tick rounding: 2 ticks of slack), however loaded
+    assert measured * wall >= child_cpu - 2 / os.sysconf("SC_CLK_TCK") - 0.05
 
 
 @pytest.mark.parametrize("setting", [1, "auto"])
 def test_training_threads_are_restored(trained, setting):
+    from lightning.pytorch.callbacks import Callback
+
     adata, gt, _ = trained
     before = torch.get_num_threads()
     seen = []
+
+    class Spy(Callback):
+        def on_train_batch_start(self, *args):
+            seen.append(torch.get_num_threads())
+
     model = asc.SCARE(adata, gt=gt, n_latent=2)
-    forward = model.module.loss
-
-    def spy(*a, **k):
-        seen.append(torch.get_num_threads())
-        return forward(*a, **k)
-
-    model.module.loss = spy
-    model.train(max_epochs=2, progress_bar=False, threads=setting)
+    model.train(max_epochs=2, threads=setting, callbacks=[Spy()], **QUIET)
     assert torch.get_num_threads() == before
     assert seen and (setting == "auto" or set(seen) == {1})
 

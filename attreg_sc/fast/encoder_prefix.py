@@ -27,7 +27,15 @@ __all__ = ["encoder_prefix", "FirstColumns", "EncoderMeanRest"]
 
 class FirstColumns(nn.Linear):
     """``x -> W[:, :n] x + b`` for the first ``n`` input columns of ``full`` (a view of
-    its parameters, not a copy)."""
+    its parameters, not a copy).
+
+    Parameters
+    ----------
+    full
+        The first layer over all inputs.
+    n
+        Input columns kept.
+    """
 
     def __init__(self, full: nn.Linear, n: int) -> None:
         nn.Module.__init__(self)
@@ -78,6 +86,13 @@ class EncoderMeanRest(nn.Module):
     ReLU -> Dropout -> the mean's product) it also knows its input gradient in closed form
     (:meth:`reduced_gradient`, :mod:`attreg_sc.fast.closed_form_gradient`): the same values
     and parameter gradients as autograd's double backward, at a fraction of the work.
+
+    Parameters
+    ----------
+    encoder
+        A scvi-tools :class:`scvi.nn.Encoder`.
+    n_x
+        Columns of the attributed input.
     """
 
     def __init__(self, encoder: nn.Module, n_x: int) -> None:
@@ -161,8 +176,15 @@ def encoder_prefix(
     """The encoder's posterior mean as a ``LinearPrefix`` over its first ``n_inputs``
     input columns, or ``None`` when its structure is not the one this module knows.
 
-    ``example`` is ``(x, *covariates)`` of a real call: the split is checked against the
-    encoder itself on it (eval mode) before it is used.
+    Parameters
+    ----------
+    encoder
+        A scvi-tools :class:`scvi.nn.Encoder`.
+    n_inputs
+        Columns of the attributed input (the genes; covariates follow).
+    example
+        ``(x, *covariates)`` of a real call: the split is checked against the encoder
+        itself on it (eval mode, the random state untouched) before it is used.
     """
     from scvi.nn import Encoder, FCLayers
 

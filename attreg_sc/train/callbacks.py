@@ -60,7 +60,15 @@ class NonFiniteLossError(FloatingPointError):
 
 def non_finite_error(step_terms: list[torch.Tensor], epoch: int) -> NonFiniteLossError | None:
     """The error naming the epoch's first non-finite step and term, from the plan's
-    per-step ``[loss, L_R, L_D, L_A]`` (``None`` when every value is finite)."""
+    per-step ``[loss, L_R, L_D, L_A]`` (``None`` when every value is finite).
+
+    Parameters
+    ----------
+    step_terms
+        One ``[loss, L_R, L_D, L_A]`` tensor per step of the epoch.
+    epoch
+        The epoch (for the message).
+    """
     if not step_terms:
         return None
     values = torch.stack(step_terms).cpu()  # one host synchronisation per epoch
@@ -266,7 +274,7 @@ class EpochCheckpoint(Callback):
 
 
 def _rng_states(pl_module) -> dict[str, Any]:
-    legacy = np.random.get_state()
+    legacy = np.random.get_state()  # noqa: NPY002 - the global state a resume restores
     py_version, py_state, py_gauss = random.getstate()
     generator = getattr(pl_module, "prior_generator", None)
     return {
@@ -330,7 +338,8 @@ def _set_rng_states(states: dict[str, Any], pl_module) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
     n = states["numpy"]
     key = n["key"].numpy().astype(np.uint32)
-    np.random.set_state((n["name"], key, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    state = (n["name"], key, n["pos"], n["has_gauss"], n["cached_gaussian"])
+    np.random.set_state(state)  # noqa: NPY002 - the global state of the interrupted run
     py = states["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     generator = getattr(pl_module, "prior_generator", None)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attreg.prior import AttributionPrior, PriorSet
+from attreg_sc.gt import GroupedGroundTruth
 from attreg_sc.priors import build_prior_set
 from attreg_sc.settings import PriorSettings
 
@@ -324,9 +324,18 @@ class AttributionPriorPlanMixin:
             k: _padded(v, width, f"GT {k!r}") if isinstance(v, np.ndarray) else v
             for k, v in cfg.ground_truths.items()
         }
-        self._cell_gts = {
-            f"gt{i}": g for i, g in enumerate(vectors.values()) if not isinstance(g, np.ndarray)
-        }
+        self._cell_gts = {}
+        for i, g in enumerate(vectors.values()):
+            if isinstance(g, GroupedGroundTruth):  # gathered on the device: table[code]
+                table = _padded(g.table.astype(np.float32), width, f"per-group GT gt{i}")
+                table = np.vstack([table, np.zeros((1, width), np.float32)])  # code -1
+                codes = np.where(g.codes < 0, len(table) - 1, g.codes)
+                self._cell_gts[f"gt{i}"] = (
+                    torch.from_numpy(codes.astype(np.int64)).to(device),
+                    torch.from_numpy(table).to(device),
+                )
+            elif not isinstance(g, np.ndarray):
+                self._cell_gts[f"gt{i}"] = g
         common = dict(n_latent=n_latent, generator=self._generator, settings=settings)
         if vectors:
             self._unregistered(
@@ -356,11 +365,18 @@ class AttributionPriorPlanMixin:
                 "the minibatch carries no cell indices for the per-cell GTs; train with the "
                 "model's train(), which registers them."
             )
-        idx = tensors[REGISTRY_KEYS.INDICES_KEY].view(-1).cpu().numpy().astype(np.int64)
-        return {
-            name: torch.from_numpy(_padded(g.rows(idx), width, f"per-cell GT {name}")).to(device)
-            for name, g in self._cell_gts.items()
-        }
+        positions = tensors[REGISTRY_KEYS.INDICES_KEY].view(-1).long()
+        rows, host_idx = {}, None
+        for name, g in self._cell_gts.items():
+            if isinstance(g, tuple):  # per group: a gather on the device, no synchronisation
+                codes, table = g
+                rows[name] = table.index_select(0, codes.index_select(0, positions))
+                continue
+            if host_idx is None:  # a sparse per-cell matrix is sliced on the host
+                host_idx = positions.cpu().numpy()
+            block = _padded(g.rows(host_idx), width, f"per-cell GT {name}")
+            rows[name] = torch.from_numpy(block).to(device, non_blocking=True)
+        return rows
 
     def _attribution_loss(self, tensors: dict) -> torch.Tensor:
         from scvi import REGISTRY_KEYS
@@ -406,10 +422,12 @@ class AttributionPriorPlanMixin:
         """The plan's own forward; a distribution refusing non-finite parameters (the
         weights became NaN at an earlier step of the epoch) becomes a
         :class:`~attreg_sc.train.callbacks.NonFiniteLossError` naming that step."""
+        from attreg_sc.module import unchecked_distributions
         from attreg_sc.train.callbacks import NonFiniteLossError, non_finite_error
 
         try:
-            return super().forward(*args, **kwargs)
+            with unchecked_distributions():
+                return super().forward(*args, **kwargs)
         except ValueError as err:
             if "invalid values" not in str(err):
                 raise
@@ -469,8 +487,9 @@ class AttributionPriorPlanMixin:
         if self._fast_logging():  # a weighted mean per epoch, logged at the epoch's end
             self._accumulate_mean(stage, name, l_a, n)
         else:
+            attached = getattr(self, "_trainer", None) is not None
             self.log(name, l_a.detach(), on_epoch=True, on_step=False, batch_size=n,
-                     sync_dist=self.use_sync_dist)
+                     sync_dist=attached and self.use_sync_dist)
         return inference_outputs, generative_outputs, loss_output
 
     def _record_terms(self, loss_output, l_a: torch.Tensor | None = None) -> None:

@@ -75,15 +75,27 @@ class _Sample:
         self.machine = _proc_stat()
 
 
-def busy_cores_elsewhere(since: _Sample | None = None, interval: float = 0.2) -> float:
+def busy_cores_elsewhere(
+    since: _Sample | None = None, interval: float = 0.2, now: _Sample | None = None
+) -> float:
     """Cores' worth of CPU time other processes used since ``since`` (or over the next
-    ``interval`` seconds): machine-wide busy time minus this process's own CPU time
-    (its spinning OpenMP threads included) per wall second. Without ``/proc/stat``: the
-    1-minute load average minus this process's threads."""
+    ``interval`` seconds) until ``now`` (default: now): machine-wide busy time minus this
+    process's own CPU time (its spinning OpenMP threads included) per wall second.
+    Without ``/proc/stat``: the 1-minute load average minus this process's threads.
+
+    Parameters
+    ----------
+    since
+        The earlier reading (``None``: take one, then wait ``interval``).
+    interval
+        Seconds to measure over when ``since`` is ``None``.
+    now
+        The later reading (``None``: take it now).
+    """
     if since is None:
         since = _Sample()
         time.sleep(interval)
-    now = _Sample()
+    now = _Sample() if now is None else now
     if since.machine is None or now.machine is None:
         try:
             load = os.getloadavg()[0]
