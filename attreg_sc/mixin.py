@@ -128,11 +128,11 @@ _TRAIN_CHECKS = {
     "check_val_every_n_epoch": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }
 _PLAN_CHECKS = {
-    "lr": (lambda v: _is_real(v) and math.isfinite(v) and v > 0,
-           "a finite number > 0 (with 0 nothing trains)"),
+    "lr": (lambda v: _is_real(v) and math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "weight_decay": (lambda v: _is_real(v) and math.isfinite(v) and v >= 0,
                      "a finite number >= 0"),
-    "n_epochs_kl_warmup": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "n_epochs_kl_warmup": (lambda v: _is_real(v) and math.isfinite(v) and v >= 0,
+                           "a number of epochs >= 0"),
     "max_kl_weight": (lambda v: _is_real(v) and math.isfinite(v) and v >= 0,
                       "a finite number >= 0"),
 }
@@ -264,6 +264,7 @@ class AttributionPriorModelMixin:
         if adata is None and registry is None:
             with named_like_scvi(self):  # scvi-tools allows this for SCVI by name
                 super().__init__(None, **base_kwargs)
+            self._adata, self._adata_manager = None, None  # scvi-tools leaves them unset
         else:
             super().__init__(adata, **base_kwargs)
         # scvi-tools records the init parameters from the base's frame against this
@@ -291,7 +292,8 @@ class AttributionPriorModelMixin:
             raise TypeError(f"allow_non_integer must be True or False, got "
                             f"{allow_non_integer!r}.")
         bound = inspect.signature(base_setup).bind_partial(adata, *args, **kwargs).arguments
-        obs_keys = [bound.get("labels_key")]
+        missing_ok = kwargs.get("allow_missing_labels", False)  # scvi-tools' query setup
+        obs_keys = [None if missing_ok else bound.get("labels_key")]
         for key in ("categorical_covariate_keys", "continuous_covariate_keys"):
             obs_keys += list(bound.get(key) or [])
         check_anndata(
@@ -314,7 +316,8 @@ class AttributionPriorModelMixin:
 
         if adata is not None and self.get_anndata_manager(adata) is None:
             args = dict(self.registry_.get(SETUP_ARGS_KEY) or {}) if self.registry_ else {}
-            obs_keys = [args.get("labels_key")]
+            labels = args.get("labels_key")  # optional in a new AnnData (scvi-tools' rule)
+            obs_keys = [labels if labels in adata.obs else None]
             for key in ("categorical_covariate_keys", "continuous_covariate_keys"):
                 obs_keys += list(args.get(key) or [])
             check_anndata(
@@ -504,6 +507,8 @@ class AttributionPriorModelMixin:
         call.update(bound.get(var_kw, {}) if var_kw else {})
         _check(call, _TRAIN_CHECKS, "")
         _check(call.get("plan_kwargs") or {}, _PLAN_CHECKS, "plan_kwargs: ")
+        if (call.get("plan_kwargs") or {}).get("lr") == 0:
+            logger.warning("plan_kwargs={'lr': 0}: the weights will not change (nothing trains).")
         cfg = self._prior_config
         if cfg is not None and any(_is_per_cell(g) for g in cfg.ground_truths.values()):
             self._register_cell_indices()
@@ -562,8 +567,8 @@ class AttributionPriorModelMixin:
         call["early_stopping"] = False
         if not has_validation and call.get("check_val_every_n_epoch") is not None:
             call["check_val_every_n_epoch"] = None  # nothing to validate on
-        if wanted is None:
-            wanted = has_validation
+        if wanted is None:  # scARE's default: on where a validation set is known to exist
+            wanted = has_validation and call.get("datamodule") is None
         if not wanted:
             return
         if not has_validation:
@@ -956,7 +961,16 @@ class AttributionPriorModelMixin:
         the checked loader. The reference's prior carries over to the query model (per-cell
         GTs, which name the reference's cells, are dropped with a warning)."""
         reference = cls._reference(reference_model)
-        if adata is not None:
+        subset = kwargs.get("inplace_subset_query_vars", False) or (
+            len(args) > 1 and args[1] is True
+        )
+        if adata is not None and not adata.var_names.is_unique:
+            dup = adata.var_names[adata.var_names.duplicated()].unique()
+            raise ValueError(
+                f"the query's var_names repeat {len(dup)} name(s) (e.g. {list(dup[:3])}); give "
+                "each gene its own name (adata.var_names_make_unique())."
+            )
+        if adata is not None and not subset:
             names = [str(v) for v in reference.get_var_names()]
             query = [str(v) for v in adata.var_names]
             if query != names:
@@ -965,7 +979,8 @@ class AttributionPriorModelMixin:
                 raise ValueError(
                     f"the query's genes differ from the reference's (first at position "
                     f"{first}; {len(query)} vs {len(names)} genes); run "
-                    f"{cls.__name__}.prepare_query_anndata(adata, reference) first."
+                    f"{cls.__name__}.prepare_query_anndata(adata, reference) first, or pass "
+                    "inplace_subset_query_vars=True."
                 )
         model = super().load_query_data(adata, reference, *args, **kwargs)
         if isinstance(reference, _SavedReference):

@@ -290,6 +290,19 @@ class AttributionPriorPlanMixin:
         self.log_epoch_metrics("validation")
         return super().on_validation_epoch_end()
 
+    def validation_step(self, batch, batch_idx):
+        """The plan's validation step with the same random draws at every epoch (the
+        latent samples and the prior's draws seeded by the minibatch's index): epoch-to-epoch
+        changes of the validation loss, which early stopping compares, are the model's, not
+        the sampling noise's. The training stream is left as it was."""
+        device = self.device
+        fork = {"devices": []} if device.type == "cpu" else {
+            "devices": [device.index or 0], "device_type": device.type}
+        seed = self.prior_config.settings.seed if self.prior_config is not None else 0
+        with torch.random.fork_rng(**fork):
+            torch.manual_seed(seed + VALIDATION_SEED_OFFSET + int(batch_idx))
+            return super().validation_step(batch, batch_idx)
+
     # the encoder's inputs of the model's own forward pass
     def _capture_encoder_inputs(self, _module, args, _out) -> None:
         if self._armed:
