@@ -237,9 +237,12 @@ class AttributionPrior(nn.Module):
         self.baselines = baselines
         self.internal_batch_size = internal_batch_size
         if ground_truth is not None:
+            # all ones is judged at the first call, once the inputs' width is known: a GT
+            # that is too short must get the length error, not "all ones"
             ground_truth = validate_ground_truth(
-                _as_tensor(ground_truth), allow_all_ones=allow_all_ones
+                _as_tensor(ground_truth), allow_all_ones=True
             ).clone()
+            self._all_ones_unchecked = not allow_all_ones
         self.register_buffer("ground_truth", ground_truth)
 
     # -- attributions ----------------------------------------------------------------
@@ -356,6 +359,9 @@ class AttributionPrior(nn.Module):
         else:  # stored (validated at construction) or trusted rows: shapes only, no sync
             if rows.shape[-1] != flat.shape[1] or (rows.ndim == 2 and rows.shape[0] != n):
                 validate_ground_truth(rows, flat.shape[1], n, allow_all_ones=True)
+            if gt is None and self.check_inputs and getattr(self, "_all_ones_unchecked", False):
+                validate_ground_truth(self.ground_truth, flat.shape[1])  # once: no sync after
+                self._all_ones_unchecked = False
             rows = rows.to(flat.dtype)
         if self.check_inputs:
             check_finite(

@@ -789,7 +789,16 @@ def main(argv: list[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"attreg-sc {args.command}: error: {_for_cli(str(msg))}", file=sys.stderr)
         return 2
-    except OSError as err:  # full disk, file size limit, permissions, I/O errors
+    except IsADirectoryError as err:
+        print(f"attreg-sc {args.command}: error: {err.filename} is a folder, where a file was "
+              "expected; give the path of the file (e.g. the gene list or .h5ad inside it).",
+              file=sys.stderr)
+        return 2
+    except PermissionError as err:
+        print(f"attreg-sc {args.command}: error: no permission to read or write "
+              f"{err.filename}; check its permissions or choose another path.", file=sys.stderr)
+        return 2
+    except OSError as err:  # full disk, file size limit, I/O errors
         print(
             f"attreg-sc {args.command}: error: a file could not be read or written ({err}); "
             "check free space, quotas and permissions.",

@@ -312,7 +312,7 @@ def read_model_file(
             "settings, GTs and seed on the data)."
         )
     version = payload.get("format_version")
-    if version not in (1, MODEL_FORMAT_VERSION):
+    if type(version) is not int or version not in (1, MODEL_FORMAT_VERSION):
         raise _fail(
             path, "format_version", f"{version!r}; this attreg_sc reads 1 and "
             f"{MODEL_FORMAT_VERSION}. Re-save it with the attreg version that wrote it."
@@ -343,9 +343,10 @@ def read_model_file(
     if len(set(var_names)) != len(var_names):
         raise _fail(path, "var_names", "gene names repeat.")
     attr_dict = _attributes(_expect(payload.get("attr_dict"), dict, path, "attr_dict"), path)
-    registry = attr_dict.pop("registry_", None)
-    if registry is None:
-        raise _fail(path, "attr_dict.registry_", "missing.")
+    for required in ("registry_", "init_params_", "is_trained_"):
+        if required not in attr_dict:
+            raise _fail(path, f"attr_dict.{required}", "missing.")
+    registry = attr_dict.pop("registry_")
     extra = _expect(payload.get("extra", {}), dict, path, "extra")
     prior = extra.get("prior") or None
     if prior is not None:
@@ -544,10 +545,36 @@ def _check_sizes(saved: SavedModel) -> None:
             _size(value, saved.path,
                   f"attr_dict.registry_.field_registries.{name}.summary_stats.{key}",
                   max(LIMITS["genes"], LIMITS["categories"]))
-    n_vars = fields.get("X", {}).get("summary_stats", {}).get("n_vars")
-    if n_vars is not None and n_vars != len(saved.var_names):
-        raise _fail(saved.path, "attr_dict.registry_.field_registries.X.summary_stats.n_vars",
-                    f"{n_vars}, but var_names lists {len(saved.var_names)} genes.")
+    base = "attr_dict.registry_.field_registries"
+    x_field = fields.get("X")
+    if not isinstance(x_field, dict):
+        raise _fail(saved.path, f"{base}.X", "missing: the file does not say where the counts are.")
+    n_vars = x_field.get("summary_stats", {}).get("n_vars")
+    if n_vars != len(saved.var_names):
+        raise _fail(saved.path, f"{base}.X.summary_stats.n_vars",
+                    f"{n_vars!r}, but var_names lists {len(saved.var_names)} genes.")
+    for name, entry in fields.items():
+        state = entry.get("state_registry", {})
+        if not isinstance(state, dict):
+            raise _fail(saved.path, f"{base}.{name}.state_registry", "not a mapping.")
+        for key, value in state.items():
+            field = f"{base}.{name}.state_registry.{key}"
+            if isinstance(value, np.ndarray):
+                if value.ndim != 1 or value.dtype.kind not in "iufbUO":
+                    raise _fail(saved.path, field, f"an array of shape {value.shape} and "
+                                f"dtype {value.dtype}.")
+                if value.dtype.kind == "O" and not all(isinstance(v, str) for v in value):
+                    raise _fail(saved.path, field, "holds values that are not texts.")
+                if key == "categorical_mapping" and len(set(value.tolist())) != len(value):
+                    raise _fail(saved.path, field, "categories repeat.")
+            else:
+                _plain(value, saved.path, field)
+        columns = state.get("column_names")
+        if name == "X" and columns is not None and (
+            not isinstance(columns, np.ndarray) or columns.tolist() != saved.var_names
+        ):
+            raise _fail(saved.path, f"{base}.X.state_registry.column_names",
+                        "does not list the file's var_names.")
 
 
 def load_model(
@@ -582,8 +609,10 @@ def load_model(
     saved = read_model_file(dir_path, prefix)
     registry = saved.registry
     name = registry.get(MODEL_NAME_KEY, saved.model_class)
+    if not isinstance(name, str):
+        raise _fail(saved.path, "attr_dict.registry_.model_name", f"{name!r} is not a text.")
     if name != cls.__name__ and name not in allowed_classes:
-        raise ValueError(
+        raise ModelFileError(
             f"{dir_path} holds a {name} model; load it with {name}.load, not "
             f"{cls.__name__}.load."
         )
@@ -595,8 +624,19 @@ def load_model(
         adata = None
     if adata is not None:
         _check_genes(saved, adata)
-        getattr(cls, method)(adata, source_registry=registry, **setup_args)
-    expected = _expected_shapes(cls, adata, registry, saved.attr_dict)
+        try:
+            getattr(cls, method)(adata, source_registry=registry, **setup_args)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            raise _fail(saved.path, "attr_dict.registry_", f"scvi-tools cannot read it "
+                        f"({type(err).__name__}: {err}).") from None
+        except ValueError as err:
+            raise ValueError(f"the AnnData cannot be set up as the model in {saved.path} "
+                             f"was: {err}") from None
+    try:
+        expected = _expected_shapes(cls, adata, registry, saved.attr_dict)
+    except Exception as err:  # a file's values scvi-tools' constructors refuse
+        raise _fail(saved.path, "attr_dict.init_params_", f"the model cannot be built from "
+                    f"it ({type(err).__name__}: {err}).") from None
     state = _match_state(saved, expected)
     model = initialize_model(cls, adata, registry, dict(saved.attr_dict))
     model.module.on_load(model, pyro_param_store=None)

@@ -333,6 +333,12 @@ def check_anndata(
             f"{adata.shape} (cells x genes). Rebuild the AnnData from a matching matrix."
         )
     check_sparse_structure(matrix)  # before scipy touches it (a broken one can segfault)
+    if adata.isbacked and getattr(matrix, "format", None) == "csc":
+        raise InvalidDataError(
+            "the backed counts are stored CSC (by gene): a minibatch of cells would read "
+            "every gene's column from disk. Write them CSR once: a = ad.read_h5ad(path); "
+            "a.X = a.X.tocsr(); a.write_h5ad(new_path) (or train in memory)."
+        )
     validate_counts(matrix, allow_non_integer=allow_non_integer)
     n_zero = int((row_totals(matrix) == 0).sum())
     if n_zero:

@@ -106,8 +106,10 @@ def write_synthetic_h5ad(path: Path, n_cells: int, n_genes: int, chunk: int = 50
     return nnz
 
 
-def _child(code: str, env: dict | None = None) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+def _child(code: str, env: dict | None = None, cwd: str | None = None) -> dict:
+    # ``-c`` puts the working folder first on sys.path: a baseline tree runs from its own
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=cwd)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if args.baseline_tree:
                 env = {**os.environ, "PYTHONPATH": args.baseline_tree}
                 runs["SCARE 0.1 (hand-written loader)"] = _child(OLD_CHILD.format(
-                    path=str(path), threads=args.threads, batch=args.batch), env)
+                    path=str(path), threads=args.threads, batch=args.batch), env,
+                    args.baseline_tree)
             for variant, res in runs.items():
                 share = args.limit_train_batches if variant.startswith("SCARE (") else 1.0
                 rows.append(

@@ -35,8 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from attreg_sc.train.trainer import minibatch
+import scvi
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
@@ -100,19 +99,11 @@ def bio_conservation(latent: np.ndarray, labels: np.ndarray, seed: int) -> dict[
     return out
 
 
-@torch.no_grad()
 def final_reconstruction(model) -> float:
-    """``L_R`` of the model training returned (best weights restored, eval mode) on every
-    cell: runs stop at different epochs, so the last epoch's training value is no fair
-    comparison."""
-    module, data = model.module.eval(), model.data
-    codes = torch.from_numpy(data.batch_codes)
-    total = 0.0
-    for start in range(0, data.n_cells, 1024):
-        idx = np.arange(start, min(start + 1024, data.n_cells))
-        terms = module.loss(*minibatch(data, codes, idx, model.device), 1.0)
-        total += float(terms["reconstruction"]) * len(idx)
-    return total / data.n_cells
+    """``L_R`` of the model training returned (best weights restored) on every cell,
+    scvi-tools' ``get_reconstruction_error``: runs stop at different epochs, so the last
+    epoch's training value is no fair comparison."""
+    return float(model.get_reconstruction_error()["reconstruction_loss"])
 
 
 def run_one(data: str, config: str, seed: int, args) -> dict:
@@ -121,10 +112,12 @@ def run_one(data: str, config: str, seed: int, args) -> dict:
     kw = dict(CONFIGS[config])
     train_kw = kw.pop("train", {})
     t0 = time.perf_counter()
+    scvi.settings.seed = seed
+    asc.SCARE.setup_anndata(adata)
     model = asc.SCARE(adata, gt=gt, seed=seed, **kw)
-    model.train(max_epochs=args.epochs, progress_bar=False, **train_kw)
+    model.train(max_epochs=args.epochs, enable_progress_bar=False, **train_kw)
     train_s = time.perf_counter() - t0
-    epochs = len(model.history["loss"])
+    epochs = len(model.loss_history["loss"])
     latent = model.get_latent_representation()
     shares = dimension_shares(model, gt, n_samples=2, seed=seed)
     per_dim = shares.drop(index="sum")
@@ -149,7 +142,7 @@ def run_one(data: str, config: str, seed: int, args) -> dict:
         "move_median": float(res.table["move_median"].median()) if len(res.table) else np.nan,
         "active_dims": active_dimensions(latent),
         "reconstruction": final_reconstruction(model),
-        "validation_loss": float(np.min(model.history["validation_loss"])),
+        "validation_loss": float(np.min(model.loss_history["validation_loss"])),
         **bio_conservation(latent, labels, seed),
     }
 
@@ -218,7 +211,7 @@ def markdown(path: Path) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="direction_study.jsonl")
     p.add_argument("--data", nargs="+", default=["pbmc3k", "pbmc68k"])
@@ -229,7 +222,7 @@ def main() -> None:
     p.add_argument("--gene-set", default="GO:0043410", help="GO term of the shipped GMT")
     p.add_argument("--table", action="store_true", help="print the summary table and exit")
     p.add_argument("--markdown", action="store_true", help="print markdown tables and exit")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     out = Path(args.out)
     if args.table:
         print(table(out).to_string(float_format=lambda v: f"{v:.3f}"))

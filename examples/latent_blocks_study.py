@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import scvi
 
 import attreg_sc as asc
 from attreg_sc.cli import scare_defaults
@@ -48,8 +49,10 @@ def run_one(config: str, seed: int, args) -> list[dict]:
     adata = asc.datasets.pbmc3k(genes="selected")
     go = asc.datasets.go_gene_sets()
     gts = {name: asc.gt.from_genes(adata, go[term]) for name, term in SETS.items()}
+    scvi.settings.seed = seed
+    asc.SCARE.setup_anndata(adata)
     model = asc.SCARE(adata, gt=gts, seed=seed, n_latent=10, **configs(args.w_attr)[config])
-    model.train(max_epochs=args.epochs, progress_bar=False)
+    model.train(max_epochs=args.epochs, enable_progress_bar=False)
     rows = []
     shares = {name: dimension_shares(model, gt, n_samples=2, seed=seed) for name, gt in gts.items()}
     for name, gt in gts.items():
@@ -67,13 +70,13 @@ def run_one(config: str, seed: int, args) -> list[dict]:
             fssf_whole_random=whole.random_score(),
             fssf_block=block.score(),
             fssf_block_random=block.random_score(),
-            reconstruction=float(model.history["reconstruction"][-1]),
+            reconstruction=float(model.loss_history["reconstruction"][-1]),
         )
         rows.append(row)
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="blocks_study.jsonl")
     p.add_argument("--configs", nargs="+", default=["baseline", "shared", "blocks"])
@@ -82,7 +85,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--n-random", type=int, default=100)
     p.add_argument("--table", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     out = Path(args.out)
     if args.table:
         df = pd.DataFrame([json.loads(x) for x in out.read_text().splitlines() if x])

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.stats
+import scvi
 import torch
 from tqdm.auto import tqdm
 
@@ -52,16 +53,19 @@ from attreg_sc.metrics import (
 )
 
 
-def fit(adata, gt, w, seed, epochs, **kw):
+def fit(adata, gt, w, seed, epochs, batch_key=None, **kw):
+    """One SCARE model trained with the library's defaults (scvi-tools' seed set too)."""
+    scvi.settings.seed = seed
+    asc.SCARE.setup_anndata(adata, batch_key=batch_key)
     m = asc.SCARE(adata, gt=gt, w_attr=w, seed=seed, **kw)
-    m.train(max_epochs=epochs, progress_bar=False)
+    m.train(max_epochs=epochs, enable_progress_bar=False)
     return m
 
 
 def evaluate_fssf(m, gt, n_random, seed):
     r = fssf(m, gt, "cell_type", n_random=n_random, seed=seed)
     latent = m.get_latent_representation()
-    pol = gt_polarization(latent, m.data.matrix, gt, m.adata.obs["cell_type"])
+    pol = gt_polarization(latent, m.adata.X, gt, m.adata.obs["cell_type"])
     shares = dimension_shares(m, gt, n_samples=2, seed=seed)
     summary = r.summary()
     return {
@@ -74,8 +78,8 @@ def evaluate_fssf(m, gt, n_random, seed):
         "gt_share_per_dim": float(shares.drop(index="sum")["gt_share"].mean()),
         "max_subclusters": int(summary["n_subclusters"].max()) if len(summary) else 0,
         "active_dims": active_dimensions(latent),
-        "reconstruction": m.history["reconstruction"][-1],
-        "epochs": len(m.history["loss"]),
+        "reconstruction": m.loss_history["reconstruction"][-1],
+        "epochs": len(m.loss_history["loss"]),
     }
 
 
@@ -231,8 +235,7 @@ def study3(args, bar) -> list[dict]:
         )
         for seed in args.seeds:
             for name, w in (("baseline", 0.0), ("scARE", args.w_attr)):
-                m = asc.SCARE(adata, batch_key="batch", gt=gt, w_attr=w, seed=seed)
-                m.train(max_epochs=args.epochs, progress_bar=False)
+                m = fit(adata, gt, w, seed, args.epochs, batch_key="batch")
                 rows.append(
                     {
                         "dataset": dname,
@@ -281,14 +284,13 @@ def study_paper_scale(args, bar) -> dict:
         ("scARE (per-type MI GT of other_state)", mi_per_type, args.w_attr),
     ):
         t = time.time()
-        m = asc.SCARE(adata, batch_key="batch", gt=g, w_attr=w, seed=seed)
-        m.train(max_epochs=args.scale_epochs, progress_bar=False)
+        m = fit(adata, g, w, seed, args.scale_epochs, batch_key="batch")
         row = {
             "model": name,
             "train_seconds": time.time() - t,
-            "epochs": len(m.history["loss"]),
-            "s_per_epoch": (time.time() - t) / len(m.history["loss"]),
-            "reconstruction": m.history["reconstruction"][-1],
+            "epochs": len(m.loss_history["loss"]),
+            "s_per_epoch": (time.time() - t) / len(m.loss_history["loss"]),
+            "reconstruction": m.loss_history["reconstruction"][-1],
         }
         z = m.get_latent_representation()
         for label in ("gt_state", "other_state"):

@@ -64,7 +64,7 @@ def one_vs_rest_markers(adata, label_key: str, n_top: int) -> dict[str, list[str
 def label_transfer(seed: int, w_attr: float, epochs: int, n_top: int) -> dict:
     import scvi
 
-    from attreg_sc.scvi_tools import with_prior
+    from attreg_sc import with_prior
 
     adata = asc.datasets.pbmc68k()
     adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)
@@ -114,7 +114,7 @@ def label_transfer(seed: int, w_attr: float, epochs: int, n_top: int) -> dict:
 def totalvi(seed: int, w_attr: float, epochs: int) -> dict:
     import scvi
 
-    from attreg_sc.scvi_tools import with_prior
+    from attreg_sc import with_prior
 
     adata = asc.datasets.pbmc_two_runs()
     genes = sorted({g for v in asc.datasets.PBMC_MARKERS.values() for g in v})

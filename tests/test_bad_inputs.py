@@ -115,3 +115,39 @@ def test_prior_set_errors():
 def test_forward_func_must_be_callable():
     with pytest.raises(TypeError, match="callable"):
         ExpectedGradients(3)
+
+
+class _Detaching(torch.nn.Module):
+    def __init__(self, frozen: bool = False):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 1)
+        self.lin.requires_grad_(not frozen)
+
+    def forward(self, x):
+        return self.lin(x.detach())
+
+
+def test_a_model_that_detaches_its_input_gets_a_clear_error_not_torchs():
+    x = torch.randn(8, 4)
+    prior = AttributionPrior(_Detaching(frozen=True), torch.tensor([1.0, 0, 0, 0]))
+    with pytest.raises(RuntimeError, match="detaches the input"):
+        prior(x)
+    ig = IntegratedGradients(_Detaching(frozen=True))
+    with pytest.raises(RuntimeError, match="detaches the input"):
+        ig.attribute(x, target=0)
+
+
+def test_an_output_independent_of_the_input_warns_that_attributions_are_zero():
+    ig = IntegratedGradients(_Detaching())
+    with pytest.warns(UserWarning, match="does not depend on the input"):
+        out = ig.attribute(torch.randn(8, 4), target=0)
+    assert torch.count_nonzero(out) == 0
+
+
+@pytest.mark.parametrize("width", [3, 5])
+def test_a_gt_of_the_wrong_length_gets_the_length_error_even_when_all_ones(width):
+    prior = AttributionPrior(ENC, torch.ones(width))  # built without knowing the width
+    with pytest.raises(ValueError, match=f"has {width} features but the inputs have 4"):
+        prior(X)
+    with pytest.raises(ValueError, match="all ones"):  # the right width: all ones refused
+        AttributionPrior(ENC, torch.ones(4))(X)

@@ -165,6 +165,7 @@ def test_train_fssf_report_markers_end_to_end(h5ad, capsys):
             "no saved model",
         ),
         (["markers", "{data}", "--label", "time", "--out", "x"], "--label 'time' not in"),
+        (["train", "{data}", "--genes", "{dir}", "--out", "x"], "is a folder, where a file"),
     ],
 )
 def test_clear_errors(h5ad, capsys, argv, message, tmp_path):

@@ -56,3 +56,34 @@ def test_scvi_tools_example_smoke():
     pytest.importorskip("scvi")
     shares = load("scvi_tools_prior").main(["--max-epochs", "3"])
     assert set(shares) == {"SCVI", "SCVI + attreg prior"}
+
+
+def test_direction_prior_study_runs_one_configuration(tmp_path):
+    import json
+    import math
+
+    out = tmp_path / "d.jsonl"
+    load("direction_prior_study").main(
+        ["--out", str(out), "--data", "pbmc68k", "--configs", "random share w30",
+         "--seeds", "0", "--epochs", "2", "--n-random", "2"]
+    )
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["config"] == "random share w30" and row["epochs"] == 2
+    for key in ("share_per_dim", "fssf_gt", "fssf_random", "reconstruction"):
+        assert math.isfinite(row[key]), key
+    assert 0.0 <= row["share_per_dim"] <= 1.0
+
+
+def test_latent_blocks_study_runs_one_configuration(tmp_path):
+    import json
+    import math
+
+    out = tmp_path / "b.jsonl"
+    load("latent_blocks_study").main(
+        ["--out", str(out), "--configs", "blocks", "--seeds", "0", "--epochs", "2",
+         "--n-random", "2"]
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["gene_set"] for r in rows} == {"MAPK", "NF-kB"}
+    assert all(math.isfinite(r["fssf_block"]) and math.isfinite(r["reconstruction"])
+               for r in rows)

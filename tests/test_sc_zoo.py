@@ -329,7 +329,7 @@ def test_scare_query_with_a_new_batch(scare, tmp_path):
     # a query whose genes are not the reference's (all one name, or reordered) is refused
     same_name = query.copy()
     same_name.var_names = ["g"] * same_name.n_vars
-    with pytest.raises(ValueError, match="genes differ from the reference"):
+    with pytest.raises(ValueError, match="var_names repeat"):
         SCARE.load_query_data(same_name, scare)
     reordered = query[:, ::-1].copy()
     with pytest.raises(ValueError, match="prepare_query_anndata"):

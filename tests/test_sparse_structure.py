@@ -62,3 +62,13 @@ def test_flipped_index_bytes_in_a_backed_file_are_refused(tmp_path):
     with pytest.raises(ValueError, match="indices point outside the matrix"):
         asc.SCARE.setup_anndata(backed)
     backed.file.close()
+
+
+def test_backed_csc_counts_are_refused_with_the_conversion(tmp_path):
+    # a backed CSC matrix cannot stream rows: each minibatch would read every gene's column
+    ad.AnnData(_counts("csc")).write_h5ad(tmp_path / "csc.h5ad")
+    backed = ad.read_h5ad(tmp_path / "csc.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"CSC.*tocsr\(\)"):
+        asc.SCARE.setup_anndata(backed)
+    ad.AnnData(_counts("csr")).write_h5ad(tmp_path / "csr.h5ad")
+    asc.SCARE.setup_anndata(ad.read_h5ad(tmp_path / "csr.h5ad", backed="r"))  # CSR streams

@@ -15,6 +15,7 @@ block (a handful of row operations instead of an autograd graph differentiated t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,12 @@ __all__ = [
     "in_functorch_transform",
 ]
 
+
+_DETACHED = (
+    "the model's output {what}: its forward detaches the input (x.detach(), .numpy(), "
+    ".item(), torch.no_grad() inside forward), so no attribution can be computed. Keep the "
+    "input in the graph from the forward's first line to its output."
+)
 
 def as_forward_args(args: Any) -> tuple:
     """``additional_forward_args`` as a tuple (``None`` -> ``()``, one value -> ``(value,)``)."""
@@ -151,9 +158,15 @@ def gradients_at(
                 chunk = chunk.detach().requires_grad_()
             args = expand_additional_args(additional_forward_args, n, stop - start)
             value = forward_reduced(forward_func, chunk, reducer, args)
+            if not value.requires_grad:
+                raise RuntimeError(_DETACHED.format(what="is not connected to autograd at all"))
             (grad,) = torch.autograd.grad(
                 value.sum(), chunk, create_graph=create_graph, allow_unused=True
             )
+            if grad is None:
+                warnings.warn(_DETACHED.format(what="does not depend on the input through "
+                                               "autograd; its attributions are all zero"),
+                              UserWarning, stacklevel=3)
             grads.append(torch.zeros_like(chunk) if grad is None else grad)
     grad = grads[0] if len(grads) == 1 else torch.cat(grads, dim=0)
     return grad if create_graph else grad.detach()
