@@ -38,6 +38,8 @@ __all__ = [
     "parse_device",
     "named_like_scvi",
     "uses_distributed_sampler",
+    "library_size_prior",
+    "chunked_library_size",
 ]
 
 FIELD_REGISTRIES_KEY = _FIELD_REGISTRIES_KEY
@@ -98,3 +100,45 @@ def _scvi_named(cls: type) -> type:
     if cls not in _NAMED:
         _NAMED[cls] = type("SCVI", (cls,), {"__module__": cls.__module__})
     return _NAMED[cls]
+
+
+def library_size_prior(adata_manager, n_batch: int):
+    """scvi-tools' ``_init_library_size`` (per batch: mean and variance of the log library
+    size), with the library sizes summed over chunks of rows: scvi-tools' version copies
+    each batch's rows (the whole matrix of a backed file) into memory. The same values
+    up to float rounding (``tests/test_compat.py``)."""
+    import numpy as np
+    from scvi import REGISTRY_KEYS
+
+    from attreg_sc.validation import row_totals
+
+    data = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+    batch = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+    totals = np.asarray(row_totals(data), dtype=np.float64)
+    means, variances = np.zeros(n_batch), np.ones(n_batch)
+    with np.errstate(divide="ignore"):
+        logs = np.where(totals > 0, np.log(np.where(totals > 0, totals, 1.0)), 0.0)
+    for b in np.unique(batch):
+        values = logs[batch == b]
+        means[int(b)] = np.float32(values.mean())
+        variances[int(b)] = np.float32(values.var())
+    return means.reshape(1, -1), variances.reshape(1, -1)
+
+
+@contextlib.contextmanager
+def chunked_library_size() -> Iterator[None]:
+    """Inside, scvi-tools' models compute their library-size prior with
+    :func:`library_size_prior` (bounded memory on backed data)."""
+    import importlib
+
+    modules = []
+    for name in ("scvi.model._scvi", "scvi.model._scanvi"):
+        module = importlib.import_module(name)
+        if hasattr(module, "_init_library_size"):
+            modules.append((module, module._init_library_size))
+            module._init_library_size = library_size_prior
+    try:
+        yield
+    finally:
+        for module, original in modules:
+            module._init_library_size = original

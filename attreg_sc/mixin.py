@@ -223,7 +223,7 @@ class AttributionPriorModelMixin:
         prior: PriorSettings | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        from attreg_sc._compat import named_like_scvi
+        from attreg_sc._compat import chunked_library_size, named_like_scvi
 
         _renamed(kwargs, type(self).__name__, "__init__")
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in PriorSettings.names()}
@@ -266,7 +266,8 @@ class AttributionPriorModelMixin:
                 super().__init__(None, **base_kwargs)
             self._adata, self._adata_manager = None, None  # scvi-tools leaves them unset
         else:
-            super().__init__(adata, **base_kwargs)
+            with chunked_library_size():  # bounded memory on backed data
+                super().__init__(adata, **base_kwargs)
         # scvi-tools records the init parameters from the base's frame against this
         # class's signature, which drops the base's named parameters: record all of them
         self.init_params_ = {"kwargs": {"kwargs": dict(kwargs)}, "non_kwargs": {}}

@@ -10,6 +10,7 @@ import tomllib
 
 pytest.importorskip("scvi")
 
+import numpy as np  # noqa: E402
 import scvi  # noqa: E402
 import torch  # noqa: E402
 from packaging.requirements import Requirement  # noqa: E402
@@ -126,3 +127,31 @@ def test_view_setup_args_prints_on_this_version(tmp_path, capsys):
 def test_version_parsed_from_the_installed_package():
     parts = scvi.__version__.split(".")
     assert _compat.SCVI_VERSION == (int(parts[0]), int(parts[1]))
+
+
+def test_chunked_library_size_prior_matches_scvi_tools(tmp_path):
+    import anndata as ad
+    import scipy.sparse as sp
+    from scvi.model._utils import _init_library_size
+
+    from attreg_sc import SCARE
+
+    adata = _small_adata()
+    adata.X = sp.csr_matrix(adata.X)
+    SCARE.setup_anndata(adata, batch_key="batch")
+    manager = SCARE._get_most_recent_anndata_manager(adata)
+    theirs = _init_library_size(manager, 2)
+    ours = _compat.library_size_prior(manager, 2)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # the model built on a backed file gets the same prior as in memory
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    SCARE.setup_anndata(backed, batch_key="batch")
+    model = SCARE(backed, n_latent=3, n_hidden=8)
+    np.testing.assert_allclose(model.module.library_log_means.numpy(), theirs[0], rtol=1e-6)
+    np.testing.assert_allclose(model.module.library_log_vars.numpy(), theirs[1], rtol=1e-5)
+    assert _init_library_size.__module__ == "scvi.model._utils"  # restored after the build
+    import scvi.model._scvi as scvi_model_module
+
+    assert scvi_model_module._init_library_size is _init_library_size
