@@ -1,6 +1,7 @@
 """Numeric settings that would train nothing or nonsense fail before training, with a
 message naming the setting (one class of the hostile-input review)."""
 
+import logging
 import math
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_bad_model_settings(adata, kwargs, match):
         ({"batch_size": 0}, "batch_size must be an integer >= 2"),
         ({"checkpoint_every": 0}, "checkpoint_every"),
         ({"early_stopping_patience": 0}, "early_stopping_patience"),
-        ({"plan_kwargs": {"lr": 0.0}}, "lr must be a finite number > 0"),
+        ({"plan_kwargs": {"lr": -1e-3}}, "lr must be a finite number >= 0"),
         ({"plan_kwargs": {"lr": math.nan}}, "lr must be a finite"),
         ({"plan_kwargs": {"weight_decay": -1.0}}, "weight_decay"),
         ({"train_size": 0.0}, "train_size must be a number in \\(0, 1\\]"),
@@ -65,6 +66,17 @@ def test_bad_training_settings_fail_before_any_epoch(adata, kwargs, match):
         m.train(enable_progress_bar=False, **kwargs)
     assert all(torch.equal(v, m.module.state_dict()[k]) for k, v in before.items())
     assert m.history is None and not m.is_trained
+
+
+def test_zero_learning_rate_trains_with_a_visible_warning(adata, caplog):
+    # scvi-tools' own tests train with lr=0 (early stopping on a constant loss): allowed,
+    # but nothing would train silently
+    m = asc.SCARE(adata, gt="is_gt", n_latent=2)
+    before = {k: v.clone() for k, v in m.module.state_dict().items()}
+    with caplog.at_level(logging.WARNING, logger="attreg_sc"):
+        m.train(max_epochs=1, enable_progress_bar=False, plan_kwargs={"lr": 0.0})
+    assert "nothing trains" in caplog.text
+    assert all(torch.equal(v, m.module.state_dict()[k]) for k, v in before.items())
 
 
 @pytest.mark.parametrize("weight", [math.nan, math.inf, -0.5])

@@ -4,6 +4,7 @@ as anyone editing a file can)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -337,6 +338,20 @@ _VALUES = st.one_of(
 )
 
 
+@contextlib.contextmanager
+def _memory_limit(extra_bytes: int = 2 * 2**30):
+    """At most ``extra_bytes`` more address space than now: an allocation a file asks for
+    that passes the checks raises MemoryError here instead of exhausting the machine."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    size = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
+    limit = size + extra_bytes if hard == resource.RLIM_INFINITY else min(size + extra_bytes, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def _fuzz(saved, tmp_path_factory, data):
     folder, a, _ = saved
     base = _payload(folder)
@@ -353,8 +368,15 @@ def _fuzz(saved, tmp_path_factory, data):
             node[path[-1]] = data.draw(_VALUES)
     out = tmp_path_factory.mktemp("fuzz")
     _write_raw(out / "model.pt", payload)
+    if data.draw(st.booleans(), label="truncate"):  # cut the payload, checksum recomputed
+        raw = (out / "model.pt").read_bytes()
+        body = raw[raw.index(b"\n") + 1:]
+        cut = body[: data.draw(st.integers(0, len(body) - 1), label="keep bytes")]
+        (out / "model.pt").write_bytes(
+            MAGIC + hashlib.sha256(cut).hexdigest().encode() + b"\n" + cut)
     try:
-        model = asc.SCARE.load(out, a)
+        with _memory_limit():
+            model = asc.SCARE.load(out, a)
     except ModelFileError:
         return
     except ValueError as err:  # refusals that are about the AnnData given, not the file
