@@ -16,6 +16,7 @@ Examples
 """
 
 from attreg import (
+    constraint,
     cpu_matmul,
     functional,
     losses,
@@ -35,6 +36,7 @@ from attreg.attr import (
     LinearPrefix,
     NoiseTunnel,
 )
+from attreg.constraint import ShareConstraint, ShareTarget
 from attreg.cpu_allocator import retain_freed_cpu_memory
 from attreg.cpu_matmul import set_cpu_matmul
 from attreg.fast_paths import fast_paths, fast_paths_enabled, set_fast_paths
@@ -62,6 +64,9 @@ __all__ = [
     "NoiseTunnel",
     "PriorSet",
     "RightForRightReasons",
+    "ShareConstraint",
+    "ShareTarget",
+    "constraint",
     "cpu_matmul",
     "fast_paths",
     "fast_paths_enabled",

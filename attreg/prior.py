@@ -19,6 +19,7 @@ from attreg.attr.gradient_shap import GradientShap
 from attreg.attr.input_gradient import InputGradient, InputXGradient
 from attreg.attr.integrated_gradients import IntegratedGradients
 from attreg.attr.layer import LayerTarget, sum_trailing
+from attreg.constraint import ShareConstraint, ShareTarget
 from attreg.fast_paths import fast_paths_enabled
 from attreg.losses import ExcludedShareLoss, MSELoss, OutsideShareLoss, resolve_loss
 from attreg.reparameterizers import AbsMinMax, Share, resolve_reparameterizer
@@ -149,6 +150,16 @@ class AttributionPrior(nn.Module):
         For tuple inputs ``x = (x_1, ..., x_k)``: the GT covers ``x_{input_index}`` only;
         ``None`` (default): the GT covers the features of all inputs, flattened and
         concatenated in order.
+    target_share
+        Aim at a GT share instead of a fixed weight: a number in ``(0, 1)`` or a
+        :class:`~attreg.ShareTarget`. The weight becomes a Lagrange multiplier, starting
+        at ``weight`` and updated by dual ascent after every call made in training mode
+        with gradients on, until the mean GT share of the attributions reaches the
+        target (see :mod:`attreg.constraint`; ``prior.constraint.state()`` reads it).
+        The loss is then ``multiplier * max(0, target - share)``. Needs
+        ``reparameterizer="share"`` and ``loss="outside_share"``. Call ``prior.eval()``
+        for evaluation calls: they leave the multiplier alone and weight the shortfall by
+        the starting weight (one scale for every epoch of a validation curve).
     layer, layer_at, layer_reduce
         Take the attributions at a submodule of ``target`` instead of at its input:
         ``layer``'s output (``layer_at="output"``) or first input (``"input"``), see
@@ -196,6 +207,7 @@ class AttributionPrior(nn.Module):
         layer_at: str = "output",
         layer_reduce: str | None = "sum",
         input_index: int | None = None,
+        target_share: float | ShareTarget | None = None,
     ) -> None:
         super().__init__()
         if isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
@@ -225,6 +237,7 @@ class AttributionPrior(nn.Module):
         elif type(self.reparameterizer) is Share and type(self.loss_fn) is OutsideShareLoss:
             self._fused = AF.share_outside_loss
         self.weight = float(weight)
+        self.constraint = self._share_constraint(target_share, self.weight)
         self.name: str | None = None  # set by a PriorSet; used in messages
         self._calls = 0
         self._dead_warned = False
@@ -244,6 +257,33 @@ class AttributionPrior(nn.Module):
             ).clone()
             self._all_ones_unchecked = not allow_all_ones
         self.register_buffer("ground_truth", ground_truth)
+
+    def _share_constraint(
+        self, target_share: float | ShareTarget | None, weight: float
+    ) -> ShareConstraint | None:
+        if target_share is None:
+            return None
+        if not (type(self.reparameterizer) is Share and type(self.loss_fn) is OutsideShareLoss):
+            raise ValueError(
+                "target_share needs reparameterizer='share' and loss='outside_share' (the "
+                "GT share is one minus that loss); got "
+                f"{type(self.reparameterizer).__name__} and {type(self.loss_fn).__name__}."
+            )
+        if not isinstance(target_share, ShareTarget):
+            if isinstance(target_share, bool) or not isinstance(target_share, (int, float)):
+                raise TypeError(
+                    "target_share must be a number in (0, 1) or a ShareTarget, got "
+                    f"{type(target_share).__name__}."
+                )
+            defaults = ShareTarget(0.5)
+            if not defaults.min_weight <= weight <= defaults.max_weight:
+                raise ValueError(
+                    f"with target_share, weight is the multiplier's starting value and must "
+                    f"be in [{defaults.min_weight:g}, {defaults.max_weight:g}], got {weight}; "
+                    "pass a ShareTarget to set other bounds."
+                )
+            target_share = ShareTarget(float(target_share), initial_weight=weight)
+        return ShareConstraint(target_share)
 
     # -- attributions ----------------------------------------------------------------
     def attributions(
@@ -376,8 +416,21 @@ class AttributionPrior(nn.Module):
                 self._check_dead_gradient(flat, rows)
         # the fused ops are autograd.Functions without torch.func support
         if self._fused is not None and fast_paths_enabled() and not in_functorch_transform(flat):
-            return self.weight * self._fused(flat, rows)
-        return self.weight * self.loss_fn(self.reparameterizer(flat), rows)
+            loss = self._fused(flat, rows)
+        else:
+            loss = self.loss_fn(self.reparameterizer(flat), rows)
+        if self.constraint is None:
+            return self.weight * loss
+        if not self.training:  # evaluation: one scale for every epoch (the starting weight)
+            weight = loss.new_tensor(self.constraint.settings.initial_weight)
+        else:
+            weight = self.constraint.weight(loss)  # this step's multiplier, before the update
+        if self.training and torch.is_grad_enabled() and not in_functorch_transform(flat):
+            if self.constraint.name is None:
+                self.constraint.name = self.name
+            self.constraint.update(1.0 - loss.detach())
+        # the constraint's exact penalty: nothing pushes the share beyond the target
+        return weight * torch.relu(loss - (1.0 - self.constraint.settings.target))
 
     def _label(self) -> str:
         name = f" {self.name!r}" if self.name else ""
@@ -442,6 +495,9 @@ class AttributionPrior(nn.Module):
 
     def extra_repr(self) -> str:
         gt = None if self.ground_truth is None else tuple(self.ground_truth.shape)
+        if self.constraint is not None:
+            return f"method={self.method!r}, target_share={self.constraint.settings.target}, " \
+                f"ground_truth={gt}"
         return f"method={self.method!r}, weight={self.weight}, ground_truth={gt}"
 
 

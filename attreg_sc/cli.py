@@ -189,6 +189,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--n-markers", type=int, default=40, help="markers per label (--markers-by)")
     t.add_argument("--w-attr", type=float, default=defaults["w_attr"], help="weight w_A of L_A")
     t.add_argument(
+        "--target-share",
+        type=float,
+        default=defaults["target_share"],
+        help="aim at this GT share (0-1): the weight becomes a multiplier starting at --w-attr",
+    )
+    t.add_argument(
         "--attribution",
         choices=["eg", "ig"],
         default=defaults["attribution"],
@@ -446,6 +452,7 @@ def _scare(args, adata, gts: dict):
         n_layers=args.n_layers,
         gene_likelihood=args.likelihood,
         w_attr=args.w_attr,
+        target_share=args.target_share,
         attribution=args.attribution,
         reducer=args.reducer,
         n_directions=args.n_directions,

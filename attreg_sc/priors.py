@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from attreg.constraint import ShareTarget
 from attreg.prior import AttributionPrior, ExclusionPrior, PriorSet, make_method
 from attreg.reducers import Index, OutputUnits, RandomDirections, Reducer, resolve_reducer
 from attreg_sc.settings import DIRECTION_REDUCERS, REDUCERS, PriorSettings
@@ -92,7 +93,8 @@ def build_prior_set(
         Random generator of the draws.
     settings
         The prior's settings (default :class:`~attreg_sc.settings.PriorSettings()`); its
-        ``w_attr`` is applied by the caller, not here.
+        ``w_attr`` is applied by the caller, not here, except with a ``target_share``:
+        then it is each GT's starting multiplier (and the caller applies 1).
     latent_blocks
         ``{GT name: latent dimensions}`` (resolved:
         :meth:`~attreg_sc.settings.PriorSettings.resolve_blocks`).
@@ -125,10 +127,18 @@ def build_prior_set(
     )
     all_dims = list(range(n_latent))
     priors: dict[str, AttributionPrior] = {}
+    # a target share: each GT's weight is its own multiplier (w_attr inside it, not outside)
+    scale = 1.0 if s.target_share is None else s.w_attr
     for i, (name, g) in enumerate(ground_truths.items()):
         vector = torch.from_numpy(g.astype(np.float32)) if isinstance(g, np.ndarray) else None
         block = latent_blocks.get(name)
-        weight = s.gt_weights.get(name, 1.0)
+        weight = s.gt_weights.get(name, 1.0) * scale
+        share = None
+        if s.target_share is not None and weight > 0:
+            share = ShareTarget(
+                s.target_share, initial_weight=weight, min_weight=min(1e-3, weight),
+                max_weight=max(1e3, weight),
+            )
         priors[f"gt{i}"] = AttributionPrior(
             target,
             vector,
@@ -136,8 +146,10 @@ def build_prior_set(
             reparameterizer=s.reparameterizer,
             loss=s.loss,
             weight=weight,
+            target_share=share,
             **common,
         )
+        priors[f"gt{i}"].name = str(name)  # messages name the user's GT
         rest = [d for d in all_dims if block is not None and d not in block]
         if rest and vector is not None and s.w_exclusion > 0:
             priors[f"gt{i}_exclusion"] = ExclusionPrior(

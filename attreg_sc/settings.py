@@ -81,6 +81,14 @@ class PriorSettings:
         ``{GT name: weight}`` (default 1 each).
     seed
         Seed of the prior's draws (EG references and alphas, random directions).
+    target_share
+        ``None`` (default): ``w_attr`` is a fixed weight. A number in ``(0, 1)``: the
+        GT share each GT's prior aims at; its weight becomes a Lagrange multiplier that
+        starts at ``w_attr`` (times the GT's ``gt_weights`` entry) and is updated by dual
+        ascent after every training step (:class:`attreg.ShareTarget`, capped at 1000,
+        with a warning naming the GT when the cap is reached short of the target). The
+        multipliers and shares are in the history (``prior_weight_gt0``,
+        ``prior_share_gt0``, ...). Needs the share reparameterizer and loss.
 
     Examples
     --------
@@ -107,6 +115,7 @@ class PriorSettings:
     latent_blocks: Mapping[str, Any] = field(default_factory=dict)
     gt_weights: Mapping[str, float] = field(default_factory=dict)
     seed: int = 0
+    target_share: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("w_attr", "w_exclusion"):
@@ -135,6 +144,7 @@ class PriorSettings:
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be an integer in 0..2**63-1, got {self.seed!r}.")
         object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "target_share", _target_share(self))
         object.__setattr__(self, "latent_blocks", _blocks(self.latent_blocks))
         object.__setattr__(self, "gt_weights", _weights(self.gt_weights))
 
@@ -213,6 +223,25 @@ class PriorSettings:
         if len(set(taken)) != len(taken):
             raise ValueError(f"latent blocks overlap: {out}; give each GT its own dimensions.")
         return out
+
+
+def _target_share(s: PriorSettings) -> float | None:
+    value = s.target_share
+    if value is None:
+        return None
+    if not _is_number(value) or not math.isfinite(value) or not 0 < value < 1:
+        raise ValueError(f"target_share must be None or a number in (0, 1), got {value!r}.")
+    if s.reparameterizer != "share" or s.loss != "outside_share":
+        raise ValueError(
+            "target_share needs reparameterizer='share' and loss='outside_share' (the GT "
+            f"share is one minus that loss), got {s.reparameterizer!r} and {s.loss!r}."
+        )
+    if not 1e-3 <= s.w_attr <= 1e3:
+        raise ValueError(
+            "with target_share, w_attr is the multiplier's starting value and must be in "
+            f"[0.001, 1000], got {s.w_attr}."
+        )
+    return float(value)
 
 
 def _blocks(blocks: Any) -> dict[str, Any]:

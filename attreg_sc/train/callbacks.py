@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from pathlib import Path
@@ -419,15 +420,23 @@ class ResumeGuard(Callback):
             )
         self._states = _checked_rng_states(ours.get("rng"), path)
         self._history = _checked_history(ours.get("history"), path)
+        self._constraints = _checked_constraints(ours.get("constraints"), path)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        from attreg_sc.train.plan import constraint_states
+
+        constraints = getattr(pl_module, "share_constraints", None)
         checkpoint["attreg_sc"] = {
             "format": CHECKPOINT_FORMAT,
             "rng": _rng_states(pl_module),
             "history": _history_so_far(trainer),
+            "constraints": constraint_states(constraints() if constraints else {}),
         }
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if getattr(self, "_constraints", None):  # applied when the priors are built
+            pl_module._pending_constraints = self._constraints
+            self._constraints = None
         if self._states is not None:
             _set_rng_states(self._states, pl_module)
             self._states = None
@@ -457,6 +466,29 @@ def _history_so_far(trainer) -> dict[str, Any]:
         values = [float(v) for p in parts for v in p.to_numpy().ravel()]
         out[str(key)] = values
     return out
+
+
+def _checked_constraints(states: Any, path: str) -> dict[str, dict[str, float]]:
+    """The checkpoint's target-share multipliers, each field checked (absent: none)."""
+    if states is None:
+        return {}
+    bad = ValueError(f"{path}: the checkpoint's target-share multipliers are malformed; it "
+                     "was not written by SCARE.train(checkpoint_path=...) or was altered.")
+    if not isinstance(states, dict) or len(states) > 10_000:
+        raise bad
+    for name, state in states.items():
+        if not isinstance(name, str) or not isinstance(state, dict):
+            raise bad
+        if set(state) != {"log_multiplier", "share_average", "steps"}:
+            raise bad
+        lm, avg, steps = state["log_multiplier"], state["share_average"], state["steps"]
+        if not isinstance(lm, float) or not math.isfinite(lm) or abs(lm) > 50:
+            raise bad
+        if not isinstance(avg, float) or not (math.isnan(avg) or 0.0 <= avg <= 1.0):
+            raise bad
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps < 10**12:
+            raise bad
+    return states
 
 
 def _checked_history(history: Any, path: str) -> dict[str, list[float]]:

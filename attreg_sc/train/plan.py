@@ -68,6 +68,10 @@ class PriorConfig:
 
     @property
     def w_attr(self) -> float:
+        """The factor of ``L_A`` in the loss: ``w_attr``, or 1 with a target share (the
+        weights are then the priors' own multipliers)."""
+        if self.settings.target_share is not None:
+            return 1.0
         return self.settings.w_attr
 
     @property
@@ -263,6 +267,12 @@ class AttributionPriorPlanMixin:
         last = self.__dict__.get("_epoch_last", {})
         if mode == "train" and "kl_weight" in last:
             self.log("kl_weight", float(last.pop("kl_weight")), on_step=False, on_epoch=True)
+        if mode == "train" and self.__dict__.get("_constraints_logged") != self.current_epoch:
+            self.__dict__["_constraints_logged"] = self.current_epoch
+            for name, constraint in self.share_constraints().items():  # one sync per epoch
+                state = constraint.state()
+                self.log(f"prior_weight_{name}", state["weight"], on_step=False, on_epoch=True)
+                self.log(f"prior_share_{name}", state["share"], on_step=False, on_epoch=True)
         means = self.__dict__.get("_epoch_means", {}).pop(mode, None)
         if means:
             self.log_dict({k: t / c for k, (t, c) in means.items()}, on_step=False, on_epoch=True)
@@ -285,6 +295,19 @@ class AttributionPriorPlanMixin:
     def on_train_epoch_end(self):
         self.log_epoch_metrics("train")
         return super().on_train_epoch_end()
+
+    def share_constraints(self) -> dict:
+        """``{GT name: attreg.ShareConstraint}`` of the priors that aim at a target share
+        (empty before the first step and without ``target_share``)."""
+        out = {}
+        for prefix, prior in (("", self._vector_priors), ("per_label", self._label_prior)):
+            if prior is None:
+                continue
+            items = prior.priors.items() if hasattr(prior, "priors") else [(prefix, prior)]
+            for name, p in items:
+                if getattr(p, "constraint", None) is not None:
+                    out[name] = p.constraint
+        return out
 
     def on_validation_epoch_end(self):
         self.log_epoch_metrics("validation")
@@ -403,6 +426,12 @@ class AttributionPriorPlanMixin:
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
                     n_latent = self._explained(x[:1], *(r[:1] for r in rest)).shape[-1]
             self._build(x.shape[-1], n_latent, x.device)
+            pending = self.__dict__.pop("_pending_constraints", None)
+            if pending:  # a resumed run: the multipliers where the interrupted run left them
+                set_constraint_states(self.share_constraints(), pending)
+        for prior in (self._vector_priors, self._label_prior):
+            if prior is not None:  # validation calls leave the multipliers alone
+                prior.train(self.training)
         acts = None
         if self._prefix is not None and self._first_out is not None:
             from attreg_sc.fast.encoder_prefix import covariate_part
@@ -520,6 +549,32 @@ class AttributionPriorPlanMixin:
                 ]
             )
         )
+
+
+def constraint_states(constraints: dict) -> dict[str, dict[str, float]]:
+    """Plain values of the share constraints' states (what a checkpoint stores)."""
+    return {
+        name: {
+            "log_multiplier": float(c.log_multiplier),
+            "share_average": float(c.share_average),
+            "steps": int(c.steps),
+        }
+        for name, c in constraints.items()
+    }
+
+
+def set_constraint_states(constraints: dict, states: dict) -> None:
+    """Put checked states (:func:`constraint_states`) back into the constraints; a state
+    for a GT the run does not have is refused."""
+    unknown = sorted(set(states) - set(constraints))
+    if unknown:
+        raise ValueError(f"the checkpoint holds multipliers of unknown GTs {unknown}.")
+    for name, state in states.items():
+        c = constraints[name]
+        c.log_multiplier.fill_(state["log_multiplier"])
+        c.share_average.fill_(state["share_average"])
+        c.steps.fill_(state["steps"])
+        c._updates = state["steps"]
 
 
 @cache
