@@ -447,6 +447,36 @@ class AttributionPriorModelMixin:
             label_has_gt=label_has_gt,
         )
         self._prior_defaults, self._gene_key = settings, gene_key
+        vectors = {k: g for k, g in ground_truths.items() if isinstance(g, np.ndarray)}
+        if vectors and settings.w_attr > 0:  # warned now, before training
+            self.gt_diagnostics_ = self.diagnose_ground_truths(vectors)
+
+    def diagnose_ground_truths(self, ground_truths: Mapping[str, Any]):
+        """Per GT: genes in the data, expressed and variable, and a verdict; a set too
+        small or too flat to steer anything gets a warning with its numbers
+        (:func:`attreg_sc.gt_diagnostics.diagnose`). Run by :meth:`set_prior` for the GT
+        vectors (the result is ``model.gt_diagnostics_``); the per-gene statistics are
+        read once per model, in chunks of cells.
+
+        Parameters
+        ----------
+        ground_truths
+            ``{name: GT}`` as :meth:`set_prior` takes them (vectors over the genes).
+        """
+        from scvi import REGISTRY_KEYS
+
+        from attreg_sc.gt_diagnostics import diagnose, gene_statistics
+
+        gts = as_ground_truths(self.adata, dict(ground_truths), self._gene_key)
+        gts = {k: g for k, g in gts.items() if isinstance(g, np.ndarray)}
+        cached = self.__dict__.get("_gene_statistics")
+        if cached is not None and cached[0] is self.adata:
+            stats = cached[1]
+        else:
+            counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+            stats = gene_statistics(counts)
+            self.__dict__["_gene_statistics"] = (self.adata, stats)
+        return diagnose(self.adata, gts, statistics=stats)
 
     # -- training ----------------------------------------------------------------------
     def train(
