@@ -87,3 +87,19 @@ def test_latent_blocks_study_runs_one_configuration(tmp_path):
     assert {r["gene_set"] for r in rows} == {"MAPK", "NF-kB"}
     assert all(math.isfinite(r["fssf_block"]) and math.isfinite(r["reconstruction"])
                for r in rows)
+
+
+def test_target_share_toy_runs_every_form():
+    res = load("target_share_toy").main(["--steps", "60"])
+    assert set(res) == {(n, f) for n in (3, 15) for f in ("fixed", "geco", "target_share")}
+    assert all(0.0 <= r["own"] <= 1.0 and 0.0 <= r["posthoc"] <= 1.0 for r in res.values())
+
+
+def test_target_share_pilot_runs_one_epoch(tmp_path):
+    out = tmp_path / "pilot.json"
+    rows = load("target_share_pilot").main(
+        ["--max-epochs", "1", "--n-random", "2", "--json", str(out)]
+    )
+    assert [r["model"] for r in rows] == ["baseline", "w_attr 30", "target share 0.9"] * 2
+    assert rows[2]["weight"] != 30.0  # the multiplier moved
+    assert out.exists()
