@@ -25,8 +25,9 @@ of the share (a minibatch's share is noisy; the average keeps :math:`\lambda` fr
 chasing it) and capped: a target the model cannot reach raises :math:`\lambda` to
 ``max_weight`` and no further, so the task loss cannot collapse, and
 :class:`ShareConstraint` warns once, naming the prior and the share reached, when the
-multiplier has stayed at the cap short of the target for 200 steps (a multiplier that
-touches the cap while the model catches up is not warned about). Calls in evaluation
+multiplier has stayed at the cap short of the target for 200 steps while the share
+stopped rising (by less than 0.02; a multiplier that sits at the cap while the model
+catches up is not warned about). Calls in evaluation
 mode weight the shortfall by the starting weight, so that a validation objective
 compares epochs on one scale (early stopping on a loss whose weight keeps rising would
 stop the run because of the weight).
@@ -58,8 +59,9 @@ __all__ = ["ShareTarget", "ShareConstraint", "dual_ascent_step"]
 
 #: calls between the host-side checks of a capped multiplier (each one synchronises)
 _CHECK_EVERY = 50
-#: consecutive checks at the cap, short of the target, before the warning (a multiplier
-#: can touch the cap while the model catches up: a transient, not an unreachable target)
+#: consecutive checks at the cap, short of the target and with the share no longer rising,
+#: before the warning (a multiplier can sit at the cap while the model catches up: a
+#: transient, not an unreachable target)
 _CAPPED_CHECKS = 4
 
 
@@ -196,6 +198,7 @@ class ShareConstraint(nn.Module):
         self._warned = False
         self._updates = 0  # host-side count: the cap's check needs no synchronisation to time
         self._capped = 0  # consecutive checks found at the cap short of the target
+        self._capped_from = 0.0  # the share at the first of them
         self.register_buffer(
             "log_multiplier", torch.tensor(math.log(settings.initial_weight), dtype=torch.float64)
         )
@@ -233,19 +236,29 @@ class ShareConstraint(nn.Module):
         s = self.settings
         state = self.state()
         capped = state["weight"] >= s.max_weight * (1 - 1e-6)
-        self._capped = self._capped + 1 if capped and state["share"] < s.target - 0.02 else 0
-        if self._capped >= _CAPPED_CHECKS:
-            self._warned = True
-            who = f"prior {self.name!r}" if self.name else "the prior"
-            warnings.warn(
-                f"{who}: target share {s.target:g} not reached: the GT share is "
-                f"{state['share']:.3f} with the weight at its cap max_weight={s.max_weight:g} "
-                f"after {state['steps']} steps. The ground truth may be too small or too "
-                "flat in the data to carry that share of the attribution; lower the "
-                "target, or raise max_weight knowing that the task loss then matters less.",
-                UserWarning,
-                stacklevel=4,
-            )
+        if not (capped and state["share"] < s.target - 0.02):
+            self._capped = 0
+            return
+        if self._capped == 0:
+            self._capped_from = state["share"]
+        self._capped += 1
+        if self._capped < _CAPPED_CHECKS:
+            return
+        if state["share"] >= self._capped_from + 0.02:  # still rising: the model catches up
+            self._capped, self._capped_from = 1, state["share"]
+            return
+        # at the cap, short of the target, and stalled
+        self._warned = True
+        who = f"prior {self.name!r}" if self.name else "the prior"
+        warnings.warn(
+            f"{who}: target share {s.target:g} not reached: the GT share is "
+            f"{state['share']:.3f} with the weight at its cap max_weight={s.max_weight:g} "
+            f"after {state['steps']} steps. The ground truth may be too small or too "
+            "flat in the data to carry that share of the attribution; lower the "
+            "target, or raise max_weight knowing that the task loss then matters less.",
+            UserWarning,
+            stacklevel=4,
+        )
 
     @property
     def multiplier(self) -> float:

@@ -8,6 +8,8 @@ its genes. On PBMC 3k with GO:0043410 (MAPK) and GO:1901224 (NF-kB), this study 
 * ``baseline``: no prior;
 * ``shared``: both priors on the whole latent (SCARE's default prior);
 * ``blocks``: MAPK owns dimensions 0-3, NF-kB 4-5, dimensions 6-9 are free;
+* ``blocks_target``: the same blocks, each set aiming at a GT share of 0.9 in its block
+  (``target_share``; not in the default ``--configs``);
 
 and reports, per model and gene set, the GT share of the attributions of each block
 (own set and other set) and FSSF computed on the whole latent and on the set's block.
@@ -35,6 +37,7 @@ from attreg_sc.metrics import dimension_shares, fssf
 SETS = {"MAPK": "GO:0043410", "NF-kB": "GO:1901224"}
 BLOCKS = {"MAPK": [0, 1, 2, 3], "NF-kB": [4, 5]}
 FREE = [6, 7, 8, 9]
+TARGET_SHARE = 0.9
 
 
 def configs(w: float) -> dict[str, dict]:
@@ -42,6 +45,8 @@ def configs(w: float) -> dict[str, dict]:
         "baseline": dict(w_attr=0.0),
         "shared": dict(w_attr=w),
         "blocks": dict(w_attr=w, latent_blocks=BLOCKS),
+        # each set aims at its own target share in its own block (the multiplier starts at w)
+        "blocks_target": dict(w_attr=w, latent_blocks=BLOCKS, target_share=TARGET_SHARE),
     }
 
 
