@@ -103,3 +103,12 @@ def test_target_share_pilot_runs_one_epoch(tmp_path):
     assert [r["model"] for r in rows] == ["baseline", "w_attr 30", "target share 0.9"] * 2
     assert rows[2]["weight"] != 30.0  # the multiplier moved
     assert out.exists()
+
+
+def test_label_steering_diagnosis_runs_one_seed():
+    out = load("label_steering_diagnosis").main(
+        ["--seeds", "0", "--epochs", "1", "--n-random", "2"]
+    )
+    assert len(out["informativeness"]) == 1 and len(out["models"]) == 5
+    target = [r for r in out["models"] if r["model"] == "global GT, target share 0.9"][0]
+    assert 0.0 <= target["training_share"] <= 1.0
