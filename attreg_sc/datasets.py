@@ -15,6 +15,8 @@ __all__ = [
     "synthetic",
     "go_gene_sets_path",
     "go_gene_sets",
+    "go_panel_path",
+    "go_panel",
     "pbmc3k",
     "pbmc68k",
     "pbmc_two_runs",
@@ -178,6 +180,42 @@ def go_gene_sets() -> dict[str, list[str]]:
     from attreg_sc.gt import read_gmt
 
     return read_gmt(go_gene_sets_path())
+
+
+def go_panel_path() -> Path:
+    """Path of the shipped GMT of the target-share evaluation panel (human symbols)."""
+    return _DATA / "go_panel_human.gmt"
+
+
+def go_panel(half: str = "development") -> dict[str, list[str]]:
+    """The evaluation panel's GO biological processes: 14 terms of 26-927 genes (with
+    descendant terms; Debian's ``r-bioc-org.hs.eg.db`` / ``r-bioc-go.db`` 3.16.0), fixed
+    before any was trained on and split by size rank into a ``"development"`` half and a
+    ``"held-out"`` half (the final check, run once); ``"all"`` gives both. How it was
+    made: ``scripts/make_go_gmt.py``.
+
+    Parameters
+    ----------
+    half
+        ``"development"``, ``"held-out"`` or ``"all"``.
+
+    Examples
+    --------
+    >>> dev, held = go_panel(), go_panel("held-out")
+    >>> len(dev), len(held), sorted(dev)[0], set(dev) & set(held)
+    (7, 7, 'GO:0006119', set())
+    """
+    if half not in ("development", "held-out", "all"):
+        raise ValueError(f"half must be 'development', 'held-out' or 'all', got {half!r}.")
+    from attreg_sc.gt import read_gmt
+
+    path = go_panel_path()
+    sets = read_gmt(path)
+    halves = {}
+    for line in path.read_text().splitlines():
+        term, description = line.split("\t")[:2]
+        halves[term] = description.split(":")[0]
+    return {t: genes for t, genes in sets.items() if half == "all" or halves[t] == half}
 
 
 def _fit_reference(reference, n_cell_types: int, rng: np.random.Generator):

@@ -91,3 +91,17 @@ def test_pbmc3k_ships_every_gene_and_the_selection_one_argument_away():
     assert asc.gt.from_genes(compact, go).sum() == asc.gt.from_genes(full, go).sum() == 269
     with pytest.raises(ValueError, match="'all' or 'selected'"):
         asc.datasets.pbmc3k(genes="hvg")
+
+
+def test_the_go_panel_spans_set_sizes_in_both_halves_and_meets_pbmc3k():
+    dev, held = asc.datasets.go_panel(), asc.datasets.go_panel("held-out")
+    assert len(dev) == len(held) == 7 and not set(dev) & set(held)
+    assert asc.datasets.go_panel("all") == {**dev, **held}
+    for half in (dev, held):
+        sizes = sorted(len(g) for g in half.values())
+        assert 15 <= sizes[0] < 100 and 700 < sizes[-1] <= 1500, sizes  # small to large
+    genes = set(asc.datasets.pbmc3k().var_names)
+    found = {t: len(set(g) & genes) for t, g in {**dev, **held}.items()}
+    assert min(found.values()) >= 15, found  # every set is in the data
+    with pytest.raises(ValueError, match="half must be"):
+        asc.datasets.go_panel("test")
