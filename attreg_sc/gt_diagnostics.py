@@ -31,11 +31,6 @@ MIN_EXPRESSED = 30
 MIN_VARIABLE = 10
 
 
-def _row_blocks(matrix, chunk: int):
-    for start in range(0, matrix.shape[0], chunk):
-        yield matrix[start : start + chunk]
-
-
 def gene_statistics(matrix, chunk: int = 10_000, target_sum: float = 1e4) -> pd.DataFrame:
     """Per gene: the fraction of cells with a count (``detected``) and the variance of
     ``log1p`` of library-normalized counts (``variance``), in one pass over chunks of
@@ -57,6 +52,8 @@ def gene_statistics(matrix, chunk: int = 10_000, target_sum: float = 1e4) -> pd.
     >>> gene_statistics(x)["detected"].round(2).tolist()
     [0.67, 0.0, 1.0]
     """
+    from attreg_sc.validation import _row_blocks
+
     n, g = matrix.shape
     detected = np.zeros(g)
     total = np.zeros(g)
