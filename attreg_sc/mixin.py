@@ -26,6 +26,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from attreg_sc.files import (
@@ -699,6 +700,66 @@ class AttributionPriorModelMixin:
             for ours, theirs in names.items()
             if theirs in history
         }
+
+    def prior_summary(self, n_samples: int = 4, seed: int = 0) -> pd.DataFrame:
+        """What the prior reached, after training: one row per (GT, latent dimension).
+
+        ``gt_share``: the mean over cells of the GT's share of the dimension's absolute EG
+        attribution (post hoc, :func:`attreg_sc.metrics.dimension_shares`); ``var``: the
+        dimension's variance (a collapsed dimension has ~0); ``in_block``: the dimension is
+        in the GT's latent block (all dimensions when the GT has none); ``training_share``
+        and ``weight``: the prior's own share and multiplier at the last epoch (with
+        ``target_share``; NaN otherwise); ``genes``, ``expressed``, ``variable``,
+        ``verdict``: the diagnostics read before training (``gt_diagnostics_``).
+        Per-cell GT matrices are left out (their share is per cell).
+
+        Parameters
+        ----------
+        n_samples, seed
+            EG references per cell and their seed.
+
+        Examples
+        --------
+        >>> import attreg_sc as asc
+        >>> adata = asc.datasets.synthetic(n_cells=100, n_genes=30, n_gt_genes=5, seed=0)
+        >>> asc.SCARE.setup_anndata(adata)
+        >>> m = asc.SCARE(adata, n_latent=2, gt="is_gt", target_share=0.9)
+        >>> m.train(max_epochs=2, enable_progress_bar=False)
+        >>> s = m.prior_summary(n_samples=2)
+        >>> s.index.tolist(), bool(s["weight"].notna().all())
+        ([('gt', 0), ('gt', 1)], True)
+        """
+        from attreg_sc.metrics import dimension_shares
+
+        cfg = self.prior_config
+        if cfg is None or not self.is_trained_:
+            raise RuntimeError(
+                "prior_summary needs a trained model with a prior: call set_prior (or "
+                "pass gt=...) and train first."
+            )
+        history = self.history if self.history is not None else {}
+        diagnostics = getattr(self, "gt_diagnostics_", None)
+        rows = []
+        for i, (name, g) in enumerate(cfg.ground_truths.items()):
+            if not isinstance(g, np.ndarray):
+                continue
+            block = cfg.blocks.get(name)
+            end = {}
+            for key in ("share", "weight"):
+                column = f"prior_{key}_gt{i}"
+                end[key] = (float(history[column].iloc[-1, 0]) if column in history
+                            else float("nan"))
+            diag = (diagnostics.loc[name].to_dict() if diagnostics is not None
+                    and name in diagnostics.index else {})
+            shares = dimension_shares(self, g, n_samples=n_samples, seed=seed)
+            for dim, r in shares.drop(index="sum").iterrows():
+                rows.append({
+                    "gt": name, "dimension": int(dim), "gt_share": r["gt_share"],
+                    "var": r["var"], "in_block": block is None or int(dim) in block,
+                    "training_share": end["share"], "weight": end["weight"],
+                    **{k: diag.get(k) for k in ("genes", "expressed", "variable", "verdict")},
+                })
+        return pd.DataFrame(rows).set_index(["gt", "dimension"])
 
     def _data_for(self, adata=None) -> RegisteredCounts:
         """The counts and batches scvi-tools registered for ``adata``."""

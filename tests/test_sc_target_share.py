@@ -97,3 +97,33 @@ def test_resume_carries_the_multipliers(adata, tmp_path):
     save_versioned(altered, checkpoint)
     with pytest.raises(ValueError, match="target-share multipliers are malformed"):
         _model(adata, target_share=0.6, w_attr=5.0).train(max_epochs=4, ckpt_path=altered, **kw)
+
+
+def test_prior_summary_reports_each_gt_and_dimension(adata):
+    genes = adata.var_names.to_numpy()
+    gt = adata.var["is_gt"].to_numpy()
+    other = np.zeros_like(gt)
+    other[~gt] = True
+    other[np.flatnonzero(~gt)[15:]] = False  # 15 other genes: a second, smaller GT
+    scvi.settings.seed = 0
+    m = asc.SCARE(adata, n_latent=4, seed=2, gt={"planted": genes[gt], "other": genes[other]},
+                  target_share=0.6, w_attr=5.0, latent_blocks={"planted": 2, "other": 2})
+    with pytest.raises(RuntimeError, match="train first"):
+        m.prior_summary()
+    m.train(max_epochs=8, **KW)
+    s = m.prior_summary(n_samples=2)
+    assert s.index.tolist() == [(g, d) for g in ("planted", "other") for d in range(4)]
+    assert s["in_block"].tolist() == [True, True, False, False, False, False, True, True]
+    for i, name in enumerate(("planted", "other")):
+        last = float(m.history[f"prior_weight_gt{i}"].iloc[-1, 0])
+        assert (s.loc[name, "weight"] == last).all()
+        assert (s.loc[name, "genes"] == int(m.gt_diagnostics_.loc[name, "genes"])).all()
+    assert s.loc["other", "genes"].iloc[0] == 15
+    assert ((s["gt_share"] >= 0) & (s["gt_share"] <= 1)).all()
+    # the post-hoc shares equal dimension_shares' for the same draws
+    from attreg_sc.metrics import dimension_shares
+    direct = dimension_shares(m, gt, n_samples=2).drop(index="sum")["gt_share"].to_numpy()
+    np.testing.assert_allclose(s.loc["planted", "gt_share"].to_numpy(), direct)
+    fixed = _model(adata, w_attr=5.0)
+    fixed.train(max_epochs=1, **KW)
+    assert fixed.prior_summary(n_samples=2)["weight"].isna().all()
