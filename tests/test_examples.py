@@ -112,3 +112,47 @@ def test_label_steering_diagnosis_runs_one_seed():
     assert len(out["informativeness"]) == 1 and len(out["models"]) == 5
     target = [r for r in out["models"] if r["model"] == "global GT, target share 0.9"][0]
     assert 0.0 <= target["training_share"] <= 1.0
+
+
+def test_target_share_panel_runs_one_set_and_reports(tmp_path, capsys):
+    mod = load("target_share_panel")
+    out = tmp_path / "panel.jsonl"
+    args = ["--data", "wu2020", "--sets", "GO:0006412", "--seeds", "0", "--epochs", "1",
+            "--n-random", "2", "--out", str(out)]
+    mod.main(args)
+    rows = [__import__("json").loads(x) for x in out.read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["baseline", "w_attr 30", "target 0.9"]
+    assert all(r["set"] == "GO:0006412" and r["expressed"] <= r["genes"] for r in rows)
+    assert rows[2]["weight"] != 30.0 and rows[1]["weight"] is None
+    mod.main(args)  # a rerun skips the rows present
+    assert len(out.read_text().splitlines()) == 3
+    mod.main(["--report", str(out)])
+    assert "GO:0006412" in capsys.readouterr().out
+
+
+def test_target_share_panel_goal_needs_every_criterion():
+    import pandas as pd
+
+    mod = load("target_share_panel")
+    base = dict(expressed=40, fssf_gt=-0.9, fssf_random=-0.9, share_per_dim=0.1,
+                reconstruction=100.0, bio=0.70, subclusters=10, seconds_per_epoch=1.0,
+                weight=float("nan"))
+    good = dict(base, fssf_gt=0.7, share_per_dim=0.85, reconstruction=102.0, bio=0.67,
+                subclusters=14, seconds_per_epoch=1.2, weight=300.0)
+    rows = {("d", "development", "ok"): good,
+            ("d", "development", "bio"): dict(good, bio=0.64),
+            ("d", "development", "recon"): dict(good, reconstruction=104.0),
+            ("d", "development", "split"): dict(good, subclusters=16),
+            ("d", "development", "fssf"): dict(good, fssf_gt=0.55),
+            ("d", "development", "slow"): dict(good, seconds_per_epoch=1.5)}
+    index, data = [], []
+    for key, new in rows.items():
+        index += [(*key, "baseline"), (*key, "target 0.9")]
+        data += [base, new]
+    mean = pd.DataFrame(data, index=pd.MultiIndex.from_tuples(index))
+    table = mod.goal_table(mean).set_index("set")
+    assert table["goal"].to_dict() == {"ok": True, "bio": False, "recon": False,
+                                       "split": False, "fssf": False, "slow": False}
+    assert table["goal_but_step"].to_dict() == dict(table["goal"].to_dict(), slow=True)
+    assert abs(table.loc["ok", "recon"] - 0.02) < 1e-12
+    assert abs(table.loc["ok", "subclusters"] - 1.4) < 1e-12
