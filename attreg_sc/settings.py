@@ -88,7 +88,10 @@ class PriorSettings:
         ascent after every training step (:class:`attreg.ShareTarget`, capped at 1000,
         with a warning naming the GT when the cap is reached short of the target). The
         multipliers and shares are in the history (``prior_weight_gt0``,
-        ``prior_share_gt0``, ...). Needs the share reparameterizer and loss.
+        ``prior_share_gt0``, ...). Needs the share reparameterizer and loss. Not the
+        default: on the project's evaluation panel a target of 0.9 reached the share but
+        fragmented the cell types of most gene sets (docs/single_cell.md, "The
+        target-share evaluation panel").
 
     Examples
     --------
