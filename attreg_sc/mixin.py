@@ -759,7 +759,9 @@ class AttributionPriorModelMixin:
                     "training_share": end["share"], "weight": end["weight"],
                     **{k: diag.get(k) for k in ("genes", "expressed", "variable", "verdict")},
                 })
-        return pd.DataFrame(rows).set_index(["gt", "dimension"])
+        columns = ["gt", "dimension", "gt_share", "var", "in_block", "training_share",
+                   "weight", "genes", "expressed", "variable", "verdict"]
+        return pd.DataFrame(rows, columns=columns).set_index(["gt", "dimension"])
 
     def _data_for(self, adata=None) -> RegisteredCounts:
         """The counts and batches scvi-tools registered for ``adata``."""

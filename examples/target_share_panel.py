@@ -28,11 +28,16 @@ FSSF formed (summed over cell types), seconds per epoch, and the set's diagnosti
 
 One JSON line per (model, set) is appended to ``--out``; a rerun skips rows present.
 
-Run::
+Run (what made ``docs/studies/target_share_panel.jsonl``; two processes, about 90 min)::
 
-    python examples/target_share_panel.py --data pbmc3k --half development --seeds 0 1 2 \\
-        --out docs/studies/target_share_panel.jsonl
-    python examples/target_share_panel.py --report docs/studies/target_share_panel.jsonl
+    P="python examples/target_share_panel.py --out panel.jsonl"
+    for d in pbmc68k pbmc_two_runs wu2020; do $P --data $d --seeds 0 1 2; done
+    $P --data pbmc3k --seeds 0
+    for d in pbmc3k pbmc68k pbmc_two_runs wu2020; do $P --data $d --half held-out --seeds 0; done
+    $P --data pbmc3k --sets GO:0042100 --seeds 0 --frontier
+    $P --data pbmc68k --sets GO:0030098 --seeds 0 --frontier
+    $P --data pbmc_two_runs --sets GO:0042100 --seeds 0 --frontier
+    python examples/target_share_panel.py --report panel.jsonl --plot frontier.png
 """
 
 from __future__ import annotations

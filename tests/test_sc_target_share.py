@@ -127,3 +127,15 @@ def test_prior_summary_reports_each_gt_and_dimension(adata):
     fixed = _model(adata, w_attr=5.0)
     fixed.train(max_epochs=1, **KW)
     assert fixed.prior_summary(n_samples=2)["weight"].isna().all()
+
+
+def test_prior_summary_leaves_out_per_cell_gts(adata):
+    names = np.asarray(adata.var_names)
+    grouped = asc.gt.from_groups(adata, "cell_type",
+                                 {"type0": list(names[adata.var["is_gt"].to_numpy()])})
+    scvi.settings.seed = 0
+    m = asc.SCARE(adata, n_latent=2, gt=grouped, w_attr=5.0)
+    m.train(max_epochs=1, **KW)
+    s = m.prior_summary(n_samples=2)
+    assert s.empty and s.index.names == ["gt", "dimension"]
+    assert {"gt_share", "weight", "expressed", "verdict"} <= set(s.columns)
