@@ -141,7 +141,7 @@ def run(data: str, half: str, seeds, out: Path, epochs: int, n_random: int,
             gts[term] = asc.gt.from_genes(adata, genes, name=term)
         except ValueError:  # no gene of the set in the data
             print(f"{data}: {term} has no gene in the data; skipped", flush=True)
-    diag = asc.gt_diagnostics.diagnose(adata, {t: g for t, g in gts.items()}, warn=False)
+    diag = asc.gt_diagnostics.diagnose(adata, gts, warn=False)
 
     def emit(row):
         with out.open("a") as f:
@@ -149,8 +149,8 @@ def run(data: str, half: str, seeds, out: Path, epochs: int, n_random: int,
         print(" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()),
               flush=True)
 
+    first = next(iter(gts.values()))  # the baseline's GT: unused at w_attr 0
     for seed in seeds:
-        first = next(iter(gts.values()))
         if any((data, half, t, "baseline", seed) not in done for t in gts):
             base, timing = _train(adata, first, seed, epochs, w_attr=0.0)
             for term, gt in gts.items():

@@ -22,7 +22,7 @@ import time
 import scvi
 
 import attreg_sc as asc
-from attreg_sc.metrics import dimension_shares, fssf
+from attreg_sc.metrics import fssf
 
 VARIANTS = (("baseline", dict(w_attr=0.0)), ("w_attr 30", dict(w_attr=30.0)),
             ("target share 0.9", dict(w_attr=30.0, target_share=0.9)))
@@ -47,15 +47,14 @@ def main(argv=None) -> list[dict]:
             model.train(max_epochs=args.max_epochs, enable_progress_bar=False)
             seconds = time.perf_counter() - t0
             res = fssf(model, gt, "cell_type", n_random=args.n_random, seed=0)
-            per_dim = dimension_shares(model, gt, n_samples=4).drop(index="sum")["gt_share"]
+            summary = model.prior_summary(n_samples=4)  # the GT's share per latent dimension
             h = model.history
             row = dict(
                 data=data_name, model=name, fssf_gt=res.score(), fssf_random=res.random_score(),
-                share_per_dim=float(per_dim.mean()),
-                weight=float(h["prior_weight_gt0"].iloc[-1, 0]) if "prior_weight_gt0" in h
+                share_per_dim=float(summary["gt_share"].mean()),
+                weight=float(summary["weight"].iloc[0]) if "target_share" in kw
                 else kw["w_attr"],
-                training_share=float(h["prior_share_gt0"].iloc[-1, 0])
-                if "prior_share_gt0" in h else float("nan"),
+                training_share=float(summary["training_share"].iloc[0]),
                 reconstruction=float(h["reconstruction_loss_validation"].iloc[-1, 0]),
                 epochs=len(h["reconstruction_loss_train"]), seconds=seconds,
             )
