@@ -12,7 +12,7 @@ Examples
 True
 """
 
-from attreg_sc import datasets, distributions, gt, gt_diagnostics, metrics, pl, report
+from attreg_sc import datasets, distributions, gt, gt_diagnostics, metrics, panel, pl, report
 from attreg_sc.files import ModelFileError
 from attreg_sc.mixin import AttributionPriorModelMixin, with_prior
 from attreg_sc.model import SCARE
@@ -47,6 +47,7 @@ __all__ = [
     "gt",
     "gt_diagnostics",
     "metrics",
+    "panel",
     "pl",
     "report",
 ]

@@ -303,6 +303,22 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.add_argument("--out", required=True, help="GMT file to write")
 
+    p = sub.add_parser(
+        "panel", help="select a gene panel for targeted spatial transcriptomics", **common
+    )
+    _add_data_args(p, gt=False)
+    p.add_argument("--n", type=int, nargs="+", required=True, help="panel size(s), nested")
+    p.add_argument("--cell-type-key", default=None, help="obs column with cell types")
+    p.add_argument("--required", default=None, help="file with genes the panel must hold")
+    p.add_argument("--excluded", default=None, help="file with genes the panel may not hold")
+    p.add_argument("--max-epochs", type=int, default=100, help="upper bound on epochs")
+    p.add_argument("--n-latent", type=int, default=10, help="latent dimensions")
+    p.add_argument("--w-sparsity", type=float, default=0.0, help="sparsity prior's weight")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="output folder (written as one unit)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
     d = sub.add_parser("demo", help="baseline vs scARE on built-in data, FSSF, report", **common)
     d.add_argument("--synthetic", action="store_true", help="synthetic data fitted to PBMC 3k")
     d.add_argument("--out", default="scare_demo", help="report folder")
@@ -588,6 +604,57 @@ def _cmd_markers(args) -> None:
     print(f"wrote {len(lines)} marker set(s) to {args.out}")
 
 
+def _cmd_panel(args) -> None:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from attreg_sc import pl
+    from attreg_sc.output_folder import OutputFolder
+    from attreg_sc.panel import evaluate_panel, reference_panels, select_panel
+
+    adata = _read_h5ad(args.data)
+    if args.cell_type_key is not None:
+        _check_key(adata, args.cell_type_key, "--cell-type-key")
+    required = _read_gene_list(args.required) if args.required else None
+    excluded = _read_gene_list(args.excluded) if args.excluded else None
+    inputs = _input_files(args) + [f for f in (args.required, args.excluded) if f]
+    folder = OutputFolder(args.out, overwrite=args.overwrite, inputs=inputs)
+    with folder as staging:  # checked and locked before training
+        panel = select_panel(
+            adata,
+            args.n,
+            cell_type_key=args.cell_type_key,
+            layer=args.layer,
+            batch_key=args.batch_key,
+            required=required,
+            excluded=excluded,
+            max_epochs=args.max_epochs,
+            n_latent=args.n_latent,
+            w_sparsity=args.w_sparsity,
+            seed=args.seed,
+            progress_bar=not args.no_progress,
+        )
+        panel.table.to_csv(staging / "panel.csv", index=False)
+        for n in panel.sizes:
+            (staging / f"panel_{n}.txt").write_text("\n".join(panel.genes_at(n)) + "\n")
+        panel.coverage().to_csv(staging / "coverage.csv")
+        rows = []
+        for n in panel.sizes:  # the panel next to what it should beat, per size
+            candidates = {"attreg_sc": panel.genes_at(n),
+                          **reference_panels(adata, n, layer=args.layer, seed=args.seed)}
+            for method, genes in candidates.items():
+                scores = evaluate_panel(adata, genes, args.cell_type_key, layer=args.layer,
+                                        seed=args.seed)
+                rows.append({"size": n, "panel": method, **scores})
+        evaluation = pd.DataFrame(rows)
+        evaluation.to_csv(staging / "evaluation.csv", index=False)
+        plt.close(pl.panel_coverage(panel, save=str(staging / "coverage.png")))
+        _write_run_record(staging, args)
+    print(panel.table.head(20).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(evaluation.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"panel of {len(panel.genes)} genes (sizes {panel.sizes}): {folder.path}")
+
+
 def run_demo(
     out: str = "scare_demo",
     synthetic: bool = False,
@@ -787,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fssf": _cmd_fssf,
                 "report": _cmd_report,
                 "markers": _cmd_markers,
+                "panel": _cmd_panel,
                 "convert": _cmd_convert,
             }[args.command](args)
     except (CLIError, OutputFolderError) as err:

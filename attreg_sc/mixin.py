@@ -275,7 +275,7 @@ class AttributionPriorModelMixin:
         self._prior_config = None
         self._prior_defaults = settings
         self._gene_key = gene_key
-        if gt is not None or gt_per_label is not None:
+        if gt is not None or gt_per_label is not None or settings.w_sparsity > 0:
             self.set_prior(gt, gt_per_label=gt_per_label, gene_key=gene_key)
 
     def __repr__(self) -> str:
@@ -362,7 +362,8 @@ class AttributionPriorModelMixin:
         **options: Any,
     ) -> None:
         """Set the attribution prior of the next :meth:`train` (``gt=None`` and
-        ``gt_per_label=None``: remove it). Everything is checked now, before training.
+        ``gt_per_label=None``: remove it, unless ``w_sparsity > 0``, the prior that needs no
+        GT). Everything is checked now, before training.
 
         Parameters
         ----------
@@ -390,7 +391,7 @@ class AttributionPriorModelMixin:
         from scvi import REGISTRY_KEYS
 
         settings = (settings or self._prior_defaults).replace(**options)
-        if gt is None and gt_per_label is None:
+        if gt is None and gt_per_label is None and settings.w_sparsity == 0:
             self._prior_defaults = settings
             self._prior_config = None
             return
@@ -982,7 +983,7 @@ class AttributionPriorModelMixin:
             raise ModelFileError(f"{path}: extra.prior.settings: {err}") from None
         self._gene_key = gene_key
         self._prior_defaults = settings
-        if gts or label_table is not None:
+        if gts or label_table is not None or settings.w_sparsity > 0:
             self._prior_config = PriorConfig(gts, settings, blocks, label_table, label_has_gt)
 
     def save(

@@ -27,6 +27,7 @@ __all__ = [
     "label_separation_bars",
     "attribution_heatmap",
     "gt_share_bars",
+    "panel_coverage",
 ]
 
 _TERMS = [
@@ -328,4 +329,47 @@ def gt_share_bars(
     _label_bars(ax)
     ax.set_ylabel("share of |attribution| on GT genes")
     ax.set_ylim(0, 1.08)
+    return _finish(fig, show, save, own)
+
+
+def panel_coverage(
+    panel,
+    ax=None,
+    show: bool | None = None,
+    save: str | None = None,
+):
+    """Each cell type's coverage by a gene panel: the share of the type's attribution
+    importance held by the panel's first ``k`` genes, against ``k``
+    (:meth:`attreg_sc.panel.Panel.coverage`), with the asked sizes marked.
+
+    Parameters
+    ----------
+    panel
+        A :class:`attreg_sc.panel.Panel`.
+    ax, show, save
+        Draw into this ``Axes``; show the figure; write it to this path.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import pandas as pd
+    >>> from attreg_sc.panel import Panel, PanelSettings
+    >>> imp = pd.DataFrame({"B": [0.7, 0.2, 0.1], "T": [0.1, 0.3, 0.6]}, index=["a", "b", "c"])
+    >>> p = Panel(["a", "c"], pd.DataFrame(), imp, [1, 2], PanelSettings())
+    >>> fig = panel_coverage(p)
+    >>> len(fig.axes[0].lines) >= 2
+    True
+    """
+    coverage = panel.coverage()
+    own = ax is None
+    fig, ax = _axes(ax, (6, 3.8))
+    for name in coverage.columns:
+        ax.plot(coverage.index, coverage[name].to_numpy(), label=str(name))
+    for n in panel.sizes:
+        ax.axvline(n, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("panel size (genes, in rank order)")
+    ax.set_ylabel("share of the type's attribution")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize="small", frameon=False, ncol=2 if coverage.shape[1] > 6 else 1)
     return _finish(fig, show, save, own)

@@ -11,7 +11,13 @@ import numpy as np
 import torch
 
 from attreg.constraint import ShareTarget
-from attreg.prior import AttributionPrior, ExclusionPrior, PriorSet, make_method
+from attreg.prior import (
+    AttributionPenalty,
+    AttributionPrior,
+    ExclusionPrior,
+    PriorSet,
+    make_method,
+)
 from attreg.reducers import Index, OutputUnits, RandomDirections, Reducer, resolve_reducer
 from attreg_sc.settings import DIRECTION_REDUCERS, REDUCERS, PriorSettings
 
@@ -155,4 +161,16 @@ def build_prior_set(
             priors[f"gt{i}_exclusion"] = ExclusionPrior(
                 target, vector, method=method_for(rest), weight=weight * s.w_exclusion, **common
             )
+    if s.w_sparsity > 0:  # GT-free: 1 - Gini of the mean |attribution| (>= 0, as the others)
+        priors["sparsity"] = AttributionPenalty(
+            target, _gini_penalty, method=method_for(None), weight=s.w_sparsity * scale,
+            **common,
+        )
     return PriorSet(priors, s.aggregation)
+
+
+def _gini_penalty(attributions: torch.Tensor) -> torch.Tensor:
+    """``1 - Gini(mean_i |a_i|)``: :class:`attreg.penalties.GiniSparsity` plus one."""
+    from attreg.functional import gini_sparsity_loss
+
+    return 1.0 + gini_sparsity_loss(attributions)

@@ -92,6 +92,13 @@ class PriorSettings:
         default: on the project's evaluation panel a target of 0.9 reached the share but
         fragmented the cell types of most gene sets (docs/single_cell.md, "The
         target-share evaluation panel").
+    w_sparsity
+        Weight, relative to ``w_attr``, of a prior that needs no GT: Erion et al.'s global
+        sparsity, ``1 - Gini`` of the minibatch's mean absolute attribution per gene
+        (:class:`attreg.penalties.GiniSparsity`, shifted to be >= 0), on the prior's
+        directions. It concentrates the encoder's attribution on few genes (the scARE
+        paper's recipe for gene panels, :mod:`attreg_sc.panel`); 0 (default): off. With no
+        GT, ``set_prior(None, w_sparsity=...)`` trains with this prior alone.
 
     Examples
     --------
@@ -119,9 +126,10 @@ class PriorSettings:
     gt_weights: Mapping[str, float] = field(default_factory=dict)
     seed: int = 0
     target_share: float | None = None
+    w_sparsity: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("w_attr", "w_exclusion"):
+        for name in ("w_attr", "w_exclusion", "w_sparsity"):
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")

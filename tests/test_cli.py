@@ -30,7 +30,7 @@ def run(argv, capsys):
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("cmd", ["train", "fssf", "report", "markers", "demo", "convert"])
+@pytest.mark.parametrize("cmd", ["train", "fssf", "report", "markers", "panel", "demo", "convert"])
 def test_help_for_every_command(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main([cmd, "--help"])

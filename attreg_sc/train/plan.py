@@ -76,7 +76,12 @@ class PriorConfig:
 
     @property
     def active(self) -> bool:
-        return self.w_attr > 0 and (bool(self.ground_truths) or self.label_table is not None)
+        has_prior = (
+            bool(self.ground_truths)
+            or self.label_table is not None
+            or self.settings.w_sparsity > 0
+        )
+        return self.w_attr > 0 and has_prior
 
 
 def latent_encoder(module: torch.nn.Module) -> torch.nn.Module:
@@ -373,7 +378,7 @@ class AttributionPriorPlanMixin:
             elif not isinstance(g, np.ndarray):
                 self._cell_gts[f"gt{i}"] = g
         common = dict(n_latent=n_latent, generator=self._generator, settings=settings)
-        if vectors:
+        if vectors or settings.w_sparsity > 0:  # the GT-free sparsity prior lives here
             self._unregistered(
                 "_vector_priors",
                 build_prior_set(target, vectors, latent_blocks=cfg.blocks, **common).to(device),

@@ -1,0 +1,205 @@
+"""Gene panels judged by spapros' own evaluation (issue 29): attreg_sc.panel against spapros'
+selection and its reference selections (PCA, DE, HVG, random).
+
+Needs spapros (``pip install -e ".[sc,panels]"``: spapros 0.1.6 calls ``np.in1d``, so that
+environment has numpy < 2.4). One command runs everything and appends one JSON line per
+(dataset, method, size, seed) to ``--out`` (resumable: rows already there are skipped)::
+
+    python benchmarks/bench_panels.py --data pbmc68k --methods attreg_sc attreg_sc_sparse \\
+        attreg_sc_noredundancy --out docs/bench_panels.jsonl       # development: the default
+    python benchmarks/bench_panels.py --data pbmc3k wu2020 --out docs/bench_panels.jsonl
+    python benchmarks/bench_panels.py --report docs/bench_panels.jsonl
+
+Data (fixed before any panel was scored): each dataset's cells of cell types with at least
+10 cells, ``normalize_total(1e4)`` + ``log1p`` for spapros, raw counts for SCARE, and the
+candidate pool of the 1,000 most variable genes (scanpy's ``seurat`` flavour), the pool
+spapros' own tutorial starts from. ``pbmc68k`` (700 blood cells, 10 types) is the
+development set on which attreg_sc's default was chosen; ``pbmc3k`` (2,700 PBMC, 8 types)
+and ``wu2020`` (T cells, 163 cells of 10 subtypes mostly from tumour and adjacent normal
+tissue) are the evaluation sets.
+
+Scores: :class:`spapros.ev.ProbesetEvaluator` (``scheme="quick"``: kNN overlap with the full
+pool's graph, XGBoost cell-type classification, gene correlation) and its
+``summary_statistics``; ``overall`` is the mean of those summary columns (each in [0, 1]).
+Selection time is wall time on this machine; attreg_sc's nested ranking gives every size
+from one run, so its time is that run's (the same for each size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("pbmc68k", "pbmc3k", "wu2020")
+METHODS = ("attreg_sc", "spapros", "PCA", "DE", "HVG", "random")
+VARIANTS = {  # attreg_sc's panel settings per method name (attreg_sc: the defaults)
+    "attreg_sc": {},
+    "attreg_sc_sparse": {"w_sparsity": 1.0},  # the paper's recipe: a sparsity prior
+    "attreg_sc_sparse01": {"w_sparsity": 0.1},
+    "attreg_sc_noredundancy": {"redundancy": 0.0},
+    "attreg_sc_redundancy2": {"redundancy": 2.0},
+}
+
+
+def load(name: str):
+    """``(counts AnnData, log-normalized AnnData)`` of the 1,000-gene pool."""
+    import scanpy as sc
+
+    import attreg_sc as asc
+
+    adata = {"pbmc68k": asc.datasets.pbmc68k, "pbmc3k": asc.datasets.pbmc3k,
+             "wu2020": asc.datasets.wu2020_tcells}[name]()
+    sizes = adata.obs["cell_type"].value_counts()
+    adata = adata[adata.obs["cell_type"].isin(sizes.index[sizes >= 10])].copy()
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(str).astype("category")
+    logged = adata.copy()
+    sc.pp.normalize_total(logged, target_sum=1e4)
+    sc.pp.log1p(logged)
+    sc.pp.highly_variable_genes(logged, n_top_genes=1000)
+    pool = logged.var["highly_variable"].to_numpy()
+    return adata[:, pool].copy(), logged[:, pool].copy()
+
+
+def done_keys(path: Path) -> set:
+    if not path.exists():
+        return set()
+    keys = set()
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            keys.add((r["dataset"], r["method"], r["size"], r["seed"]))
+    return keys
+
+
+def select(method: str, counts, logged, sizes: list[int], seed: int) -> tuple[dict, float]:
+    """``({size: genes}, seconds)``."""
+    t0 = time.perf_counter()
+    if method in VARIANTS:
+        import attreg_sc as asc
+
+        panel = asc.panel.select_panel(counts, sizes, cell_type_key="cell_type", seed=seed,
+                                       **VARIANTS[method])
+        out = {n: panel.genes_at(n) for n in sizes}
+    elif method == "spapros":
+        import spapros as sp
+
+        out = {}
+        for n in sizes:
+            sel = sp.se.ProbesetSelector(logged, n=n, celltype_key="cell_type", verbosity=0,
+                                         save_dir=None, seed=seed)
+            sel.select_probeset()
+            out[n] = list(sel.probeset.index[sel.probeset["selection"]])
+    else:
+        import spapros as sp
+
+        out = {}
+        for n in sizes:
+            sets = sp.se.select_reference_probesets(
+                logged, n=n, genes_key=None, obs_key="cell_type", methods=[method],
+                seeds=[seed], verbosity=0,
+            )
+            (table,) = sets.values()
+            out[n] = list(table.index[table["selection"]])
+    return out, time.perf_counter() - t0
+
+
+def run(args) -> None:
+    import spapros as sp
+
+    out = Path(args.out)
+    done = done_keys(out)
+    for name in args.data:
+        counts, logged = load(name)
+        evaluator = sp.ev.ProbesetEvaluator(logged, celltype_key="cell_type", scheme="quick",
+                                            results_dir=None, verbosity=0, n_jobs=1)
+        for method in args.methods:
+            seeds = args.seeds if method == "random" or method in VARIANTS else [0]
+            for seed in seeds:
+                todo = [n for n in args.sizes if (name, method, n, seed) not in done]
+                if not todo:
+                    continue
+                panels, seconds = select(method, counts, logged, todo, seed)
+                for n in todo:
+                    genes = panels[n]
+                    set_id = f"{method}_{n}_{seed}"
+                    evaluator.evaluate_probeset(genes, set_id=set_id)
+                    evaluator.summary_statistics(set_ids=[set_id])
+                    summary = evaluator.summary_results.loc[set_id].astype(float).to_dict()
+                    row = {
+                        "dataset": name, "method": method, "size": n, "seed": seed,
+                        "n_genes": len(genes), "selection_s": seconds,
+                        "summary": summary,
+                        "overall": float(np.mean(list(summary.values()))),
+                        "genes": genes, "threads": os.cpu_count(),
+                        "load": os.getloadavg()[0],
+                    }
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"{name} {method} n={n} seed={seed}: overall "
+                          f"{row['overall']:.3f} ({seconds:.0f} s)", flush=True)
+
+
+def report(path: str) -> str:
+    import pandas as pd
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    flat = pd.DataFrame([{**{k: r[k] for k in ("dataset", "method", "size", "seed",
+                                                 "selection_s", "overall")}, **r["summary"]}
+                         for r in rows])
+    metrics = [c for c in flat.columns if c not in
+               ("dataset", "method", "size", "seed", "selection_s")]
+    table = flat.groupby(["dataset", "size", "method"])[metrics + ["selection_s"]].mean()
+    lines = []
+    for (dataset, size), block in table.groupby(level=[0, 1]):
+        block = block.droplevel([0, 1]).sort_values("overall", ascending=False)
+        lines.append(f"\n### {dataset}, {size} genes\n")
+        lines.append("| method | " + " | ".join(metrics) + " | selection s |")
+        lines.append("|---" * (len(metrics) + 2) + "|")
+        for method, r in block.iterrows():
+            values = " | ".join(f"{r[m]:.3f}" for m in metrics)
+            lines.append(f"| {method} | {values} | {r['selection_s']:.0f} |")
+    verdict = []
+    for (dataset, size), block in table.groupby(level=[0, 1]):
+        block = block.droplevel([0, 1])
+        if "attreg_sc" in block.index and "spapros" in block.index:
+            a, s = block.loc["attreg_sc"], block.loc["spapros"]
+            verdict.append(
+                f"| {dataset} | {size} | {a['overall']:.3f} | {s['overall']:.3f} | "
+                f"{a['overall'] - s['overall']:+.3f} | {a['selection_s']:.0f} | "
+                f"{s['selection_s']:.0f} |"
+            )
+    if verdict:
+        lines.insert(0, "| dataset | size | attreg_sc overall | spapros overall | difference "
+                        "| attreg_sc s | spapros s |\n|---|---|---|---|---|---|---|\n"
+                     + "\n".join(verdict))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", nargs="+", choices=DATASETS, default=["pbmc3k", "wu2020"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+                   choices=sorted(set(METHODS) | set(VARIANTS)))
+    p.add_argument("--sizes", nargs="+", type=int, default=[50, 100, 150])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--out", default=str(ROOT / "docs" / "bench_panels.jsonl"))
+    p.add_argument("--report", metavar="JSONL", help="print the tables of a finished run")
+    args = p.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return 0
+    warnings.filterwarnings("ignore")
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
