@@ -443,13 +443,19 @@ def select_panel(
             model.train(max_epochs=settings.max_epochs, early_stopping=True,
                         threads=settings.threads, enable_progress_bar=progress_bar,
                         datasplitter_kwargs={"external_indexing": split})
-        elif list(model.adata.var_names) != list(adata.var_names):
-            raise ValueError("model was trained on other genes than adata's; train it on "
-                             "the reference's candidate genes, or leave model=None.")
+        elif getattr(model, "adata", None) is None:
+            raise ValueError("model has no AnnData; load it with its reference "
+                             "(SCARE.load(path, adata)), or leave model=None.")
+        elif list(model.adata.var_names) != list(adata.var_names) or list(
+            model.adata.obs_names
+        ) != list(adata.obs_names):
+            raise ValueError("model was trained on other genes or cells than adata's; "
+                             "train it on the reference itself, or leave model=None.")
         cells = _explained_cells(groups, settings.n_explained, rng)
         latent = model.get_latent_representation(indices=cells)
         variance = latent.var(0)
-        weights = variance / variance.sum()
+        weights = (variance / variance.sum() if variance.sum() > 0
+                   else np.full(len(variance), 1.0 / len(variance)))
         shares = np.empty((len(weights), len(cells), adata.n_vars), dtype=np.float32)
         for d in range(len(weights)):
             attr = np.abs(model.get_attributions(

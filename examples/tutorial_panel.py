@@ -35,7 +35,9 @@ def candidate_pool(n_top: int = 1000):
     sc.pp.log1p(logged)
     sc.pp.highly_variable_genes(logged, n_top_genes=n_top)
     keep = logged.var["highly_variable"].to_numpy() | adata.var_names.isin(REQUIRED)
-    return adata[:, keep].copy()
+    adata = adata[:, keep].copy()
+    sc.pp.filter_cells(adata, min_counts=1)  # a cell without counts on the pool: no library
+    return adata
 
 
 def main(argv=None):

@@ -45,6 +45,18 @@ def test_tutorial_markers_quick():
     assert len(res["baseline"]) > 0
 
 
+def test_tutorial_panel_quick(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    panel, evaluation = load("tutorial_panel").main(
+        ["--sizes", "10", "20", "--n-top", "300", "--max-epochs", "3", "--out", str(tmp_path)]
+    )
+    assert panel.genes[:4] == ["CD3E", "MS4A1", "CD14", "NKG7"]  # the required markers
+    assert len(panel.genes) == 20 and (tmp_path / "panel_coverage.png").exists()
+    assert set(evaluation["panel"]) == {"attreg_sc", "highly variable", "random"}
+
+
 def test_tutorial_cli_quick(tmp_path):
     work = load("tutorial_cli").main(["--workdir", str(tmp_path), "--max-epochs", "2"])
     assert (work / "report" / "index.html").exists() and (work / "fssf.csv").exists()

@@ -201,8 +201,10 @@ def test_missing_cell_types_and_a_model_of_other_genes_are_refused(data, panel):
     holes.obs.loc[holes.obs_names[:3], "cell_type"] = np.nan
     with pytest.raises(ValueError, match="has missing values"):
         select_panel(holes, 5, cell_type_key="cell_type", **FAST)
-    with pytest.raises(ValueError, match="trained on other genes"):
+    with pytest.raises(ValueError, match="trained on other genes or cells"):
         select_panel(data[:, :30].copy(), 5, model=panel.model, **FAST)
+    with pytest.raises(ValueError, match="trained on other genes or cells"):
+        select_panel(data[:200].copy(), 5, model=panel.model, **FAST)
     with pytest.raises(ValueError, match="n must be an integer in 1..9"):
         panel.genes_at(10)
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
