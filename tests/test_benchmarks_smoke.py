@@ -93,3 +93,33 @@ def test_decoy_mnist_runs_with_a_replaced_weight():
         by_variant["attreg RRR (Ross et al.)"]["swatch_share"]
         < 0.5 * by_variant["vanilla"]["swatch_share"]
     )
+
+
+def test_bench_panels_data_and_report(tmp_path):
+    """spapros is a benchmark extra (not in CI): the data preparation and the report run
+    here; the selection and evaluation need ``.[panels]``."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_panels", BENCH / "bench_panels.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    counts, logged = mod.load("wu2020")
+    assert counts.shape == logged.shape == (163, 1000)  # types of >= 10 cells, 1,000 HVG
+    assert counts.obs["cell_type"].value_counts().min() >= 10
+    assert float(counts.X.max()) > 20 and float(logged.X.max()) < 12  # counts vs log1p
+    rows = []
+    for method, overall, seconds in (("attreg_sc", 0.7, 10.0), ("spapros", 0.8, 100.0)):
+        for seed in (0, 1):
+            summary = {"knn_overlap mean_overlap_AUC": overall - 0.1 * seed,
+                       "forest_clfs accuracy": overall}
+            rows.append({"dataset": "wu2020", "method": method, "size": 50, "seed": seed,
+                         "selection_s": seconds, "summary": summary,
+                         "overall": sum(summary.values()) / 2})
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert mod.done_keys(path) == {("wu2020", m, 50, s) for m in ("attreg_sc", "spapros")
+                                   for s in (0, 1)}
+    text = mod.report(str(path))
+    assert "| wu2020 | 50 | 0.675 | 0.775 | -0.100 | 10 | 100 |" in text
+    assert "| spapros | 0.775 | 0.750 | 0.800 | 100 |" in text  # overall, then each metric
+    assert text.index("| spapros |") < text.index("| attreg_sc | 0.675")  # best first
