@@ -171,19 +171,17 @@ class Panel:
         return held
 
 
-def group_importance(
-    shares: np.ndarray, weights: np.ndarray, groups: np.ndarray
-) -> tuple[np.ndarray, list]:
-    """Each gene's importance for each group: the mean over the group's cells of
-    ``sum_d weights[d] * shares[d, cell, gene]``.
+def group_importance(per_cell: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, list]:
+    """Each gene's importance for each group: the mean of ``per_cell`` over the group's
+    cells.
 
     Parameters
     ----------
-    shares
-        ``(n_dims, n_cells, n_genes)``: each gene's share of each cell's absolute attribution
-        for each latent dimension (rows sum to 1, or 0 for a cell the dimension ignores).
-    weights
-        ``(n_dims,)``, non-negative, summing to 1 (the dimensions' share of latent variance).
+    per_cell
+        ``(n_cells, n_genes)``: ``sum_d w_d s_dcg``, each gene's share ``s_dcg`` of cell
+        ``c``'s absolute attribution for latent dimension ``d`` (rows of ``s_d`` sum to 1, or
+        0 for a cell the dimension ignores), weighted by the dimensions' shares ``w_d`` of
+        the latent variance (summing to 1).
     groups
         ``(n_cells,)`` group labels.
 
@@ -194,16 +192,23 @@ def group_importance(
 
     Examples
     --------
-    >>> s = np.array([[[1.0, 0.0], [0.0, 1.0]]])  # one dimension, two cells, two genes
-    >>> imp, names = group_importance(s, np.array([1.0]), np.array(["a", "b"]))
+    >>> per_cell = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    >>> imp, names = group_importance(per_cell, np.array(["a", "b", "b"]))
     >>> imp.tolist(), names
-    ([[1.0, 0.0], [0.0, 1.0]], ['a', 'b'])
+    ([[1.0, 0.25], [0.0, 0.75]], ['a', 'b'])
     """
-    per_cell = np.tensordot(weights, shares, axes=1)  # (n_cells, n_genes)
     names = [str(g) for g in pd.unique(groups)]
     labels = np.asarray(groups).astype(str)
     importance = np.stack([per_cell[labels == g].mean(0) for g in names], axis=1)
     return importance, names
+
+
+def _standardized(x: np.ndarray) -> np.ndarray:
+    """Columns centred and scaled to unit norm: ``z.T @ z`` is the correlation matrix (a
+    constant column is all zeros: it correlates with nothing)."""
+    z = x - x.mean(0)
+    norm = np.sqrt((z * z).sum(0))
+    return z / np.where(norm > 0, norm, np.inf)
 
 
 def greedy_panel(
@@ -211,7 +216,7 @@ def greedy_panel(
     order: Sequence[int],
     n: int,
     *,
-    correlation: np.ndarray | None = None,
+    expression: np.ndarray | None = None,
     redundancy: float = 1.0,
     required: Sequence[int] = (),
     allowed: np.ndarray | None = None,
@@ -229,8 +234,11 @@ def greedy_panel(
         Group indices in turn order.
     n
         Panel size (required genes included).
-    correlation
-        ``(n_genes, n_genes)`` gene-gene correlation, or ``None`` (no discount).
+    expression
+        ``(n_cells, n_genes)``, the genes' expression (e.g. ``log1p`` counts per 10,000)
+        whose Pearson correlation discounts; ``None``: no discount. The correlation of
+        each chosen gene with every gene is computed when it is chosen (memory: the
+        matrix, not genes x genes).
     redundancy
         Exponent of the discount.
     required
@@ -250,14 +258,15 @@ def greedy_panel(
     """
     n_genes = importance.shape[0]
     free = np.ones(n_genes, bool) if allowed is None else np.asarray(allowed, bool).copy()
+    z = None if expression is None else _standardized(np.asarray(expression, np.float64))
     chosen, served = [], []
     closest = np.zeros(n_genes)
     for g in required:
         chosen.append(int(g))
         served.append(-1)
         free[g] = False
-        if correlation is not None:
-            closest = np.maximum(closest, correlation[g])
+        if z is not None:
+            closest = np.maximum(closest, z.T @ z[:, g])
     turn = 0
     while len(chosen) < n and free.any():
         k = order[turn % len(order)]
@@ -268,8 +277,8 @@ def greedy_panel(
         chosen.append(g)
         served.append(int(k))
         free[g] = False
-        if correlation is not None:
-            closest = np.maximum(closest, correlation[g])
+        if z is not None:
+            closest = np.maximum(closest, z.T @ z[:, g])
     return chosen, served
 
 
@@ -325,14 +334,6 @@ def _log_normalized(counts) -> np.ndarray:
     x = x.astype(np.float64)
     total = x.sum(1, keepdims=True)
     return np.log1p(x / np.maximum(total, 1.0) * 1e4)
-
-
-def _correlation(x: np.ndarray) -> np.ndarray:
-    x = x - x.mean(0)
-    norm = np.sqrt((x * x).sum(0))
-    norm[norm == 0] = np.inf  # a constant gene correlates with nothing
-    x = x / norm
-    return np.clip(x.T @ x, -1.0, 1.0)
 
 
 def select_panel(
@@ -456,30 +457,29 @@ def select_panel(
         variance = latent.var(0)
         weights = (variance / variance.sum() if variance.sum() > 0
                    else np.full(len(variance), 1.0 / len(variance)))
-        shares = np.empty((len(weights), len(cells), adata.n_vars), dtype=np.float32)
+        per_cell = np.zeros((len(cells), adata.n_vars))  # sum_d w_d s_dcg, one pass per d
         for d in range(len(weights)):
             attr = np.abs(model.get_attributions(
                 indices=cells, reducer=d, n_samples=settings.n_samples,
                 seed=settings.seed + d, progress_bar=progress_bar,
             ))
             total = attr.sum(1, keepdims=True)
-            shares[d] = np.divide(attr, total, out=np.zeros_like(attr), where=total > 0)
-    importance, names = group_importance(shares, weights, groups[cells])
+            per_cell += weights[d] * np.divide(attr, total, out=np.zeros_like(attr),
+                                               where=total > 0)
+    importance, names = group_importance(per_cell, groups[cells])
     counts = adata.layers[layer] if layer is not None else adata.X
-    correlation = (
-        _correlation(_log_normalized(counts[cells])) if settings.redundancy > 0 else None
-    )
+    expression = _log_normalized(counts[cells]) if settings.redundancy > 0 else None
     sizes_of = pd.Series(groups).value_counts()
     order = sorted(range(len(names)), key=lambda k: (sizes_of[names[k]], names[k]))
     allowed = np.ones(adata.n_vars, bool)
     allowed[exc] = False
-    chosen, served = greedy_panel(importance, order, n_max, correlation=correlation,
+    chosen, served = greedy_panel(importance, order, n_max, expression=expression,
                                   redundancy=settings.redundancy, required=req,
                                   allowed=allowed)
     genes = [str(adata.var_names[g]) for g in chosen]
     imp = pd.DataFrame(importance, index=adata.var_names.astype(str), columns=names)
     mean_counts = np.asarray(counts.mean(0)).ravel()
-    overall = np.tensordot(weights, shares, axes=1).mean(0)
+    overall = per_cell.mean(0)
     served_by = _served(importance, chosen)
     table = pd.DataFrame({
         "gene": genes,

@@ -71,18 +71,17 @@ def test_greedy_panel_axioms(n_genes, n_groups, seed, redundancy):
     rng = np.random.default_rng(seed)
     importance = rng.random((n_genes, n_groups))
     x = rng.normal(size=(20, n_genes))
-    corr = np.corrcoef(x, rowvar=False)
     allowed = rng.random(n_genes) < 0.8
     required = [int(g) for g in np.flatnonzero(allowed)[:1]]
     order = list(rng.permutation(n_groups))
     n = int(rng.integers(1, n_genes + 1))
-    genes, served = greedy_panel(importance, order, n, correlation=corr,
+    genes, served = greedy_panel(importance, order, n, expression=x,
                                  redundancy=redundancy, required=required, allowed=allowed)
     assert len(set(genes)) == len(genes)
     assert all(allowed[g] for g in genes)
     assert genes[: len(required)] == required and served[: len(required)] == [-1] * len(required)
     assert len(genes) == min(n, int(allowed.sum()))
-    smaller, _ = greedy_panel(importance, order, max(1, n - 1), correlation=corr,
+    smaller, _ = greedy_panel(importance, order, max(1, n - 1), expression=x,
                               redundancy=redundancy, required=required, allowed=allowed)
     assert genes[: len(smaller)] == smaller
 
@@ -91,12 +90,17 @@ def test_greedy_panel_turns_and_redundancy():
     importance = np.array([[0.5, 0.0], [0.45, 0.0], [0.05, 0.2], [0.0, 0.8]])
     # group 1 goes first and takes gene 3; then group 0 its best, gene 0
     assert greedy_panel(importance, [1, 0], 2) == ([3, 0], [1, 0])
-    corr = np.eye(4)
-    corr[0, 1] = corr[1, 0] = 0.95  # gene 1 copies gene 0
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    x[:, 1] = x[:, 0] + 0.2 * rng.normal(size=200)  # gene 1 copies gene 0 (r ~ 0.98)
+    x[:, 2] = -x[:, 0] + 0.5 * rng.normal(size=200)  # gene 2: anti-correlated, kept
     plain, _ = greedy_panel(importance, [0], 3)
-    discounted, _ = greedy_panel(importance, [0], 3, correlation=corr, redundancy=1.0)
+    discounted, _ = greedy_panel(importance, [0], 3, expression=x, redundancy=1.0)
     assert plain == [0, 1, 2]
     assert discounted == [0, 2, 1]  # the copy waits behind a gene with its own signal
+    # the discount is 1 - r: the copy's score is 0.45 * (1 - r) with r from the data
+    r = np.corrcoef(x, rowvar=False)[0, 1]
+    assert 0.95 < r < 1 and 0.45 * (1 - r) < 0.05
 
 
 @settings(deadline=None, max_examples=40)
@@ -108,7 +112,9 @@ def test_group_importance_columns_are_distributions(n_dims, n_cells, n_genes, se
     weights = rng.random(n_dims)
     weights /= weights.sum()
     groups = rng.choice(["a", "b", "c"], n_cells)
-    imp, names = group_importance(shares, weights, groups)
+    imp, names = group_importance(np.tensordot(weights, shares, axes=1), groups)
+    for k, g in enumerate(names):  # the mean over the group's cells, by definition
+        np.testing.assert_allclose(imp[:, k], shares[:, groups == g].mean(1).T @ weights)
     assert imp.shape == (n_genes, len(set(groups))) and sorted(names) == sorted(set(groups))
     np.testing.assert_allclose(imp.sum(0), 1.0, rtol=1e-10)
     assert (imp >= 0).all()
