@@ -25,8 +25,11 @@ fixed after spapros' evaluator refused the subtypes, before any panel was scored
 Scores: :class:`spapros.ev.ProbesetEvaluator` (``scheme="quick"``: kNN overlap with the full
 pool's graph, XGBoost cell-type classification, gene correlation) and its
 ``summary_statistics``; ``overall`` is the mean of those summary columns (each in [0, 1]).
-Selection time is wall time on this machine; attreg_sc's nested ranking gives every size
-from one run, so its time is that run's (the same for each size).
+Selection time is wall time on this machine, with the load average in each row;
+attreg_sc's nested ranking gives every size from one run, so its time is that run's (the
+same for each size). (The committed rows of ``docs/bench_panels.jsonl`` were written
+before the other methods were timed per size: there, every size of a method carries the
+time of all its sizes together.)
 """
 
 from __future__ import annotations
@@ -88,36 +91,36 @@ def done_keys(path: Path) -> set:
     return keys
 
 
-def select(method: str, counts, logged, sizes: list[int], seed: int) -> tuple[dict, float]:
-    """``({size: genes}, seconds)``."""
-    t0 = time.perf_counter()
+def select(method: str, counts, logged, sizes: list[int], seed: int) -> tuple[dict, dict]:
+    """``({size: genes}, {size: seconds})``: attreg_sc's one run serves every size (each
+    gets that run's time); the others select each size on its own."""
+    import spapros as sp
+
     if method in VARIANTS:
         import attreg_sc as asc
 
+        t0 = time.perf_counter()
         panel = asc.panel.select_panel(counts, sizes, cell_type_key="cell_type", seed=seed,
                                        **VARIANTS[method])
-        out = {n: panel.genes_at(n) for n in sizes}
-    elif method == "spapros":
-        import spapros as sp
-
-        out = {}
-        for n in sizes:
+        seconds = time.perf_counter() - t0
+        return {n: panel.genes_at(n) for n in sizes}, dict.fromkeys(sizes, seconds)
+    out, times = {}, {}
+    for n in sizes:
+        t0 = time.perf_counter()
+        if method == "spapros":
             sel = sp.se.ProbesetSelector(logged, n=n, celltype_key="cell_type", verbosity=0,
                                          save_dir=None, seed=seed)
             sel.select_probeset()
             out[n] = list(sel.probeset.index[sel.probeset["selection"]])
-    else:
-        import spapros as sp
-
-        out = {}
-        for n in sizes:
+        else:
             sets = sp.se.select_reference_probesets(
                 logged, n=n, genes_key=None, obs_key="cell_type", methods=[method],
                 seeds=[seed], verbosity=0,
             )
             (table,) = sets.values()
             out[n] = list(table.index[table["selection"]])
-    return out, time.perf_counter() - t0
+        times[n] = time.perf_counter() - t0
+    return out, times
 
 
 def run(args) -> None:
@@ -135,9 +138,9 @@ def run(args) -> None:
                 todo = [n for n in args.sizes if (name, method, n, seed) not in done]
                 if not todo:
                     continue
-                panels, seconds = select(method, counts, logged, todo, seed)
+                panels, times = select(method, counts, logged, todo, seed)
                 for n in todo:
-                    genes = panels[n]
+                    genes, seconds = panels[n], times[n]
                     set_id = f"{method}_{n}_{seed}"
                     evaluator.evaluate_probeset(genes, set_id=set_id)
                     evaluator.summary_statistics(set_ids=[set_id])
