@@ -156,6 +156,11 @@ class PriorSettings:
             raise ValueError(f"seed must be an integer in 0..2**63-1, got {self.seed!r}.")
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "target_share", _target_share(self))
+        if self.w_sparsity > 0 and self.w_attr == 0:
+            raise ValueError(
+                f"w_sparsity={self.w_sparsity} is relative to w_attr, and w_attr=0 turns "
+                "every prior off: give w_attr > 0 (e.g. the default 30), or w_sparsity=0."
+            )
         object.__setattr__(self, "latent_blocks", _blocks(self.latent_blocks))
         object.__setattr__(self, "gt_weights", _weights(self.gt_weights))
 

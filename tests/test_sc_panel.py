@@ -251,6 +251,8 @@ def test_the_sparsity_prior_composes_with_a_gt_and_is_checked():
 
     with pytest.raises(ValueError, match="w_sparsity must be a finite number >= 0"):
         PriorSettings(w_sparsity=-1.0)
+    with pytest.raises(ValueError, match="w_attr=0 turns every prior off"):
+        PriorSettings(w_sparsity=1.0, w_attr=0.0)  # not a silent no-op
     a = asc.datasets.synthetic(n_cells=200, n_genes=30, n_gt_genes=5, seed=0)
     asc.SCARE.setup_anndata(a)
     m = asc.SCARE(a, n_latent=3, gt="is_gt", w_sparsity=0.5)
