@@ -73,7 +73,8 @@ class PanelSettings:
         attribution on few genes).
     n_explained
         Cells explained (a sample stratified by group; every cell of a group smaller than
-        its share); ``None``: all cells.
+        its share); ``None``: all cells. Memory grows as explained cells x genes (two dense
+        float64 matrices: 2,000 x 5,000 genes is 160 MB).
     n_samples
         EG references per explained cell.
     redundancy
@@ -527,7 +528,9 @@ def evaluate_panel(
       regression on the panel's genes, 5-fold cross-validated by cell type (types with
       fewer than 5 cells are left out).
 
-    For spapros' own evaluation suite, see ``benchmarks/bench_panels.py``.
+    The expression is made dense (cells x genes float64): evaluate a sample of a large
+    reference (e.g. 20,000 cells). For spapros' own evaluation suite, see
+    ``benchmarks/bench_panels.py``.
 
     Parameters
     ----------
