@@ -610,7 +610,7 @@ def _cmd_panel(args) -> None:
 
     from attreg_sc import pl
     from attreg_sc.output_folder import OutputFolder
-    from attreg_sc.panel import evaluate_panel, reference_panels, select_panel
+    from attreg_sc.panel import evaluate_panels, reference_panels, select_panel
 
     adata = _read_h5ad(args.data)
     if args.cell_type_key is not None:
@@ -638,15 +638,15 @@ def _cmd_panel(args) -> None:
         for n in panel.sizes:
             (staging / f"panel_{n}.txt").write_text("\n".join(panel.genes_at(n)) + "\n")
         panel.coverage().to_csv(staging / "coverage.csv")
-        rows = []
-        for n in panel.sizes:  # the panel next to what it should beat, per size
-            candidates = {"attreg_sc": panel.genes_at(n),
-                          **reference_panels(adata, n, layer=args.layer, seed=args.seed)}
-            for method, genes in candidates.items():
-                scores = evaluate_panel(adata, genes, args.cell_type_key, layer=args.layer,
-                                        seed=args.seed)
-                rows.append({"size": n, "panel": method, **scores})
-        evaluation = pd.DataFrame(rows)
+        candidates = {}  # the panel next to what it should beat, per size
+        for n in panel.sizes:
+            refs = reference_panels(adata, n, layer=args.layer, seed=args.seed)
+            candidates.update({(n, "attreg_sc"): panel.genes_at(n),
+                               **{(n, name): genes for name, genes in refs.items()}})
+        evaluation = evaluate_panels(adata, candidates, args.cell_type_key, layer=args.layer,
+                                     seed=args.seed)
+        evaluation.index = pd.MultiIndex.from_tuples(evaluation.index, names=["size", "panel"])
+        evaluation = evaluation.reset_index()
         evaluation.to_csv(staging / "evaluation.csv", index=False)
         plt.close(pl.panel_coverage(panel, save=str(staging / "coverage.png")))
         _write_run_record(staging, args)

@@ -69,14 +69,14 @@ def main(argv=None):
     panel.table.to_csv(out / "panel.csv", index=False)
     asc.pl.panel_coverage(panel, save=str(out / "panel_coverage.png"))
     print(panel.table.head(12).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    rows = []
+    panels = {}
     for n in args.sizes:
-        panels = {"attreg_sc": panel.genes_at(n),
-                  **asc.panel.reference_panels(adata, n, seed=args.seed)}
-        for name, genes in panels.items():
-            rows.append({"size": n, "panel": name,
-                         **asc.panel.evaluate_panel(adata, genes, "cell_type", seed=args.seed)})
-    evaluation = pd.DataFrame(rows)
+        refs = asc.panel.reference_panels(adata, n, seed=args.seed)
+        panels.update({(n, "attreg_sc"): panel.genes_at(n),
+                       **{(n, name): genes for name, genes in refs.items()}})
+    evaluation = asc.panel.evaluate_panels(adata, panels, "cell_type", seed=args.seed)
+    evaluation.index = pd.MultiIndex.from_tuples(evaluation.index, names=["size", "panel"])
+    evaluation = evaluation.reset_index()
     print(evaluation.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return panel, evaluation
 
