@@ -211,3 +211,41 @@ def test_gradients_at_uses_a_reduced_gradient_and_falls_back_on_none():
         gradients_at(Quadratic("closed"), x, Sum(), n=2, internal_batch_size=2), 2 * x
     )
     assert calls == [False, False]
+
+
+@pytest.mark.fast_path_only
+def test_the_scare_models_training_step_takes_the_closed_form(monkeypatch):
+    """SCARE's own encoder (its dropout is SCAREVAE's FastDropout) is the one block the
+    closed form knows: a default prior step computes dF/dh with it, not with autograd's
+    double backward, and the gradient equals autograd's with the same dropout mask."""
+    import numpy as np
+
+    import attreg_sc as asc
+    from attreg_sc.fast import closed_form_gradient
+
+    adata = asc.datasets.synthetic(n_cells=64, n_genes=40, n_gt_genes=6, seed=0)
+    asc.SCARE.setup_anndata(adata, batch_key="batch")
+    model = asc.SCARE(adata, gt="is_gt", n_latent=4, n_hidden=16)
+    calls = []
+    real = closed_form_gradient.NormReLUInputGradient.apply
+    monkeypatch.setattr(
+        closed_form_gradient.NormReLUInputGradient,
+        "apply",
+        lambda *a: calls.append(1) or real(*a),
+    )
+    plan = model._training_plan_cls(model.module, prior=model.prior_config)
+    plan.train()
+    rows = model.adata_manager.create_torch_dataset()[np.arange(32)]
+    tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in rows.items()}
+    plan.training_step(tensors, 0).backward()
+    assert len(calls) == 1
+
+    encoder = model.module.z_encoder
+    prefix = encoder_prefix(encoder, adata.n_vars, (tensors["X"].log1p(), tensors["batch"]))
+    rest = prefix.rest.train()
+    h = torch.randn(32, 16, requires_grad=True)
+    torch.manual_seed(5)
+    closed = rest.reduced_gradient(h, Sum(), tensors["batch"], create_graph=True)
+    torch.manual_seed(5)  # the same mask through the module's own FastDropout
+    (auto,) = torch.autograd.grad(rest(h, tensors["batch"]).sum(), h, create_graph=True)
+    torch.testing.assert_close(closed, auto, rtol=1e-5, atol=1e-6)

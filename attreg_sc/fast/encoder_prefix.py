@@ -21,8 +21,12 @@ from torch import nn
 
 from attreg import cpu_matmul
 from attreg.attr.linear_prefix import LinearPrefix
+from attreg_sc.module import FastDropout
 
 __all__ = ["encoder_prefix", "FirstColumns", "EncoderMeanRest"]
+
+#: dropout layers whose mask the closed form draws with the same distribution
+_SAME_DROPOUT = (nn.Dropout, FastDropout)
 
 
 class FirstColumns(nn.Linear):
@@ -110,7 +114,11 @@ class EncoderMeanRest(nn.Module):
             return None
         norm, relu = layers[1], layers[2]
         dropout = layers[3] if len(layers) == 4 else None
-        if type(relu) is not nn.ReLU or (dropout is not None and type(dropout) is not nn.Dropout):
+        # nn.Dropout or a subclass that draws the same distribution (SCAREVAE's FastDropout);
+        # the closed form draws its own mask of that distribution
+        if type(relu) is not nn.ReLU or (
+            dropout is not None and type(dropout) not in _SAME_DROPOUT
+        ):
             return None
         if norm.normalized_shape != (norm.normalized_shape[0],):
             return None
