@@ -829,14 +829,23 @@ class _ShareOutside(torch.autograd.Function):
     With ``r = O / S`` the gradient is ``sign(a) ((1 - gt) - r) / (m S)`` per counted row
     (0 elsewhere): a matrix-vector product and two row sums forward, one broadcast
     expression backward, instead of the composition's normalized copy and its graph. Rows
-    with ``S = 0`` have loss 0 and gradient 0, as in :func:`share`. First derivative
-    only; the graph of ``a`` is kept.
+    with ``S = 0`` have loss 0 and gradient 0, as in :func:`share`. Rows holding ``inf``
+    are replaced by their indicator of the infinite entries (as :func:`share` does) and
+    get gradient 0; on the CPU they are looked for only when a row sum is not finite.
+    First derivative only; the graph of ``a`` is kept.
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, outside: torch.Tensor, eps: float) -> torch.Tensor:
         mag = a.abs()
         total = mag.sum(dim=1)
+        has_inf = None
+        # an infinite entry makes its row's sum infinite (or NaN next to a NaN): on the CPU
+        # the check of n row sums replaces a pass over every entry; other devices skip the
+        # host synchronisation and always take the full pass
+        if a.device.type != "cpu" or not bool(torch.isfinite(total).all()):
+            has_inf, mag = _infinite_rows_as_indicators(mag)
+            total = mag.sum(dim=1)
         inv = torch.where(total > eps, 1.0 / total, torch.zeros_like(total))
         if outside.stride(0) == 0:  # one ground-truth vector for all rows
             ratio = (mag @ outside[0]) * inv
@@ -847,18 +856,20 @@ class _ShareOutside(torch.autograd.Function):
             counted = (outside < 1).any(dim=1).to(total.dtype)
             weight = counted / counted.sum().clamp_min(1)
             loss = (ratio * weight).sum()
-        ctx.save_for_backward(a, outside, ratio, inv, weight)
+        ctx.save_for_backward(a, outside, ratio, inv, weight, has_inf)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        a, outside, ratio, inv, weight = ctx.saved_tensors
+        a, outside, ratio, inv, weight, has_inf = ctx.saved_tensors
         if weight.ndim == 0:  # one GT vector: every row weighs 1/n
             scale = (grad_out / a.shape[0]) * inv * weight
         else:
             scale = grad_out * (weight * inv)
-        grad = (outside - ratio.unsqueeze(1)).mul_(scale.unsqueeze(1))
-        return grad.mul_(a.sign()), None, None
+        grad = (outside - ratio.unsqueeze(1)).mul_(scale.unsqueeze(1)).mul_(a.sign())
+        if has_inf is not None:  # the indicator rows do not depend on a
+            grad = torch.where(has_inf, torch.zeros_like(grad), grad)
+        return grad, None, None
 
 
 def share_outside_loss(
@@ -882,6 +893,6 @@ def share_outside_loss(
     >>> torch.allclose(share_outside_loss(a, gt), outside_share_loss(share(a), gt))
     True
     """
-    _, flat = _infinite_rows_as_indicators(_rows(attributions))  # as share does
+    flat = _rows(attributions)  # rows holding inf: their indicator, as share does
     outside = torch.broadcast_to(1.0 - ground_truth.to(flat.dtype), flat.shape)
     return _ShareOutside.apply(flat, outside, _tiny(flat, eps))

@@ -69,3 +69,21 @@ def test_gradients_stay_finite_and_the_infinite_row_gets_none():
         (grad,) = torch.autograd.grad(loss, a)
         assert torch.isfinite(grad).all()
         assert (grad[0] == 0).all() and (grad[1] != 0).any()
+
+
+def test_the_fused_share_loss_has_the_compositions_gradient_next_to_an_infinite_row():
+    # the fused loss looks for infinite entries only when a row sum is not finite: with
+    # one such row, a row that overflows its sum, and ordinary rows, value and gradient
+    # are the composition's (whose where() gives the infinite row no gradient)
+    torch.manual_seed(0)
+    base = torch.randn(4, 6)
+    base[1, 2] = float("inf")
+    base[2, :3] = 3e38  # the sum overflows, no entry is infinite
+    gt = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    a, b = base.clone().requires_grad_(), base.clone().requires_grad_()
+    fused, composed = AF.share_outside_loss(a, gt), AF.outside_share_loss(AF.share(b), gt)
+    torch.testing.assert_close(fused, composed)
+    fused.backward()
+    composed.backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    assert (a.grad[1] == 0).all() and (a.grad[0] != 0).any()
