@@ -744,6 +744,14 @@ def _may_be_nonzero(t: torch.Tensor) -> bool:
     return t.device.type != "cpu" or bool(t.any())
 
 
+def _may_hold_inf(a: torch.Tensor, row_summary: torch.Tensor) -> bool:
+    """Whether rows of ``a`` may hold ``inf``, from a row sum or row maximum of ``|a|``
+    (infinite, or NaN next to a NaN, wherever the row holds inf). On the CPU a check of
+    the ``n`` summaries spares a pass over every entry; other devices answer ``True``
+    (the full pass, no host synchronisation)."""
+    return a.device.type != "cpu" or not bool(torch.isfinite(row_summary).all())
+
+
 class _AbsMinMaxMSE(torch.autograd.Function):
     """``mean((abs_minmax(a) - gt)^2)`` with a hand-written backward (fewer passes).
 
@@ -766,6 +774,10 @@ class _AbsMinMaxMSE(torch.autograd.Function):
     def forward(ctx, a: torch.Tensor, gt: torch.Tensor, eps: float) -> torch.Tensor:
         mag = a.abs()
         lo, hi = _row_extremes(mag)
+        has_inf = None
+        if _may_hold_inf(a, hi):  # rows holding inf: their indicator (as abs_minmax does)
+            has_inf, mag = _infinite_rows_as_indicators(mag)
+            lo, hi = _row_extremes(mag)
         span = hi - lo
         inv = torch.where(span > eps, 1.0 / span, torch.zeros_like(span))
         nonzero_lo = _may_be_nonzero(lo)
@@ -774,12 +786,12 @@ class _AbsMinMaxMSE(torch.autograd.Function):
         neg_gt = (-gt[0]).expand_as(gt) if gt.stride(0) == 0 else -gt
         diff = torch.addcmul(neg_gt, mag, inv)  # s - gt
         row_sq = torch.linalg.vector_norm(diff, dim=1, keepdim=True).square()
-        ctx.save_for_backward(a, gt, mag, diff, row_sq, inv, lo if nonzero_lo else None)
+        ctx.save_for_backward(a, gt, mag, diff, row_sq, inv, lo if nonzero_lo else None, has_inf)
         return row_sq.sum() / diff.numel()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        a, gt, shifted, diff, row_sq, inv, lo = ctx.saved_tensors
+        a, gt, shifted, diff, row_sq, inv, lo, has_inf = ctx.saved_tensors
         c = grad_out * 2.0 / diff.numel()  # dL/ds = c d
         if gt.stride(0) == 0:  # one ground-truth vector for all rows
             d_gt = (diff @ gt[0]).unsqueeze(1)
@@ -793,7 +805,10 @@ class _AbsMinMaxMSE(torch.autograd.Function):
             sum_r = c * diff.sum(dim=1, keepdim=True)  # sum_j dL/ds_j
             lo_idx = bits.min(dim=1, keepdim=True).indices
             grad.scatter_add_(1, lo_idx, (sum_rs - sum_r) * inv)
-        return grad.mul_(a.sign()), None, None
+        grad = grad.mul_(a.sign())
+        if has_inf is not None:  # the indicator rows do not depend on a
+            grad = torch.where(has_inf, torch.zeros_like(grad), grad)
+        return grad, None, None
 
 
 def abs_minmax_mse_loss(
@@ -817,7 +832,7 @@ def abs_minmax_mse_loss(
     >>> torch.allclose(abs_minmax_mse_loss(a, gt), mse_loss(abs_minmax(a), gt))
     True
     """
-    _, flat = _infinite_rows_as_indicators(_rows(attributions))  # as abs_minmax does
+    flat = _rows(attributions)  # rows holding inf: their indicator, as abs_minmax does
     gt = torch.broadcast_to(ground_truth.to(flat.dtype), flat.shape)
     return _AbsMinMaxMSE.apply(flat, gt, _tiny(flat, eps))
 
@@ -840,10 +855,7 @@ class _ShareOutside(torch.autograd.Function):
         mag = a.abs()
         total = mag.sum(dim=1)
         has_inf = None
-        # an infinite entry makes its row's sum infinite (or NaN next to a NaN): on the CPU
-        # the check of n row sums replaces a pass over every entry; other devices skip the
-        # host synchronisation and always take the full pass
-        if a.device.type != "cpu" or not bool(torch.isfinite(total).all()):
+        if _may_hold_inf(a, total):  # rows holding inf: their indicator (as share does)
             has_inf, mag = _infinite_rows_as_indicators(mag)
             total = mag.sum(dim=1)
         inv = torch.where(total > eps, 1.0 / total, torch.zeros_like(total))

@@ -3,6 +3,7 @@ whole row), not to NaN; rows without inf are unchanged; the fused losses agree."
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -71,19 +72,29 @@ def test_gradients_stay_finite_and_the_infinite_row_gets_none():
         assert (grad[0] == 0).all() and (grad[1] != 0).any()
 
 
-def test_the_fused_share_loss_has_the_compositions_gradient_next_to_an_infinite_row():
-    # the fused loss looks for infinite entries only when a row sum is not finite: with
-    # one such row, a row that overflows its sum, and ordinary rows, value and gradient
-    # are the composition's (whose where() gives the infinite row no gradient)
+@pytest.mark.parametrize(
+    ("fused", "composed"),
+    [
+        (AF.share_outside_loss, lambda a, gt: AF.outside_share_loss(AF.share(a), gt)),
+        (AF.abs_minmax_mse_loss, lambda a, gt: AF.mse_loss(AF.abs_minmax(a), gt)),
+    ],
+    ids=["share", "abs_minmax"],
+)
+def test_the_fused_losses_have_the_compositions_gradient_next_to_an_infinite_row(
+    fused, composed
+):
+    # the fused losses look for infinite entries only when a row sum or maximum is not
+    # finite: with one such row, a row that overflows its sum, and ordinary rows, value
+    # and gradient are the composition's (whose where() gives the infinite row no gradient)
     torch.manual_seed(0)
     base = torch.randn(4, 6)
     base[1, 2] = float("inf")
     base[2, :3] = 3e38  # the sum overflows, no entry is infinite
     gt = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
     a, b = base.clone().requires_grad_(), base.clone().requires_grad_()
-    fused, composed = AF.share_outside_loss(a, gt), AF.outside_share_loss(AF.share(b), gt)
-    torch.testing.assert_close(fused, composed)
-    fused.backward()
-    composed.backward()
+    value, reference = fused(a, gt), composed(b, gt)
+    torch.testing.assert_close(value, reference)
+    value.backward()
+    reference.backward()
     torch.testing.assert_close(a.grad, b.grad)
     assert (a.grad[1] == 0).all() and (a.grad[0] != 0).any()
