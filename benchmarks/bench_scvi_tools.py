@@ -10,8 +10,8 @@ direction, share loss, w_attr = 30), batch 128, CPU, the thread count fixed.
   ``SCARE`` (scvi-tools' row gather, the training plan's ``training_step`` with the
   prior, backward, the plan's Adam; ``benchmarks/_scare.py``) and, as the anchor, plain
   ``scvi.model.SCVI`` with the same architecture (its own plan and module);
-* **epoch**: ``train(max_epochs=n)`` end to end without validation for n = 1 and 4;
-  per epoch = (t4 - t1) / 3 (set-up cancels out).
+* **epoch**: ``train(max_epochs=n)`` end to end without validation for n = 1 and
+  ``--epochs`` (default 6); per epoch = (t_n - t1) / (n - 1) (set-up cancels out).
 
 With ``--baseline-tree PATH`` (a checkout of attreg 0.1, commit fe6f216:
 ``git worktree add PATH fe6f216``) the hand-written SCARE of that tree is measured too,
@@ -164,22 +164,22 @@ def old_runners(adata, gt) -> tuple[dict, dict]:
     return steps, epochs
 
 
-def one_round(which: str, steps: int, warmup: int) -> dict:
-    """One round's step medians and epoch times (n = 1 and 4) for ``which`` tree."""
+def one_round(which: str, steps: int, warmup: int, n_epochs: int = 6) -> dict:
+    """One round's step medians and epoch times (n = 1 and ``n_epochs``) for ``which`` tree."""
     _quiet()
     adata, gt = _data()
     runners, epochs = (new_runners if which == "new" else old_runners)(adata, gt)
     step_ms = _time_steps(runners, _minibatches(adata.n_obs, warmup + steps), warmup)
-    t1, t4 = epochs(1), epochs(4)
-    return {"step_ms": step_ms, "t1": t1, "t4": t4}
+    t1, tn = epochs(1), epochs(n_epochs)
+    return {"step_ms": step_ms, "t1": t1, "tn": tn, "n_epochs": n_epochs}
 
 
-def _old_round(tree: str, steps: int, warmup: int, threads: int) -> dict:
+def _old_round(tree: str, steps: int, warmup: int, threads: int, n_epochs: int) -> dict:
     env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": str(threads)}
     code = (
         f"import sys, json, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
         f"torch.set_num_threads({threads}); import bench_scvi_tools as b; "
-        f"print('RESULT', json.dumps(b.one_round('old', {steps}, {warmup})))"
+        f"print('RESULT', json.dumps(b.one_round('old', {steps}, {warmup}, {n_epochs})))"
     )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           cwd=tree, timeout=3600)
@@ -195,22 +195,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=6, help="epochs of the long run (>= 2)")
     p.add_argument("--baseline-tree", default=None, help="a checkout of attreg 0.1 (fe6f216)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.epochs < 2:
+        p.error("--epochs must be at least 2 (the per-epoch time is (t_n - t1) / (n - 1)).")
     _quiet()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     rounds = []
     for _ in range(args.rounds):
-        rounds.append(one_round("new", args.steps, args.warmup))
+        rounds.append(one_round("new", args.steps, args.warmup, args.epochs))
         if args.baseline_tree:
-            rounds.append(_old_round(args.baseline_tree, args.steps, args.warmup, args.threads))
+            rounds.append(
+                _old_round(args.baseline_tree, args.steps, args.warmup, args.threads, args.epochs)
+            )
     names = sorted({n for r in rounds for n in r["step_ms"]})
     step = {n: statistics.median(r["step_ms"][n] for r in rounds if n in r["step_ms"])
             for n in names}
     epoch = {
-        n: 1000 * statistics.median((r["t4"][n] - r["t1"][n]) / 3 for r in rounds if n in r["t4"])
+        n: 1000 * statistics.median(
+            (r["tn"][n] - r["t1"][n]) / (r["n_epochs"] - 1) for r in rounds if n in r["tn"]
+        )
         for n in names
     }
     base = "SCARE 0.1" if args.baseline_tree else None
@@ -235,6 +242,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 threads=args.threads,
                 load_average=load,
                 rounds=args.rounds,
+                epochs=args.epochs,
             )
         )
     print_table(

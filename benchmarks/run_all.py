@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     runs["scvi_tools"] = (
         "bench_scvi_tools",
-        ["--steps", "2", "--warmup", "1", "--rounds", "1"] if q else [],
+        ["--steps", "2", "--warmup", "1", "--rounds", "1", "--epochs", "2"] if q else [],
     )
     if args.peers:
         runs["peers"] = ("bench_peers", [])
