@@ -805,9 +805,9 @@ class _AbsMinMaxMSE(torch.autograd.Function):
             sum_r = c * diff.sum(dim=1, keepdim=True)  # sum_j dL/ds_j
             lo_idx = bits.min(dim=1, keepdim=True).indices
             grad.scatter_add_(1, lo_idx, (sum_rs - sum_r) * inv)
-        grad = grad.mul_(a.sign())
+        grad.mul_(a.sign())
         if has_inf is not None:  # the indicator rows do not depend on a
-            grad = torch.where(has_inf, torch.zeros_like(grad), grad)
+            grad.masked_fill_(has_inf, 0.0)
         return grad, None, None
 
 
@@ -880,7 +880,7 @@ class _ShareOutside(torch.autograd.Function):
             scale = grad_out * (weight * inv)
         grad = (outside - ratio.unsqueeze(1)).mul_(scale.unsqueeze(1)).mul_(a.sign())
         if has_inf is not None:  # the indicator rows do not depend on a
-            grad = torch.where(has_inf, torch.zeros_like(grad), grad)
+            grad.masked_fill_(has_inf, 0.0)
         return grad, None, None
 
 

@@ -164,7 +164,7 @@ def old_runners(adata, gt) -> tuple[dict, dict]:
     return steps, epochs
 
 
-def one_round(which: str, steps: int, warmup: int, n_epochs: int = 6) -> dict:
+def one_round(which: str, steps: int, warmup: int, n_epochs: int) -> dict:
     """One round's step medians and epoch times (n = 1 and ``n_epochs``) for ``which`` tree."""
     _quiet()
     adata, gt = _data()
