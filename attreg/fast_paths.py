@@ -12,7 +12,9 @@ reference:
 * fused losses with hand-written backwards (``abs_minmax`` + MSE, ``share`` +
   ``outside_share``) and the fused mean of products of Expected Gradients;
 * attreg_sc's float32 CPU digamma for the negative-binomial likelihood's derivative,
-  and FSSF's first-layer reuse.
+  and FSSF's first-layer reuse;
+* attreg_sc's reads of a backed .h5ad's rows while training, through a handle without
+  HDF5's chunk cache (the same bytes).
 
 ``set_fast_paths(False)`` (or ``ATTREG_FAST_PATHS=0`` in the environment before the
 import) turns all of them off: every value then comes from the reference math. Use it

@@ -1,4 +1,4 @@
-"""The one place attreg_sc reaches into scvi-tools' private modules.
+"""The one place attreg_sc reaches into scvi-tools' (and anndata's) private modules.
 
 attreg_sc supports scvi-tools 1.4 and 1.5 (``scvi-tools>=1.4,<1.6``). Everything it needs
 that scvi-tools does not export publicly is imported or worked around here, so that a
@@ -40,6 +40,7 @@ __all__ = [
     "uses_distributed_sampler",
     "library_size_prior",
     "chunked_library_size",
+    "backed_rows_without_chunk_cache",
 ]
 
 FIELD_REGISTRIES_KEY = _FIELD_REGISTRIES_KEY
@@ -142,3 +143,62 @@ def chunked_library_size() -> Iterator[None]:
     finally:
         for module, original in modules:
             module._init_library_size = original
+
+
+def _uncached_worth_it(adata) -> bool:
+    """Whether ``adata`` is a backed .h5ad whose counts are CSR rows in unfiltered chunked
+    datasets, read through a file opened with a chunk cache."""
+    import h5py
+
+    manager = getattr(adata, "file", None)
+    handle = getattr(manager, "_file", None)
+    if not adata.isbacked or not isinstance(handle, h5py.File) or not handle.id.valid:
+        return False
+    if handle.id.get_access_plist().get_cache()[2] == 0:
+        return False  # already without a cache (a file the user opened so)
+    group = handle.get("X")
+    if not isinstance(group, h5py.Group) or group.attrs.get("encoding-type") != "csr_matrix":
+        return False
+    for name in ("data", "indices"):
+        dataset = group.get(name)
+        if not isinstance(dataset, h5py.Dataset) or dataset.chunks is None:
+            return False
+        if dataset.id.get_create_plist().get_nfilters():
+            return False  # compressed: a chunk is decoded whole, and the cache reuses it
+    return True
+
+
+@contextlib.contextmanager
+def backed_rows_without_chunk_cache(adata) -> Iterator[bool]:
+    """Inside, a backed .h5ad's rows are read through a handle opened without HDF5's chunk
+    cache (``rdcc_nbytes=0``); yields whether it was.
+
+    anndata opens backed files with h5py's default chunk cache (a few MB per dataset). Random
+    minibatches of rows touch a different chunk per row, so each row read brings a whole
+    chunk through the cache, and the cost grows with the file (``docs/benchmarks.md``);
+    without the cache HDF5 reads only the bytes asked for. HDF5 shares one open file (and
+    its cache settings) between all handles of a process, so anndata's handle is closed and
+    the file reopened: objects taken from ``adata.X`` before are invalid afterwards (take
+    them again). Only CSR counts in unfiltered chunked datasets qualify (a compressed chunk
+    is decoded whole on every read without the cache). On exit anndata's own handle is
+    reopened, with the same file and mode.
+    """
+    if not _uncached_worth_it(adata):
+        yield False
+        return
+    import h5py
+
+    manager = adata.file
+    filename, mode = manager.filename, manager._filemode
+    manager.close()
+    try:
+        manager._file = h5py.File(filename, mode, rdcc_nbytes=0)
+    except OSError:  # a speed path only: train through anndata's own handle then
+        manager.open()
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        manager.close()
+        manager.open()

@@ -13,6 +13,7 @@ model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -514,6 +515,13 @@ class AttributionPriorModelMixin:
         retain_freed_memory
             On the CPU, call :func:`attreg.retain_freed_cpu_memory` first (glibc keeps
             freed blocks for reuse; process-wide).
+
+        Notes
+        -----
+        On a backed AnnData with uncompressed CSR counts, the rows are read without HDF5's
+        chunk cache while training (anndata's handle is closed and reopened afterwards:
+        objects taken from ``adata.X`` before must be taken again); see
+        :func:`attreg_sc._compat.backed_rows_without_chunk_cache`.
         """
         from attreg_sc.train.callbacks import (
             BestWeightsEarlyStopping,
@@ -573,8 +581,15 @@ class AttributionPriorModelMixin:
             import attreg
 
             attreg.retain_freed_cpu_memory()
+        from attreg.fast_paths import fast_paths_enabled
+        from attreg_sc._compat import backed_rows_without_chunk_cache
+
+        uncached = (self.adata is not None and call.get("datamodule") is None
+                    and fast_paths_enabled())
         try:
-            return base(**call)
+            with (backed_rows_without_chunk_cache(self.adata) if uncached
+                  else contextlib.nullcontext()):
+                return base(**call)
         except NonFiniteLossError:
             self.module.eval()
             raise

@@ -155,3 +155,57 @@ def test_chunked_library_size_prior_matches_scvi_tools(tmp_path):
     import scvi.model._scvi as scvi_model_module
 
     assert scvi_model_module._init_library_size is _init_library_size
+
+
+def _cache_bytes(adata) -> int:
+    return adata.file._file.id.get_access_plist().get_cache()[2]
+
+
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_backed_rows_without_chunk_cache_reopens_the_same_file_and_restores_it(tmp_path, mode):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    adata = _small_adata()
+    adata.X = sp.csr_matrix(adata.X)
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed=mode)
+    default = _cache_bytes(backed)
+    assert default > 0
+    rows = np.array([1, 7, 30, 55])
+    with _compat.backed_rows_without_chunk_cache(backed) as uncached:
+        assert uncached
+        assert _cache_bytes(backed) == 0
+        assert backed.file._filemode == mode
+        np.testing.assert_array_equal(backed.X[rows].toarray(), adata.X[rows].toarray())
+    assert backed.file.is_open and _cache_bytes(backed) == default
+    assert backed.file._filemode == mode
+    np.testing.assert_array_equal(backed.X[rows].toarray(), adata.X[rows].toarray())
+    # an error inside leaves anndata's own handle open again
+    with pytest.raises(RuntimeError, match="inside"):
+        with _compat.backed_rows_without_chunk_cache(backed):
+            raise RuntimeError("inside")
+    assert backed.file.is_open and _cache_bytes(backed) == default
+
+
+def test_backed_rows_keep_the_cache_where_it_serves(tmp_path):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    adata = _small_adata()
+    with _compat.backed_rows_without_chunk_cache(adata) as uncached:  # in memory
+        assert not uncached
+    adata.X = sp.csr_matrix(adata.X)
+    # compressed chunks are decoded whole on every read without the cache: kept
+    adata.write_h5ad(tmp_path / "gzip.h5ad", compression="gzip")
+    backed = ad.read_h5ad(tmp_path / "gzip.h5ad", backed="r")
+    handle = backed.file._file
+    with _compat.backed_rows_without_chunk_cache(backed) as uncached:
+        assert not uncached and backed.file._file is handle
+    # cells stored by gene (CSC): not rows of a minibatch
+    adata.X = sp.csc_matrix(adata.X)
+    adata.write_h5ad(tmp_path / "csc.h5ad")
+    backed = ad.read_h5ad(tmp_path / "csc.h5ad", backed="r")
+    handle = backed.file._file
+    with _compat.backed_rows_without_chunk_cache(backed) as uncached:
+        assert not uncached and backed.file._file is handle

@@ -513,6 +513,50 @@ def test_backed_anndata_streams_rows_and_trains_like_in_memory(tmp_path):
     assert torch.equal(cells[0], cells[1])
 
 
+def test_backed_training_reads_rows_without_the_chunk_cache_and_restores_the_file(tmp_path):
+    """With the fast paths on, training reads a backed CSR file through a handle without
+    HDF5's chunk cache (a whole chunk per random row otherwise); anndata's own handle (same
+    file, same mode) is back afterwards, and every minibatch equals the cached read's."""
+    import lightning.pytorch as pl
+
+    import attreg
+
+    a = small(seed=8)
+    a.write_h5ad(tmp_path / "a.h5ad")
+
+    def cache(backed):
+        return backed.file._file.id.get_access_plist().get_cache()[2]
+
+    class Spy(pl.Callback):
+        def __init__(self, backed):
+            self.backed, self.seen, self.batches = backed, set(), []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.seen.add(cache(self.backed))
+            self.batches.append(batch["X"].clone())
+
+    batches, seen = {}, {}
+    for fast in (True, False):
+        backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+        default = cache(backed)
+        assert default > 0
+        set_up(backed, batch_key="batch")
+        scvi.settings.seed = 3
+        m = asc.SCARE(backed, gt="is_gt", n_latent=3)
+        spy = Spy(backed)
+        with attreg.fast_paths(fast):
+            m.train(max_epochs=1, batch_size=32, threads=1, callbacks=[spy], **QUIET)
+        seen[fast] = spy.seen
+        assert backed.file.is_open and cache(backed) == default
+        assert backed.file._filemode == "r"
+        np.testing.assert_array_equal(backed.X[:5].toarray(), a.X[:5].toarray())
+        batches[fast] = spy.batches
+    assert seen == {True: {0}, False: {default}}
+    assert len(batches[True]) == len(batches[False]) > 1
+    for ours, theirs in zip(batches[True], batches[False], strict=True):
+        assert torch.equal(ours, theirs)
+
+
 def test_one_batch_trains_without_covariate():
     a = set_up(small())
     m = asc.SCARE(a, n_latent=2)
