@@ -81,6 +81,11 @@ class PanelSettings:
     redundancy
         How strongly a candidate's largest correlation with the chosen genes discounts it:
         score ``* (1 - max(r, 0)) ** redundancy`` (0: no discount).
+    turn_exponent
+        Each group's share of the turns is proportional to ``n_cells ** turn_exponent``
+        (0: every group the same number of turns, rarest first; 1: in proportion to its
+        cells, so the large types, whose neighbourhoods dominate a kNN graph, get more
+        genes, and a type with 1% of the cells one gene in a hundred).
     seed
         Seed of training, the explained cells and EG's draws.
     threads
@@ -97,6 +102,7 @@ class PanelSettings:
     n_explained: int | None = 2000
     n_samples: int = 8
     redundancy: float = 1.0
+    turn_exponent: float = 0.0
     seed: int = 0
     threads: int | str = 1
 
@@ -111,7 +117,7 @@ class PanelSettings:
         n = self.n_explained
         if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2):
             raise ValueError(f"n_explained must be an integer >= 2 or None, got {n!r}.")
-        for name in ("w_sparsity", "redundancy"):
+        for name in ("w_sparsity", "redundancy", "turn_exponent"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 np.isfinite(value) and value >= 0
@@ -222,6 +228,7 @@ def greedy_panel(
     redundancy: float = 1.0,
     required: Sequence[int] = (),
     allowed: np.ndarray | None = None,
+    turn_weights: Sequence[float] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Groups take turns (in ``order``), each adding its best gene not yet chosen.
 
@@ -247,6 +254,13 @@ def greedy_panel(
         Gene indices placed first.
     allowed
         Boolean mask of candidate genes (default: all).
+    turn_weights
+        ``(n_groups,)`` positive shares of the turns (default: equal, plain rotation in
+        ``order``). Unequal shares follow Tijdeman's chairman-assignment rule: of the
+        groups not ahead of their share by more than ``1 - 1/(2K - 2)`` (``K`` groups), the
+        one whose next turn is due first takes it (the first in ``order`` on a tie), so
+        after every turn ``t`` each group has taken its share of ``t`` turns within
+        ``1 - 1/(2K - 2)``, and the panels stay nested.
 
     Returns
     -------
@@ -257,6 +271,8 @@ def greedy_panel(
     >>> imp = np.array([[0.6, 0.0], [0.3, 0.1], [0.1, 0.9]])
     >>> greedy_panel(imp, [1, 0], 2)
     ([2, 0], [1, 0])
+    >>> greedy_panel(imp, [1, 0], 3, turn_weights=[3.0, 1.0])  # group 0 takes 3 of 4
+    ([0, 2, 1], [0, 1, 0])
     """
     n_genes = importance.shape[0]
     free = np.ones(n_genes, bool) if allowed is None else np.asarray(allowed, bool).copy()
@@ -269,10 +285,28 @@ def greedy_panel(
         free[g] = False
         if z is not None:
             closest = np.maximum(closest, z.T @ z[:, g])
+    order = [int(k) for k in order]
+    share = None  # equal shares: plain rotation (exact, no float credit)
+    if turn_weights is not None:
+        w = np.asarray(turn_weights, np.float64)
+        if w.shape != (importance.shape[1],) or not (np.isfinite(w).all() and (w > 0).all()):
+            raise ValueError(f"turn_weights must be {importance.shape[1]} positive finite "
+                             f"numbers (one per group), got {turn_weights!r}.")
+        if not np.all(w[order] == w[order[0]]):
+            share = w[order] / w[order].sum()
+    taken = np.zeros(len(order))
+    slack = 1.0 - 1.0 / max(2 * len(order) - 2, 1)
     turn = 0
     while len(chosen) < n and free.any():
-        k = order[turn % len(order)]
         turn += 1
+        if share is None:
+            k = order[(turn - 1) % len(order)]
+        else:  # Tijdeman (1980): earliest due among the groups not too far ahead
+            eligible = share * turn - taken >= 1.0 - slack - 1e-12
+            due = np.where(eligible, (taken + slack) / share, np.inf)
+            slot = int(np.argmin(due))  # the first of the smallest: ``order`` breaks ties
+            taken[slot] += 1
+            k = order[slot]
         score = importance[:, k] * (1.0 - np.minimum(closest, 1.0)) ** redundancy
         score = np.where(free, score, -np.inf)
         g = int(np.argmax(score))
@@ -475,9 +509,10 @@ def select_panel(
     order = sorted(range(len(names)), key=lambda k: (sizes_of[names[k]], names[k]))
     allowed = np.ones(adata.n_vars, bool)
     allowed[exc] = False
+    turn_weights = np.array([float(sizes_of[g]) for g in names]) ** settings.turn_exponent
     chosen, served = greedy_panel(importance, order, n_max, expression=expression,
                                   redundancy=settings.redundancy, required=req,
-                                  allowed=allowed)
+                                  allowed=allowed, turn_weights=turn_weights)
     genes = [str(adata.var_names[g]) for g in chosen]
     imp = pd.DataFrame(importance, index=adata.var_names.astype(str), columns=names)
     mean_counts = np.asarray(counts.mean(0)).ravel()

@@ -53,6 +53,8 @@ VARIANTS = {  # attreg_sc's panel settings per method name (attreg_sc: the defau
     "attreg_sc_sparse01": {"w_sparsity": 0.1},
     "attreg_sc_noredundancy": {"redundancy": 0.0},
     "attreg_sc_redundancy2": {"redundancy": 2.0},
+    "attreg_sc_turns05": {"turn_exponent": 0.5},  # turns by sqrt(cell-type size)
+    "attreg_sc_turns1": {"turn_exponent": 1.0},  # turns in proportion to cell-type size
 }
 
 

@@ -103,6 +103,35 @@ def test_greedy_panel_turns_and_redundancy():
     assert 0.95 < r < 1 and 0.45 * (1 - r) < 0.05
 
 
+@settings(deadline=None, max_examples=60)
+@given(st.lists(st.floats(0.01, 100.0), min_size=1, max_size=6), st.integers(0, 10_000))
+def test_weighted_turns_give_each_group_its_share_within_one_turn(weights, seed):
+    """Axiom of the weighted turns (Tijdeman's bound): after every turn t, each of the K
+    groups has taken its share of t turns within 1 - 1/(2K - 2); equal weights are the
+    plain rotation in ``order``."""
+    rng = np.random.default_rng(seed)
+    n_groups, n_genes = len(weights), 60
+    importance = rng.random((n_genes, n_groups))
+    order = [int(k) for k in rng.permutation(n_groups)]
+    genes, served = greedy_panel(importance, order, n_genes, turn_weights=weights)
+    share = np.asarray(weights) / np.sum(weights)
+    taken = np.zeros(n_groups)
+    for t, k in enumerate(served, start=1):
+        taken[k] += 1
+        bound = 1.0 - 1.0 / (2 * n_groups - 2) if n_groups > 1 else 0.0
+        assert np.all(np.abs(taken - share * t) <= bound + 1e-9), (t, taken, share * t)
+    equal, served_equal = greedy_panel(importance, order, n_genes,
+                                       turn_weights=[2.5] * n_groups)
+    assert (equal, served_equal) == greedy_panel(importance, order, n_genes)
+    assert served_equal == [order[t % n_groups] for t in range(n_genes)]
+
+
+@pytest.mark.parametrize("weights", [[1.0], [1.0, 0.0], [1.0, float("nan")], [1.0, -2.0]])
+def test_weighted_turns_refuse_bad_weights(weights):
+    with pytest.raises(ValueError, match="turn_weights must be 2 positive finite numbers"):
+        greedy_panel(np.ones((4, 2)), [0, 1], 2, turn_weights=weights)
+
+
 @settings(deadline=None, max_examples=40)
 @given(st.integers(1, 5), st.integers(2, 30), st.integers(1, 20), st.integers(0, 10_000))
 def test_group_importance_columns_are_distributions(n_dims, n_cells, n_genes, seed):
@@ -179,6 +208,21 @@ def test_a_trained_model_is_reused(data):
     assert again.genes == trained.genes and again.model is trained.model
 
 
+def test_turns_in_proportion_to_cell_type_size(data, panel):
+    """``turn_exponent=1``: each type chooses its share of the panel by its cells (240, 90
+    and 30 cells: 8, 3 and 1 of 12 genes, within one turn); 0 (default): equal turns."""
+    weighted = select_panel(data, 12, cell_type_key="cell_type", model=panel.model,
+                            turn_exponent=1.0, seed=0, **FAST)
+    equal = select_panel(data, 12, cell_type_key="cell_type", model=panel.model, seed=0,
+                         **FAST)
+    total = sum(SIZES.values())
+    for name, n_cells in SIZES.items():
+        chosen = int((weighted.table["selected_for"] == name).sum())
+        assert abs(chosen - 12 * n_cells / total) < 1.0, (name, chosen)
+        assert int((equal.table["selected_for"] == name).sum()) == 4
+    assert weighted.settings.turn_exponent == 1.0
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -191,6 +235,7 @@ def test_a_trained_model_is_reused(data):
         (dict(n=5, cell_type_key="tissue"), KeyError, "cell_type_key 'tissue' is not an obs"),
         (dict(n=5, n_latent=0), ValueError, "n_latent must be an integer >= 1"),
         (dict(n=5, redundancy=-1.0), ValueError, "redundancy must be a finite number >= 0"),
+        (dict(n=5, turn_exponent=-0.5), ValueError, "turn_exponent must be a finite number"),
         (dict(n=5, w_sparsity=float("nan")), ValueError, "w_sparsity must be a finite"),
         (dict(n=5, n_explained=1), ValueError, "n_explained must be an integer >= 2"),
         (dict(n=5, n_latnet=3), TypeError, "unknown options \\['n_latnet'\\]"),
