@@ -9,6 +9,9 @@ batch codes, library sizes — do, a few bytes per cell).
 Run::
 
     python benchmarks/bench_backed.py [--cells 100000 1000000] [--json out.json]
+
+It also times the row reads of random minibatches with h5py's default chunk cache and
+without one (``--row-reads``), the cause of the time per cell growing with the file.
 """
 
 from __future__ import annotations
@@ -39,6 +42,20 @@ t2 = time.perf_counter()
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024
 print(json.dumps({{"setup_s": t1 - t0, "epoch_s": t2 - t1, "peak_rss_mb": hwm}}))
 """
+#: the rows of random sorted minibatches read as scvi-tools' loader reads them (anndata's
+#: backed CSR), through h5py's default chunk cache or without one (``rdcc_nbytes=0``, what
+#: ``SCARE.train`` uses): median of 12 minibatches after 2 warm ones, the file's pages cached
+READS_CHILD = """
+import json, time, numpy as np, h5py, anndata as ad
+f = h5py.File({path!r}, "r", **({kwargs}))
+x = ad.io.sparse_dataset(f["X"])
+rng = np.random.default_rng(0)
+ts = []
+for _ in range(14):
+    rows = np.sort(rng.choice(x.shape[0], {batch}, replace=False))
+    t0 = time.perf_counter(); x[rows]; ts.append(time.perf_counter() - t0)
+print(json.dumps({{"ms": 1e3 * float(np.median(ts[2:]))}}))
+"""
 #: attreg 0.1's hand-written SCARE (``--baseline-tree``: its checkout, commit fe6f216)
 OLD_CHILD = """
 import json, time, torch, anndata as ad, attreg_sc as asc
@@ -55,8 +72,10 @@ print(json.dumps({{"setup_s": t1 - t0, "epoch_s": t2 - t1, "peak_rss_mb": hwm}})
 """
 
 
-def write_synthetic_h5ad(path: Path, n_cells: int, n_genes: int, chunk: int = 50_000) -> int:
-    """CSR counts written chunk by chunk (h5py, anndata's on-disk layout); returns nnz."""
+def write_synthetic_h5ad(path: Path, n_cells: int, n_genes: int, chunk: int = 50_000,
+                         chunk_elements: int = 2**20) -> int:
+    """CSR counts written chunk by chunk (h5py, anndata's on-disk layout), ``data`` and
+    ``indices`` stored in HDF5 chunks of ``chunk_elements`` values; returns nnz."""
     import anndata as ad
     import h5py
     import pandas as pd
@@ -76,8 +95,10 @@ def write_synthetic_h5ad(path: Path, n_cells: int, n_genes: int, chunk: int = 50
                 "shape": (n_cells, n_genes),
             }
         )
-        data = x.create_dataset("data", (0,), maxshape=(None,), dtype="float32", chunks=(2**20,))
-        ind = x.create_dataset("indices", (0,), maxshape=(None,), dtype="int32", chunks=(2**20,))
+        data = x.create_dataset("data", (0,), maxshape=(None,), dtype="float32",
+                                chunks=(chunk_elements,))
+        ind = x.create_dataset("indices", (0,), maxshape=(None,), dtype="int32",
+                               chunks=(chunk_elements,))
         indptr = [0]
         batches = []
         for s in range(0, n_cells, chunk):
@@ -127,6 +148,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="share of an epoch's steps to run (Lightning's limit_train_batches)")
     p.add_argument("--baseline-tree", default=None,
                    help="a checkout of attreg 0.1 (fe6f216): its SCARE on the same files")
+    p.add_argument("--chunk-elements", type=int, default=2**20,
+                   help="HDF5 chunk of the counts' data and indices, in values (anndata's "
+                        "own writer lets h5py choose: about 41,500 at 1,000,000 cells)")
+    p.add_argument("--row-reads", type=int, default=3, metavar="ROUNDS",
+                   help="rounds of minibatch row reads, with and without the chunk cache, "
+                        "alternating (0: none)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     rows = []
@@ -134,7 +161,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for n in args.cells:
             path = Path(tmp) / f"{n}.h5ad"
             t0 = time.perf_counter()
-            nnz = write_synthetic_h5ad(path, n, args.genes)
+            nnz = write_synthetic_h5ad(path, n, args.genes, chunk_elements=args.chunk_elements)
             write_s = time.perf_counter() - t0
             runs = {"SCARE (scvi-tools loader)": _child(CHILD.format(
                 path=str(path), threads=args.threads, batch=args.batch,
@@ -144,6 +171,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 runs["SCARE 0.1 (hand-written loader)"] = _child(OLD_CHILD.format(
                     path=str(path), threads=args.threads, batch=args.batch), env,
                     args.baseline_tree)
+            for cache, kwargs in (("default chunk cache", {}),
+                                  ("no chunk cache", {"rdcc_nbytes": 0})) * args.row_reads:
+                res = _child(READS_CHILD.format(path=str(path), kwargs=kwargs,
+                                                batch=args.batch))
+                rows.append(record("backed_row_reads", cache, batch_size=args.batch,
+                                   median_ms=res["ms"], cells=n, genes=args.genes,
+                                   chunk_elements=args.chunk_elements,
+                                   threads=args.threads, load_average=os.getloadavg()[0]))
+                print(f"row reads, {cache:<20} {n:>9} cells: {res['ms']:.1f} ms per "
+                      f"{args.batch} rows", flush=True)
             for variant, res in runs.items():
                 share = args.limit_train_batches if variant.startswith("SCARE (") else 1.0
                 rows.append(
@@ -157,6 +194,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         genes=args.genes,
                         nnz=nnz,
                         in_memory_csr_mb=nnz * 8 / 2**20,
+                        chunk_elements=args.chunk_elements,
                         write_s=write_s,
                         setup_s=res["setup_s"],
                         epoch_s=res["epoch_s"] / share,

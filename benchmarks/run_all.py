@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
             ["--cells", "500", "--genes", "200", "--memory-cells", "500"] if q else [],
         ),
     }
-    runs["backed"] = ("bench_backed", ["--cells", "2000", "--genes", "200"] if q else [])
+    runs["backed"] = ("bench_backed", ["--cells", "2000", "--genes", "200", "--row-reads", "1"]
+                      if q else [])
     runs["matmul"] = ("bench_matmul", ["--rows", "64", "--repeats", "2"] if q else [])
     runs["special"] = ("bench_special", ["--batches", "16", "--repeats", "2"] if q else [])
     runs["models"] = ("bench_models", ["--steps", "2", "--batch", "8"] if q else ["--profile"])

@@ -41,6 +41,12 @@ def test_run_all_quick(tmp_path):
         for r in records:
             assert list(r)[: len(COMMON_KEYS)] == list(COMMON_KEYS), (name, r)
             assert r["median_ms"] is None or r["median_ms"] > 0, (name, r)
+    # the backed benchmark times training and both row-read settings
+    assert {(r["benchmark"], r["variant"]) for r in res["backed"]} == {
+        ("backed", "SCARE (scvi-tools loader)"),
+        ("backed_row_reads", "default chunk cache"),
+        ("backed_row_reads", "no chunk cache"),
+    }
     rows = res["scare_step"]
     assert {r["variant"] for r in rows} == {"plain", "EG k=1", "EG paper", "EG per-dim", "IG m=20"}
     assert all(r["median_ms"] > 0 for r in rows)
