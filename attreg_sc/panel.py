@@ -86,6 +86,12 @@ class PanelSettings:
         (0: every group the same number of turns, rarest first; 1: in proportion to its
         cells, so the large types, whose neighbourhoods dominate a kNN graph, get more
         genes, and a type with 1% of the cells one gene in a hundred).
+    latent_turns
+        Also give turns to the latent dimensions that hold at least half an equal share
+        of the latent variance (after the cell types, by decreasing variance), each
+        choosing the gene with the largest mean share of its attribution over all
+        explained cells: genes for the variation within and across cell types that the
+        cell types' own turns may miss.
     seed
         Seed of training, the explained cells and EG's draws.
     threads
@@ -103,6 +109,7 @@ class PanelSettings:
     n_samples: int = 8
     redundancy: float = 1.0
     turn_exponent: float = 0.0
+    latent_turns: bool = False
     seed: int = 0
     threads: int | str = 1
 
@@ -114,6 +121,8 @@ class PanelSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+        if not isinstance(self.latent_turns, (bool, np.bool_)):
+            raise ValueError(f"latent_turns must be True or False, got {self.latent_turns!r}.")
         n = self.n_explained
         if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2):
             raise ValueError(f"n_explained must be an integer >= 2 or None, got {n!r}.")
@@ -140,7 +149,8 @@ class Panel:
     table
         One row per panel gene: ``gene``, ``rank`` (1 = first), ``attribution_share`` (the
         gene's mean share of the latent's attribution over the explained cells),
-        ``selected_for`` (the group whose turn chose it, or ``"required"``),
+        ``selected_for`` (the group whose turn chose it, ``"latent d"`` for a latent
+        dimension's turn, or ``"required"``),
         ``cell_types`` (the groups it serves: those that have it among their ``k`` most
         important panel genes, ``k`` = panel size // number of groups; comma-separated),
         ``mean_counts`` (mean raw count per cell).
@@ -494,14 +504,16 @@ def select_panel(
         weights = (variance / variance.sum() if variance.sum() > 0
                    else np.full(len(variance), 1.0 / len(variance)))
         per_cell = np.zeros((len(cells), adata.n_vars))  # sum_d w_d s_dcg, one pass per d
+        per_dim = np.zeros((adata.n_vars, len(weights)))  # mean_c s_dcg
         for d in range(len(weights)):
             attr = np.abs(model.get_attributions(
                 indices=cells, reducer=d, n_samples=settings.n_samples,
                 seed=settings.seed + d, progress_bar=progress_bar,
             ))
             total = attr.sum(1, keepdims=True)
-            per_cell += weights[d] * np.divide(attr, total, out=np.zeros_like(attr),
-                                               where=total > 0)
+            share = np.divide(attr, total, out=np.zeros_like(attr), where=total > 0)
+            per_cell += weights[d] * share
+            per_dim[:, d] = share.mean(0)
     importance, names = group_importance(per_cell, groups[cells])
     counts = adata.layers[layer] if layer is not None else adata.X
     expression = _log_normalized(counts[cells]) if settings.redundancy > 0 else None
@@ -510,7 +522,15 @@ def select_panel(
     allowed = np.ones(adata.n_vars, bool)
     allowed[exc] = False
     turn_weights = np.array([float(sizes_of[g]) for g in names]) ** settings.turn_exponent
-    chosen, served = greedy_panel(importance, order, n_max, expression=expression,
+    turn_names, turn_importance = list(names), importance
+    if settings.latent_turns:  # dimensions with at least half an equal share, largest first
+        dims = [int(d) for d in np.argsort(-weights, kind="stable")
+                if weights[d] >= 0.5 / len(weights)]
+        turn_names += [f"latent {d}" for d in dims]
+        turn_importance = np.hstack([importance, per_dim[:, dims]])
+        order = order + list(range(len(names), len(names) + len(dims)))
+        turn_weights = np.concatenate([turn_weights, np.full(len(dims), turn_weights.mean())])
+    chosen, served = greedy_panel(turn_importance, order, n_max, expression=expression,
                                   redundancy=settings.redundancy, required=req,
                                   allowed=allowed, turn_weights=turn_weights)
     genes = [str(adata.var_names[g]) for g in chosen]
@@ -522,7 +542,7 @@ def select_panel(
         "gene": genes,
         "rank": np.arange(1, len(genes) + 1),
         "attribution_share": overall[chosen],
-        "selected_for": ["required" if k < 0 else names[k] for k in served],
+        "selected_for": ["required" if k < 0 else turn_names[k] for k in served],
         "cell_types": [",".join(np.asarray(names)[row]) for row in served_by],
         "mean_counts": mean_counts[chosen],
     })

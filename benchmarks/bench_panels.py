@@ -55,6 +55,7 @@ VARIANTS = {  # attreg_sc's panel settings per method name (attreg_sc: the defau
     "attreg_sc_redundancy2": {"redundancy": 2.0},
     "attreg_sc_turns05": {"turn_exponent": 0.5},  # turns by sqrt(cell-type size)
     "attreg_sc_turns1": {"turn_exponent": 1.0},  # turns in proportion to cell-type size
+    "attreg_sc_latent": {"latent_turns": True},  # the latent dimensions take turns too
 }
 
 

@@ -223,6 +223,27 @@ def test_turns_in_proportion_to_cell_type_size(data, panel):
     assert weighted.settings.turn_exponent == 1.0
 
 
+def test_latent_dimensions_take_turns_after_the_cell_types(data, panel):
+    """``latent_turns``: after the cell types (rarest first), each latent dimension with at
+    least half an equal share of the latent variance takes a turn, largest first; the
+    panel stays nested and the table's cell-type columns are unchanged."""
+    n = 15
+    latent = select_panel(data, [6, n], cell_type_key="cell_type", model=panel.model,
+                          latent_turns=True, seed=0, **FAST)
+    variance = panel.model.get_latent_representation().var(0)  # every cell is explained
+    share = variance / variance.sum()
+    dims = [f"latent {d}" for d in np.argsort(-share, kind="stable")
+            if share[d] >= 0.5 / len(share)]
+    assert dims  # some dimension carries variance
+    rotation = ["rare", "middle", "common", *dims]
+    expected = [rotation[t % len(rotation)] for t in range(n)]
+    assert list(latent.table["selected_for"]) == expected
+    assert latent.genes[:6] == latent.genes_at(6)
+    assert list(latent.importance.columns) == list(panel.importance.columns)
+    with pytest.raises(ValueError, match="latent_turns must be True or False"):
+        PanelSettings(latent_turns="yes")
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
