@@ -92,6 +92,11 @@ class PanelSettings:
         choosing the gene with the largest mean share of its attribution over all
         explained cells: genes for the variation within and across cell types that the
         cell types' own turns may miss.
+    pca_turns
+        Also give turns to this many principal components of the explained cells'
+        log-normalized expression (after the other groups, in order of variance), each
+        choosing the gene with the largest squared loading: the axes on which a kNN graph
+        of the full expression is built (0: none).
     seed
         Seed of training, the explained cells and EG's draws.
     threads
@@ -110,6 +115,7 @@ class PanelSettings:
     redundancy: float = 1.0
     turn_exponent: float = 0.0
     latent_turns: bool = False
+    pca_turns: int = 0
     seed: int = 0
     threads: int | str = 1
 
@@ -117,7 +123,8 @@ class PanelSettings:
         t = self.threads
         if t != "auto" and (isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1):
             raise ValueError(f"threads must be 'auto' or an integer >= 1, got {t!r}.")
-        for name, low in (("n_latent", 1), ("n_hidden", 1), ("max_epochs", 1), ("n_samples", 1)):
+        for name, low in (("n_latent", 1), ("n_hidden", 1), ("max_epochs", 1), ("n_samples", 1),
+                          ("pca_turns", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
@@ -149,8 +156,8 @@ class Panel:
     table
         One row per panel gene: ``gene``, ``rank`` (1 = first), ``attribution_share`` (the
         gene's mean share of the latent's attribution over the explained cells),
-        ``selected_for`` (the group whose turn chose it, ``"latent d"`` for a latent
-        dimension's turn, or ``"required"``),
+        ``selected_for`` (the group whose turn chose it, ``"latent d"`` / ``"PC j"`` for a
+        latent dimension's / principal component's turn, or ``"required"``),
         ``cell_types`` (the groups it serves: those that have it among their ``k`` most
         important panel genes, ``k`` = panel size // number of groups; comma-separated),
         ``mean_counts`` (mean raw count per cell).
@@ -530,6 +537,15 @@ def select_panel(
         turn_importance = np.hstack([importance, per_dim[:, dims]])
         order = order + list(range(len(names), len(names) + len(dims)))
         turn_weights = np.concatenate([turn_weights, np.full(len(dims), turn_weights.mean())])
+    if settings.pca_turns:
+        logged = expression if expression is not None else _log_normalized(counts[cells])
+        centred = logged - logged.mean(0)
+        n_pc = min(settings.pca_turns, *centred.shape)
+        loadings = np.linalg.svd(centred, full_matrices=False)[2][:n_pc].T  # genes x PCs
+        turn_names += [f"PC {j + 1}" for j in range(n_pc)]
+        turn_importance = np.hstack([turn_importance, loadings**2])
+        order = order + list(range(len(order), len(order) + n_pc))
+        turn_weights = np.concatenate([turn_weights, np.full(n_pc, turn_weights.mean())])
     chosen, served = greedy_panel(turn_importance, order, n_max, expression=expression,
                                   redundancy=settings.redundancy, required=req,
                                   allowed=allowed, turn_weights=turn_weights)

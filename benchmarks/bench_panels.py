@@ -56,6 +56,8 @@ VARIANTS = {  # attreg_sc's panel settings per method name (attreg_sc: the defau
     "attreg_sc_turns05": {"turn_exponent": 0.5},  # turns by sqrt(cell-type size)
     "attreg_sc_turns1": {"turn_exponent": 1.0},  # turns in proportion to cell-type size
     "attreg_sc_latent": {"latent_turns": True},  # the latent dimensions take turns too
+    "attreg_sc_pca5": {"pca_turns": 5},  # the first principal components take turns too
+    "attreg_sc_pca10": {"pca_turns": 10},
 }
 
 

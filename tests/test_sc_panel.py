@@ -244,6 +244,27 @@ def test_latent_dimensions_take_turns_after_the_cell_types(data, panel):
         PanelSettings(latent_turns="yes")
 
 
+def test_principal_components_take_turns_with_their_largest_loading(data, panel):
+    """``pca_turns=k``: after the cell types, the first k principal components of the
+    explained cells' log-normalized expression take turns, each choosing its free gene
+    with the largest squared loading."""
+    from attreg_sc.panel import _log_normalized
+
+    chosen = select_panel(data, 10, cell_type_key="cell_type", model=panel.model,
+                          pca_turns=2, redundancy=0.0, seed=0, **FAST)
+    table = chosen.table
+    assert list(table["selected_for"][:5]) == ["rare", "middle", "common", "PC 1", "PC 2"]
+    x = _log_normalized(data.X)  # every cell is explained
+    vt = np.linalg.svd(x - x.mean(0), full_matrices=False)[2]
+    names = np.asarray(data.var_names)
+    for turn in (3, 4):
+        free = ~np.isin(names, table["gene"][:turn])
+        loading = np.where(free, vt[turn - 3] ** 2, -np.inf)
+        assert table["gene"][turn] == names[int(np.argmax(loading))]
+    with pytest.raises(ValueError, match="pca_turns must be an integer >= 0"):
+        PanelSettings(pca_turns=-1)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
