@@ -186,6 +186,7 @@ def test_backed_rows_without_chunk_cache_reopens_the_same_file_and_restores_it(t
         with _compat.backed_rows_without_chunk_cache(backed):
             raise RuntimeError("inside")
     assert backed.file.is_open and _cache_bytes(backed) == default
+    backed.file.close()
 
 
 def test_backed_rows_keep_the_cache_where_it_serves(tmp_path):
@@ -202,6 +203,7 @@ def test_backed_rows_keep_the_cache_where_it_serves(tmp_path):
     handle = backed.file._file
     with _compat.backed_rows_without_chunk_cache(backed) as uncached:
         assert not uncached and backed.file._file is handle
+    backed.file.close()
     # cells stored by gene (CSC): not rows of a minibatch
     adata.X = sp.csc_matrix(adata.X)
     adata.write_h5ad(tmp_path / "csc.h5ad")
@@ -209,3 +211,4 @@ def test_backed_rows_keep_the_cache_where_it_serves(tmp_path):
     handle = backed.file._file
     with _compat.backed_rows_without_chunk_cache(backed) as uncached:
         assert not uncached and backed.file._file is handle
+    backed.file.close()

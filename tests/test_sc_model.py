@@ -551,6 +551,7 @@ def test_backed_training_reads_rows_without_the_chunk_cache_and_restores_the_fil
         assert backed.file._filemode == "r"
         np.testing.assert_array_equal(backed.X[:5].toarray(), a.X[:5].toarray())
         batches[fast] = spy.batches
+        backed.file.close()
     assert seen == {True: {0}, False: {default}}
     assert len(batches[True]) == len(batches[False]) > 1
     for ours, theirs in zip(batches[True], batches[False], strict=True):
