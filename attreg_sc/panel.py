@@ -529,24 +529,27 @@ def select_panel(
     allowed = np.ones(adata.n_vars, bool)
     allowed[exc] = False
     turn_weights = np.array([float(sizes_of[g]) for g in names]) ** settings.turn_exponent
-    turn_names, turn_importance = list(names), importance
+    turn_names, columns = list(names), [importance]
+    extra: list[float] = []  # the added turns take the cell types' mean share each
+
+    def add_turns(labels: list[str], importance_of: np.ndarray) -> None:
+        turn_names.extend(labels)
+        columns.append(importance_of)
+        extra.extend([float(turn_weights.mean())] * len(labels))
+
     if settings.latent_turns:  # dimensions with at least half an equal share, largest first
         dims = [int(d) for d in np.argsort(-weights, kind="stable")
                 if weights[d] >= 0.5 / len(weights)]
-        turn_names += [f"latent {d}" for d in dims]
-        turn_importance = np.hstack([importance, per_dim[:, dims]])
-        order = order + list(range(len(names), len(names) + len(dims)))
-        turn_weights = np.concatenate([turn_weights, np.full(len(dims), turn_weights.mean())])
+        add_turns([f"latent {d}" for d in dims], per_dim[:, dims])
     if settings.pca_turns:
         logged = expression if expression is not None else _log_normalized(counts[cells])
         centred = logged - logged.mean(0)
         n_pc = min(settings.pca_turns, *centred.shape)
         loadings = np.linalg.svd(centred, full_matrices=False)[2][:n_pc].T  # genes x PCs
-        turn_names += [f"PC {j + 1}" for j in range(n_pc)]
-        turn_importance = np.hstack([turn_importance, loadings**2])
-        order = order + list(range(len(order), len(order) + n_pc))
-        turn_weights = np.concatenate([turn_weights, np.full(n_pc, turn_weights.mean())])
-    chosen, served = greedy_panel(turn_importance, order, n_max, expression=expression,
+        add_turns([f"PC {j + 1}" for j in range(n_pc)], loadings**2)
+    order = order + list(range(len(names), len(turn_names)))
+    turn_weights = np.concatenate([turn_weights, extra])
+    chosen, served = greedy_panel(np.hstack(columns), order, n_max, expression=expression,
                                   redundancy=settings.redundancy, required=req,
                                   allowed=allowed, turn_weights=turn_weights)
     genes = [str(adata.var_names[g]) for g in chosen]
