@@ -292,11 +292,18 @@ class AttributionPrior(nn.Module):
         additional_forward_args: Any = None,
         input_activations: torch.Tensor | None = None,
         target: int | torch.Tensor | None = None,
+        reference_groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Differentiable attributions of the target at ``x`` (shape of ``x``).
 
         ``target``: captum's argument, the output unit to explain per sample (e.g. the
         true class of each sample), overriding the reducer's reduction.
+
+        ``reference_groups``: EG with minibatch references only: one integer group label
+        per sample; each sample's references come from its own group (see
+        :meth:`attreg.attr.ExpectedGradients.attribute`), so the prior shapes what
+        distinguishes samples within a group and leaves the differences between groups
+        free.
 
         ``input_activations``: for a :class:`~attreg.attr.LinearPrefix` target, the
         first-layer output on ``x`` from the caller's own forward pass (reused: EG with
@@ -316,6 +323,13 @@ class AttributionPrior(nn.Module):
             m, (ExpectedGradients, IntegratedGradients)
         ):
             kwargs["input_activations"] = input_activations
+        if reference_groups is not None:
+            if not isinstance(m, ExpectedGradients):
+                raise ValueError(
+                    "reference_groups draws EG references within groups; this prior uses "
+                    f"{type(m).__name__}. Use method='eg' (with references='batch')."
+                )
+            kwargs["reference_groups"] = reference_groups
         if isinstance(m, ExpectedGradients):
             kwargs.update(
                 references=self.references,
@@ -487,10 +501,14 @@ class AttributionPrior(nn.Module):
         additional_forward_args: Any = None,
         input_activations: torch.Tensor | None = None,
         target: int | torch.Tensor | None = None,
+        reference_groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Weighted prior loss for the minibatch ``x`` (a scalar)."""
+        """Weighted prior loss for the minibatch ``x`` (a scalar); ``reference_groups``:
+        see :meth:`attributions`."""
         _check_grad_mode(self)
-        attr = self.attributions(x, additional_forward_args, input_activations, target)
+        attr = self.attributions(
+            x, additional_forward_args, input_activations, target, reference_groups
+        )
         return self.loss_from_attributions(attr, gt, index)
 
     def extra_repr(self) -> str:
@@ -746,12 +764,15 @@ class PriorSet(nn.Module):
         return_terms: bool = False,
         input_activations: torch.Tensor | None = None,
         target: int | torch.Tensor | None = None,
+        reference_groups: torch.Tensor | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Aggregated prior loss (or a dict of the weighted terms and ``"total"``).
 
         ``target``: captum's argument (the output unit per sample, e.g. each sample's
-        class), passed to every prior. Priors on different layers or targets each compute
-        their own attributions; priors sharing a method instance share one computation.
+        class), passed to every prior; so is ``reference_groups`` (EG references within
+        each sample's group, see :meth:`AttributionPrior.attributions`). Priors on
+        different layers or targets each compute their own attributions; priors sharing a
+        method instance share one computation.
         """
         _check_grad_mode(self)
         gts = gts or {}
@@ -766,7 +787,7 @@ class PriorSet(nn.Module):
             key = id(prior.method)
             if key not in cache:
                 cache[key] = prior.attributions(
-                    x, additional_forward_args, input_activations, target
+                    x, additional_forward_args, input_activations, target, reference_groups
                 )
             terms[name] = prior.loss_from_attributions(cache[key], gts.get(name), index)
         total = AF.aggregate(list(terms.values()), self.aggregation)

@@ -24,6 +24,7 @@ __all__ = [
     "ExpectedGradients",
     "batch_reference_index",
     "draw_references",
+    "group_reference_index",
     "expected_gradients_from_draws",
 ]
 
@@ -41,6 +42,68 @@ def batch_reference_index(
     dev = generator.device if generator is not None else device
     offset = torch.randint(1, n, (n_samples, n), generator=generator, device=dev)
     return to_device((torch.arange(n, device=dev) + offset) % n, device)
+
+
+def group_reference_index(
+    groups: torch.Tensor,
+    n_samples: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """``(n_samples, n)`` indices of other samples of the batch *in the same group*.
+
+    ``groups`` holds one integer label per sample, shape ``(n,)``. Each draw is uniform
+    among the other members of the sample's group; a sample alone in its group draws
+    uniformly among all other samples (as :func:`batch_reference_index`), so that its
+    attributions are not identically zero. One ``torch.rand`` draw per (draw, sample)
+    from ``generator``: reproducible from its seed.
+
+    Examples
+    --------
+    >>> g = torch.tensor([0, 1, 0, 1, 0])
+    >>> idx = group_reference_index(g, 3, torch.Generator().manual_seed(0), g.device)
+    >>> bool((g[idx] == g).all()), bool((idx != torch.arange(5)).all())
+    (True, True)
+    """
+    n = groups.shape[0]
+    if n == 1:
+        return torch.zeros((n_samples, 1), dtype=torch.long, device=device)
+    dev = generator.device if generator is not None else device
+    g = to_device(groups.reshape(-1), dev)
+    order = torch.argsort(g, stable=True)  # members of a group are consecutive here
+    _, inverse, counts = torch.unique_consecutive(g[order], return_inverse=True, return_counts=True)
+    size, start = counts[inverse], (torch.cumsum(counts, 0) - counts)[inverse]
+    alone = size == 1  # their "group" is the whole batch, in sorted order
+    size = torch.where(alone, n, size)
+    start = torch.where(alone, 0, start)
+    pos = torch.arange(n, device=dev) - start  # position within the group
+    u = torch.rand((n_samples, n), generator=generator, device=dev)
+    offset = (u * (size - 1)).long().clamp_(max=size - 2) + 1  # uniform in 1..size-1
+    drawn = order[start + (pos + offset) % size]  # sorted position -> sample index
+    index = torch.empty_like(drawn)
+    index[:, order] = drawn
+    return to_device(index, device)
+
+
+def _check_groups(groups: torch.Tensor, n: int, batch_refs: bool) -> torch.Tensor:
+    if not batch_refs:
+        raise ValueError(
+            "reference_groups draws references from the minibatch: it needs "
+            "references='batch', not a background, 'noise' or a callable."
+        )
+    if not isinstance(groups, torch.Tensor):
+        raise TypeError(f"reference_groups must be a tensor, got {type(groups).__name__}.")
+    if groups.shape != (n,):
+        raise ValueError(
+            f"reference_groups has shape {tuple(groups.shape)}; give one group label per "
+            f"sample, shape ({n},)."
+        )
+    if groups.dtype.is_floating_point or groups.dtype.is_complex:
+        raise TypeError(
+            f"reference_groups must hold integer labels, got {groups.dtype}; encode the "
+            "groups as integers (e.g. a categorical's codes)."
+        )
+    return groups.long()
 
 
 def _gather_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -211,6 +274,11 @@ class ExpectedGradients(LinearPrefixPathAttribution):
       ``multiply_by_inputs`` is true;
     * a callable ``(inputs, n_samples, generator) -> (n_samples, n, ...)``.
 
+    With ``"batch"``, ``reference_groups=`` (one integer label per sample) draws each
+    sample's references among the other samples of its group
+    (:func:`group_reference_index`): the attributions then explain what distinguishes a
+    sample within its group (e.g. within its cell type), not between groups.
+
     Draws come from ``generator`` (a ``torch.Generator``), so results are reproducible.
 
     Parameters
@@ -257,8 +325,15 @@ class ExpectedGradients(LinearPrefixPathAttribution):
         internal_batch_size: int | None = None,
         noise_std: float | None = None,
         input_activations: torch.Tensor | None = None,
+        reference_groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attributions shaped like ``inputs`` (see the class docstring for arguments).
+
+        ``reference_groups``: with ``references="batch"``, one integer group label per
+        sample (shape ``(n,)``); each sample's references are then drawn among the other
+        samples of its group (:func:`group_reference_index`), so the attributions explain
+        ``F(x) - F(x')`` for ``x'`` of the same group: what distinguishes a sample within
+        its group, not between groups.
 
         With a :class:`~attreg.reducers.DirectionReducer` of ``m > 1`` directions the
         result is ``(m, *inputs.shape)``: one map per direction, all from the same draws.
@@ -307,9 +382,19 @@ class ExpectedGradients(LinearPrefixPathAttribution):
             and fast_paths_enabled()
             and isinstance(self.forward_func, LinearPrefix)
         )
-        if prefix and isinstance(references, str) and references == "batch":
-            ref_index = batch_reference_index(n, n_samples, generator, inputs.device)
+        batch_refs = isinstance(references, str) and references == "batch"
+        if reference_groups is not None:
+            reference_groups = _check_groups(reference_groups, n, batch_refs)
+        if batch_refs and (prefix or reference_groups is not None):
+            if reference_groups is None:
+                ref_index = batch_reference_index(n, n_samples, generator, inputs.device)
+            else:
+                ref_index = group_reference_index(
+                    reference_groups, n_samples, generator, inputs.device
+                )
             refs = None  # only x - x[ref_index] is needed: built in place from the gather
+            if not prefix:
+                refs, ref_index = _gather_rows(inputs, ref_index), None
         else:
             ref_index = None
             refs = draw_references(inputs, references, n_samples, generator)
