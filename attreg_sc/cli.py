@@ -229,6 +229,13 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults["loss"],
         help="loss between reparameterized attributions and the GT",
     )
+    t.add_argument(
+        "--references-within",
+        default=None,
+        metavar="OBS_KEY",
+        help="EG draws each cell's references among the cells with its label in this obs "
+        "column (e.g. cell_type): the prior founds subclusters within the labels",
+    )
     t.add_argument("--n-latent", type=int, default=defaults["n_latent"], help="latent dimensions")
     t.add_argument("--n-hidden", type=int, default=defaults["n_hidden"], help="units per layer")
     t.add_argument(
@@ -457,6 +464,7 @@ def _scare(args, adata, gts: dict):
         adata,
         layer=args.layer,
         batch_key=args.batch_key,
+        labels_key=args.references_within,
         allow_non_integer=args.allow_non_integer,
     )
     return SCARE(
@@ -476,6 +484,7 @@ def _scare(args, adata, gts: dict):
         loss=args.loss,
         target=args.target,
         seed=args.seed,
+        references="batch" if args.references_within is None else "label",
     )
 
 

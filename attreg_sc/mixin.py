@@ -429,6 +429,8 @@ class AttributionPriorModelMixin:
                 code = categories.index(str(label))
                 label_table[code] = from_genes(adata, genes, gene_key, name=f"GT of {label!r}")
                 label_has_gt[code] = True
+        if settings.references == "label":
+            self._check_reference_labels()
         if settings.target == "model":
             target_of = getattr(self.module, "attribution_target", None)
             if target_of is None:
@@ -453,6 +455,22 @@ class AttributionPriorModelMixin:
         vectors = {k: g for k, g in ground_truths.items() if isinstance(g, np.ndarray)}
         if vectors and settings.w_attr > 0:  # warned now, before training
             self.gt_diagnostics_ = self.diagnose_ground_truths(vectors)
+
+    def _check_reference_labels(self) -> None:
+        """``references="label"`` needs labels registered by ``setup_anndata``, and more
+        than one of them (with one label it is ``"batch"`` under another name)."""
+        from scvi import REGISTRY_KEYS
+
+        fix = "register the cell types with SCARE.setup_anndata(adata, labels_key=...)"
+        if REGISTRY_KEYS.LABELS_KEY not in self.adata_manager.data_registry:
+            raise ValueError(f"references='label' draws EG references within labels: {fix}.")
+        state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+        n_labels = len(state.categorical_mapping)
+        if state.original_key == "_scvi_labels" or n_labels < 2:
+            raise ValueError(
+                f"references='label' draws EG references within labels, but the AnnData "
+                f"has {n_labels} registered label(s) (no labels_key): {fix}."
+            )
 
     def diagnose_ground_truths(self, ground_truths: Mapping[str, Any]):
         """Per GT: genes in the data, expressed and variable, and a verdict; a set too
@@ -823,6 +841,7 @@ class AttributionPriorModelMixin:
         key_added: str | None = None,
         progress_bar: bool = False,
         internal_batch_size: int | None = None,
+        references: str = "batch",
     ) -> np.ndarray:
         """Post-hoc attributions of the latent encoder, ``(n_cells, n_genes)`` (not
         differentiable).
@@ -856,6 +875,11 @@ class AttributionPriorModelMixin:
             Show a tqdm bar over minibatches.
         internal_batch_size
             captum's argument: at most this many rows per forward pass (bounds memory).
+        references
+            EG's references: ``"batch"`` (other cells of the chunk) or ``"label"`` (other
+            cells of the chunk with the same registered label, as the prior's
+            ``references="label"`` draws them: what distinguishes a cell within its
+            type).
 
         Examples
         --------
@@ -869,6 +893,7 @@ class AttributionPriorModelMixin:
         >>> "scare_attributions" in adata.layers
         True
         """
+        from scvi import REGISTRY_KEYS
         from tqdm.auto import tqdm
 
         import attreg
@@ -886,6 +911,12 @@ class AttributionPriorModelMixin:
         methods = {"eg": attreg.ExpectedGradients, "ig": attreg.IntegratedGradients}
         if method not in methods:
             raise ValueError(f"unknown method {method!r}; use 'eg' or 'ig'.")
+        if references not in ("batch", "label"):
+            raise ValueError(f"unknown references {references!r}; use 'batch' or 'label'.")
+        if references == "label":
+            if method != "eg":
+                raise ValueError("references='label' chooses EG's references; use method='eg'.")
+            self._check_reference_labels()
         if target == "model":
             explained = self.module.attribution_target("model")
         elif target == "encoder":
@@ -911,6 +942,8 @@ class AttributionPriorModelMixin:
                 else {"n_steps": n_steps}
             )
             kwargs["internal_batch_size"] = internal_batch_size
+            if references == "label":
+                kwargs["reference_groups"] = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
             attr = explain.attribute(x, additional_forward_args=tuple(rest), **kwargs)
             out.append(attr.detach().cpu().numpy())
         attributions = np.concatenate(out)

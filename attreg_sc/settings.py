@@ -14,12 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PriorSettings", "REDUCERS", "DIRECTION_REDUCERS", "ATTRIBUTIONS", "TARGETS"]
+__all__ = [
+    "PriorSettings", "REDUCERS", "DIRECTION_REDUCERS", "ATTRIBUTIONS", "TARGETS", "REFERENCES"
+]
 
 REDUCERS = ("random_direction", "per_dimension", "sum", "mean", "l2")
 DIRECTION_REDUCERS = ("random_direction", "per_dimension")
 ATTRIBUTIONS = ("eg", "ig")
 TARGETS = ("encoder", "model")
+REFERENCES = ("batch", "label")
 AGGREGATIONS = ("sum", "squared_sum")
 LOSSES = ("outside_share", "mse", "mae")
 REPARAMETERIZERS = ("share", "abs_minmax", "abs_max", "sigmoid", "softmax", "identity")
@@ -99,6 +102,15 @@ class PriorSettings:
         directions. It concentrates the encoder's attribution on few genes (the scARE
         paper's recipe for gene panels, :mod:`attreg_sc.panel`); 0 (default): off. With no
         GT, ``set_prior(None, w_sparsity=...)`` trains with this prior alone.
+    references
+        Where EG draws each cell's references: ``"batch"`` (default: any other cell of
+        the minibatch) or ``"label"`` (another cell of the minibatch with the same
+        registered label, ``setup_anndata(labels_key=...)``, e.g. the cell type; a cell
+        alone in its label draws any other cell). With ``"label"`` the prior shapes what
+        distinguishes a cell from others of its type and leaves the differences between
+        types to every gene: subclusters founded on the GT within cell types that keep
+        more of the types (docs/single_cell.md, "References within the cell type").
+        EG only.
 
     Examples
     --------
@@ -127,6 +139,7 @@ class PriorSettings:
     seed: int = 0
     target_share: float | None = None
     w_sparsity: float = 0.0
+    references: str = "batch"
 
     def __post_init__(self) -> None:
         for name in ("w_attr", "w_exclusion", "w_sparsity"):
@@ -141,6 +154,7 @@ class PriorSettings:
             ("reparameterizer", REPARAMETERIZERS),
             ("loss", LOSSES),
             ("aggregation", AGGREGATIONS),
+            ("references", REFERENCES),
         ):
             value = getattr(self, name)
             if not isinstance(value, str) or value not in choices:
@@ -160,6 +174,11 @@ class PriorSettings:
             raise ValueError(
                 f"w_sparsity={self.w_sparsity} is relative to w_attr, and w_attr=0 turns "
                 "every prior off: give w_attr > 0 (e.g. the default 30), or w_sparsity=0."
+            )
+        if self.references != "batch" and self.attribution != "eg":
+            raise ValueError(
+                f"references={self.references!r} chooses EG's references; attribution="
+                f"{self.attribution!r} has none. Use attribution='eg' or references='batch'."
             )
         object.__setattr__(self, "latent_blocks", _blocks(self.latent_blocks))
         object.__setattr__(self, "gt_weights", _weights(self.gt_weights))

@@ -331,3 +331,20 @@ def test_legacy_scarevi_files_load_into_scare():
         model.get_latent_representation(), np.load(legacy / "old_scarevi_latent.npy"), atol=1e-6
     )
     assert model.prior_settings.w_attr == 5.0
+
+
+def test_references_within_a_column_train_and_reload(h5ad, capsys):
+    """--references-within registers the column as the labels and draws EG references
+    within them; the saved model carries both; a missing column is named."""
+    d, data, genes, _ = h5ad
+    argv = ["train", data, "--genes", genes, "--batch-key", "batch", "--max-epochs", 1,
+            "--n-latent", 2, "--no-progress"]
+    code, _, err = run([*argv, "--references-within", "cell_type", "--out", d / "within"], capsys)
+    assert code == 0, err
+    import anndata as ad
+
+    model = asc.SCARE.load(d / "within" / "model", ad.read_h5ad(data))
+    assert model.prior_settings.references == "label"
+    assert model.registry_["setup_args"]["labels_key"] == "cell_type"
+    code, _, err = run([*argv, "--references-within", "no_such", "--out", d / "bad"], capsys)
+    assert code != 0 and "no_such" in err

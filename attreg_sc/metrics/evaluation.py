@@ -67,6 +67,7 @@ def dimension_shares(
     n_samples: int = 8,
     seed: int = 0,
     dims: list[int] | None = None,
+    references: str = "batch",
 ) -> pd.DataFrame:
     """GT share of the attributions of every latent dimension and of their sum.
 
@@ -88,6 +89,10 @@ def dimension_shares(
         EG references per cell and their seed.
     dims
         Latent dimensions to explain (default: all).
+    references
+        EG's references (``get_attributions``): ``"batch"``, or ``"label"`` for the share
+        of what distinguishes each cell within its registered label (what the prior's
+        ``references="label"`` constrains).
 
     Examples
     --------
@@ -103,7 +108,9 @@ def dimension_shares(
     dims = list(range(latent.shape[1])) if dims is None else list(dims)
     rows = {}
     for k in [*dims, "sum"]:
-        attr = model.get_attributions(adata, n_samples=n_samples, seed=seed, reducer=k)
+        attr = model.get_attributions(
+            adata, n_samples=n_samples, seed=seed, reducer=k, references=references
+        )
         rows[str(k)] = {
             "gt_share": float(attribution_share(attr, gt_genes)["share"].mean()),
             "var": float(latent[:, k].var()) if k != "sum" else float(latent.sum(1).var()),

@@ -443,6 +443,12 @@ class AttributionPriorPlanMixin:
 
             # the prefix's activations from the model's own first product: W_x x + b
             acts = self._first_out - covariate_part(self._encoder, x.shape[-1], *rest)
+        # references="label": EG draws each cell's references among its label's cells
+        groups = (
+            tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
+            if self.prior_config.settings.references == "label"
+            else None
+        )
         total = x.new_zeros(())
         if self._vector_priors is not None:
             total = total + self._vector_priors(
@@ -450,6 +456,7 @@ class AttributionPriorPlanMixin:
                 gts=self._cell_gt_rows(tensors, x.shape[-1], x.device),
                 additional_forward_args=tuple(rest),
                 input_activations=acts,
+                reference_groups=groups,
             )
         if self._label_prior is not None:
             codes = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
@@ -462,6 +469,7 @@ class AttributionPriorPlanMixin:
                     gt=gt,
                     additional_forward_args=args,
                     input_activations=None if acts is None else acts[keep],
+                    reference_groups=None if groups is None else groups[keep],
                 )
         return total
 
