@@ -188,3 +188,25 @@ def test_checkpoints_are_written_atomically_in_the_safe_format(interrupted, tmp_
         ns["make"]().train(checkpoint_path=tmp_path, **ns["KW"])
     with pytest.raises(ValueError, match="only local checkpoint files"):
         ns["make"]().train(ckpt_path="https://example.org/ckpt.pt", **ns["KW"])
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes_at_its_default(interrupted, tmp_path):
+    """A checkpoint written before a prior setting existed (its fingerprint lacks
+    ``prior.references``) ran at that setting's default: it resumes with the default and is
+    refused, naming the setting, with another value."""
+    ns, path = interrupted
+    checkpoint = from_safe(read_safe_payload(path, "checkpoint"))
+    fingerprint = checkpoint["callbacks"]["attreg_sc.ResumeGuard"]["fingerprint"]
+    assert fingerprint.pop("prior.references") == repr("batch")
+    older = tmp_path / "older.pt"
+    save_versioned(older, checkpoint)
+    m = ns["make"]()
+    m.train(ckpt_path=older, **{**ns["KW"], "max_epochs": 3})
+    assert len(m.history["train_loss"]) == 3
+    adata = ns["adata"].copy()
+    adata.obs["group"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
+    asc.SCARE.setup_anndata(adata, batch_key="batch", labels_key="group")
+    other = asc.SCARE(adata, gt="is_gt", n_latent=3, seed=5, references="label")
+    with pytest.raises(ValueError, match=r"cannot resume.*prior.references: checkpoint "
+                                         r"\"'batch'\", now \"'label'\""):
+        other.train(ckpt_path=older, **ns["KW"])

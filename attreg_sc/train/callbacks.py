@@ -348,6 +348,15 @@ def _set_rng_states(states: dict[str, Any], pl_module) -> None:
         generator.set_state(states["prior"])
 
 
+def _setting_defaults(keys: set[str]) -> dict[str, str]:
+    """The fingerprint entries (``prior.<field>``) of the default prior settings among
+    ``keys``."""
+    from attreg_sc.settings import PriorSettings
+
+    defaults = {f"prior.{k}": repr(v) for k, v in PriorSettings().to_dict().items()}
+    return {k: defaults[k] for k in keys if k in defaults}
+
+
 class ResumeGuard(Callback):
     """Makes a resumed run equal an uninterrupted one, and refuses a resume that could
     not be.
@@ -401,6 +410,8 @@ class ResumeGuard(Callback):
         saved = (checkpoint.get("callbacks") or {}).get(self.state_key, {}).get("fingerprint")
         if not isinstance(saved, dict):
             raise ValueError(f"{path} holds no run fingerprint; it cannot be resumed safely.")
+        # a prior setting added after the checkpoint was written ran at its default then
+        saved = {**_setting_defaults(set(self.fingerprint) - set(saved)), **saved}
         differing = [
             f"{k}: checkpoint {saved.get(k, '(absent)')!r}, now "
             f"{self.fingerprint.get(k, '(absent)')!r}"
