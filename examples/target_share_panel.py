@@ -38,6 +38,18 @@ Run (what made ``docs/studies/target_share_panel.jsonl``; two processes, about 9
     $P --data pbmc68k --sets GO:0030098 --seeds 0 --frontier
     $P --data pbmc_two_runs --sets GO:0042100 --seeds 0 --frontier
     python examples/target_share_panel.py --report panel.jsonl --plot frontier.png
+
+References within the cell type (``references="label"``; added after the runs above, into
+a copy of their file, so that their baselines and ``w_attr 30`` rows are reused)::
+
+    P="python examples/target_share_panel.py --out panel.jsonl"
+    for d in pbmc3k pbmc68k pbmc_two_runs wu2020; do $P --data $d --seeds 0 --variants label; done
+    for d in pbmc3k pbmc68k pbmc_two_runs wu2020; do
+        $P --data $d --seeds 0 --variants label30 --half held-out; done
+    M="python examples/target_share_panel.py --out mechanism.jsonl --variants mechanism --seeds 0"
+    $M --data pbmc_two_runs --sets GO:0030098; $M --data pbmc68k --sets GO:0030098
+    $M --data wu2020 --sets GO:0006412; $M --data pbmc3k --sets GO:0042100
+    python examples/target_share_panel.py --label-report target_share_panel.jsonl panel.jsonl
 """
 
 from __future__ import annotations
@@ -94,9 +106,14 @@ def _bio(latent, adata, batch_key, label_key) -> tuple[float, str]:
         return integration_metrics(latent, batches, labels)["silhouette_label"], "silhouette"
 
 
-def evaluate(model, adata, gt, batch_key, label_key, n_random: int, seed: int) -> dict:
+def evaluate(model, adata, gt, batch_key, label_key, n_random: int, seed: int,
+             within: bool = False) -> dict:
     res = fssf(model, gt, label_key, n_random=n_random, seed=seed)
     per_dim = dimension_shares(model, gt, n_samples=4).drop(index="sum")["gt_share"]
+    extra = {}
+    if within:  # the share of what distinguishes a cell within its label
+        extra["share_per_dim_within_label"] = float(dimension_shares(
+            model, gt, n_samples=4, references="label").drop(index="sum")["gt_share"].mean())
     bio, bio_kind = _bio(model.get_latent_representation(), adata, batch_key, label_key)
     h = model.history
     return dict(
@@ -107,7 +124,7 @@ def evaluate(model, adata, gt, batch_key, label_key, n_random: int, seed: int) -
         subclusters=int(res.summary()["n_subclusters"].sum()) if len(res.table) else 0,
         weight=float(h["prior_weight_gt0"].iloc[-1, 0]) if "prior_weight_gt0" in h else None,
         training_share=float(h["prior_share_gt0"].iloc[-1, 0])
-        if "prior_share_gt0" in h else None,
+        if "prior_share_gt0" in h else None, **extra,
     )
 
 
@@ -120,12 +137,19 @@ def _train(adata, gt, seed: int, epochs: int, **kw):
     return model, dict(epochs=epochs_run, seconds_per_epoch=(time.perf_counter() - t0) / epochs_run)
 
 
+#: EG references within the cell type (``references="label"``) at the default weight and
+#: at the weight that reached a share of 0.8 on the frontier pairs, with minibatch
+#: references at that weight beside them; added after the panel above had run
+#: (``--variants label``), on its development half
+LABEL_VARIANTS = (("label w_attr 30", dict(w_attr=30.0, references="label")),
+                  ("label w_attr 100", dict(w_attr=100.0, references="label")),
+                  ("w_attr 100", dict(w_attr=100.0)))
 FRONTIER = tuple((f"w_attr {w:g}", dict(w_attr=float(w))) for w in (3, 10, 30, 100, 300)) + \
     tuple((f"target {t:g}", dict(w_attr=30.0, target_share=t)) for t in (0.5, 0.7, 0.8, 0.95))
 
 
 def run(data: str, half: str, seeds, out: Path, epochs: int, n_random: int,
-        only=None, variants=VARIANTS) -> None:
+        only=None, variants=VARIANTS, within: bool = False) -> None:
     done = set()
     if out.exists():
         for line in out.read_text().splitlines():
@@ -134,7 +158,8 @@ def run(data: str, half: str, seeds, out: Path, epochs: int, n_random: int,
     adata, batch_key, label_key, sets = load(data, half)
     if only:
         sets = {t: g for t, g in sets.items() if t in only}
-    asc.SCARE.setup_anndata(adata, batch_key=batch_key)
+    # labels registered for references="label"; the other models do not read them
+    asc.SCARE.setup_anndata(adata, batch_key=batch_key, labels_key=label_key)
     gts = {}
     for term, genes in sets.items():
         try:
@@ -159,7 +184,8 @@ def run(data: str, half: str, seeds, out: Path, epochs: int, n_random: int,
                 emit(dict(data=data, half=half, set=term, model="baseline", seed=seed,
                           **diag.loc[term, ["genes", "expressed", "variable"]].astype(int)
                           .to_dict(), **timing,
-                          **evaluate(base, adata, gt, batch_key, label_key, n_random, seed)))
+                          **evaluate(base, adata, gt, batch_key, label_key, n_random, seed,
+                                   within)))
         for term, gt in gts.items():
             for name, kw in variants:
                 if (data, half, term, name, seed) in done:
@@ -168,7 +194,8 @@ def run(data: str, half: str, seeds, out: Path, epochs: int, n_random: int,
                 emit(dict(data=data, half=half, set=term, model=name, seed=seed,
                           **diag.loc[term, ["genes", "expressed", "variable"]].astype(int)
                           .to_dict(), **timing,
-                          **evaluate(model, adata, gt, batch_key, label_key, n_random, seed)))
+                          **evaluate(model, adata, gt, batch_key, label_key, n_random, seed,
+                                   within)))
 
 
 def report(path: Path, seeds=None) -> pd.DataFrame:
@@ -182,6 +209,14 @@ def report(path: Path, seeds=None) -> pd.DataFrame:
     mean = rows.groupby(keys)[cols].mean()
     mean["seeds"] = rows.groupby(keys).size()
     return mean
+
+
+def _meets_goal(r: pd.Series, b: pd.Series) -> bool:
+    """The goal but its step criterion, for model row ``r`` against baseline row ``b``."""
+    return bool(r["fssf_gt"] >= GOAL["fssf"] and r["share_per_dim"] >= GOAL["share"]
+                and r["reconstruction"] / b["reconstruction"] - 1 <= GOAL["reconstruction"]
+                and r["bio"] - b["bio"] >= -GOAL["bio"]
+                and r["subclusters"] <= GOAL["subclusters"] * max(b["subclusters"], 1))
 
 
 def goal_table(mean: pd.DataFrame, new: str = "target 0.9") -> pd.DataFrame:
@@ -204,10 +239,7 @@ def goal_table(mean: pd.DataFrame, new: str = "target 0.9") -> pd.DataFrame:
         )
         # the step is the EG prior's cost, the same for any weight, and timed on a shared
         # machine: the goal is also given without it
-        row["goal_but_step"] = bool(
-            row["fssf_new"] >= GOAL["fssf"] and row["share_new"] >= GOAL["share"]
-            and row["recon"] <= GOAL["reconstruction"] and row["bio"] >= -GOAL["bio"]
-            and row["subclusters"] <= GOAL["subclusters"])
+        row["goal_but_step"] = _meets_goal(n, b)
         row["goal"] = row["goal_but_step"] and bool(row["step"] <= GOAL["step"])
         out.append(row)
     return pd.DataFrame(out)
@@ -287,6 +319,69 @@ def size_table(mean: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _batch_to_label(g: pd.DataFrame, col: str, fmt: str, w: int, rel: str | None = None) -> str:
+    """``w_attr w`` -> ``label w_attr w`` for one column of a pair's rows ``g``; ``rel``:
+    the difference from the baseline (``"diff"``) or the ratio to it (``"ratio"``)."""
+    a, c, b = g.loc[f"w_attr {w}", col], g.loc[f"label w_attr {w}", col], g.loc["baseline", col]
+    if rel == "diff":
+        a, c = a - b, c - b
+    elif rel == "ratio":
+        a, c = a / max(b, 1), c / max(b, 1)
+    return f"{a:{fmt}} -> {c:{fmt}}"
+
+
+def label_markdown(panel: Path, label: Path, half: str = "development") -> str:
+    """References within the cell type against minibatch references at the same weight,
+    seed 0 of ``half``: per pair, FSSF, share per dimension, bio and subclusters (both
+    over the baseline) for w_attr w -> label w_attr w (w: 30, and 100 where both ran),
+    then the summary over the pairs."""
+    rows = pd.DataFrame([json.loads(x) for f in (panel, label)
+                         for x in f.read_text().splitlines()])
+    rows = rows[(rows["half"] == half) & (rows["seed"] == 0)]
+    t = rows.drop_duplicates(["data", "set", "model"], keep="last").set_index(
+        ["data", "set", "model"])
+    models = set(t.index.get_level_values("model"))
+    weights = [w for w in (30, 100) if {f"w_attr {w}", f"label w_attr {w}"} <= models]
+    top = weights[-1]
+    arrows = "; ".join(f"w{w} -> label" for w in weights)
+    lines = [f"| data | set | expressed | FSSF {arrows} | share/dim | bio change | "
+             f"subclusters (x baseline) | goal w{top} / label w{top} |", "|" + "---|" * 7]
+    summary = []
+    needed = {"baseline", *(f"{p}w_attr {w}" for w in weights for p in ("", "label "))}
+    for (data, term), g in t.groupby(level=[0, 1]):
+        g = g.droplevel([0, 1])
+        if not needed <= set(g.index):
+            continue
+        b = g.loc["baseline"]
+        expressed = int(b["expressed"])
+        verdict = "-" if expressed < 30 else " / ".join(
+            "yes" if _meets_goal(g.loc[m], b) else "no"
+            for m in (f"w_attr {top}", f"label w_attr {top}"))
+        cells = ["; ".join(_batch_to_label(g, col, fmt, w, rel) for w in weights)
+                 for col, fmt, rel in (("fssf_gt", "+.2f", None), ("share_per_dim", ".2f", None),
+                                       ("bio", "+.3f", "diff"), ("subclusters", ".2f", "ratio"))]
+        lines.append(f"| {data} | {term} | {expressed} | " + " | ".join(cells) + f" | {verdict} |")
+        for w in weights:
+            a, c = g.loc[f"w_attr {w}"], g.loc[f"label w_attr {w}"]
+            summary.append(dict(
+                weight=w, expressed=expressed, fssf=c["fssf_gt"] - a["fssf_gt"],
+                bio=c["bio"] - a["bio"], share=c["share_per_dim"] - a["share_per_dim"],
+                goal_batch=_meets_goal(a, b), goal_label=_meets_goal(c, b)))
+    sm = pd.DataFrame(summary)
+    lines += ["", "| weight | pairs | label - batch: FSSF, median (range); pairs higher | "
+              "bio, median (range) | share/dim, median | goal, >= 30 genes: batch / label |",
+              "|" + "---|" * 6]
+    for w, d in sm.groupby("weight"):
+        big = d[d["expressed"] >= 30]
+        lines.append(
+            f"| {w} | {len(d)} | {d['fssf'].median():+.2f} ({d['fssf'].min():+.2f} to "
+            f"{d['fssf'].max():+.2f}); {int((d['fssf'] > 0).sum())} of {len(d)} | "
+            f"{d['bio'].median():+.3f} ({d['bio'].min():+.3f} to {d['bio'].max():+.3f}) | "
+            f"{d['share'].median():+.2f} | {int(big['goal_batch'].sum())} / "
+            f"{int(big['goal_label'].sum())} of {len(big)} |")
+    return "\n".join(lines)
+
+
 def plot_frontier(mean: pd.DataFrame, path: Path) -> None:
     """Strict FSSF against bio conservation for every model of each (data, set) with more
     than the three panel models: the fixed-weight and the target-share families as lines,
@@ -331,14 +426,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frontier", action="store_true",
                    help="the FSSF / bio-conservation frontier a pair allows: fixed weights "
                         "3-300 and targets 0.5-0.95 instead of the two defaults")
+    p.add_argument("--variants", choices=("defaults", "label", "label30", "mechanism"),
+                   default="defaults",
+                   help="defaults: w_attr 30 and target 0.9; label: EG references within "
+                        "the cell type at w_attr 30 and 100, and w_attr 100; label30: "
+                        "references within the cell type at w_attr 30 only; mechanism: "
+                        "w_attr 30 with both references, and the share within the label")
     p.add_argument("--plot", type=Path, default=None,
                    help="with --report: draw FSSF against bio conservation per pair here")
     p.add_argument("--report", type=Path, default=None)
+    p.add_argument("--label-report", type=Path, nargs=2, default=None,
+                   metavar=("PANEL", "LABEL"),
+                   help="the references-within-label table (of --half) from the panel's "
+                        "rows and the --variants label / label30 rows")
     args = p.parse_args(argv)
+    if args.label_report is not None:
+        print(label_markdown(*args.label_report, half=args.half))
+        return
     if args.report is not None:
         mean = report(args.report)
         print(markdown(mean))
-        for name in ("w_attr 30", "target 0.9"):
+        for name in ("w_attr 30", "target 0.9", *(n for n, _ in LABEL_VARIANTS)):
+            if name not in mean.index.get_level_values("model"):
+                continue
             g = goal_table(mean, name)
             g = g[g["expressed"] >= 30]
             counts = ", ".join(f"{h} {int(x['goal'].sum())}/{len(x)} "
@@ -355,7 +465,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.data is None:
         p.error("--data is required unless --report is given")
     run(args.data, args.half, args.seeds, args.out, args.epochs, args.n_random, args.sets,
-        FRONTIER if args.frontier else VARIANTS)
+        FRONTIER if args.frontier else {
+            "defaults": VARIANTS, "label": LABEL_VARIANTS, "label30": LABEL_VARIANTS[:1],
+            "mechanism": (VARIANTS[0], LABEL_VARIANTS[0])}[args.variants],
+        within=args.variants == "mechanism")
 
 
 if __name__ == "__main__":

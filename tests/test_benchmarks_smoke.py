@@ -48,7 +48,9 @@ def test_run_all_quick(tmp_path):
         ("backed_row_reads", "no chunk cache"),
     }
     rows = res["scare_step"]
-    assert {r["variant"] for r in rows} == {"plain", "EG k=1", "EG paper", "EG per-dim", "IG m=20"}
+    assert {r["variant"] for r in rows} == {
+        "plain", "EG k=1", "EG k=1 label", "EG paper", "EG per-dim", "IG m=20"
+    }
     assert all(r["median_ms"] > 0 for r in rows)
     plain = [r for r in rows if r["variant"] == "plain"]
     assert all(r["ratio_to_plain"] == pytest.approx(1.0) for r in plain)
