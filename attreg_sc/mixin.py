@@ -41,7 +41,7 @@ from attreg_sc.files import (
 )
 from attreg_sc.gt import CellGroundTruth, GroupedGroundTruth, as_ground_truths, from_genes
 from attreg_sc.priors import build_prior_set
-from attreg_sc.settings import DIRECTION_REDUCERS, PriorSettings
+from attreg_sc.settings import DIRECTION_REDUCERS, REFERENCES, PriorSettings
 from attreg_sc.train.plan import PriorConfig, attribution_prior_plan, latent_encoder, latent_mean
 from attreg_sc.validation import check_anndata
 
@@ -911,8 +911,8 @@ class AttributionPriorModelMixin:
         methods = {"eg": attreg.ExpectedGradients, "ig": attreg.IntegratedGradients}
         if method not in methods:
             raise ValueError(f"unknown method {method!r}; use 'eg' or 'ig'.")
-        if references not in ("batch", "label"):
-            raise ValueError(f"unknown references {references!r}; use 'batch' or 'label'.")
+        if references not in REFERENCES:
+            raise ValueError(f"unknown references {references!r}; use one of {list(REFERENCES)}.")
         if references == "label":
             if method != "eg":
                 raise ValueError("references='label' chooses EG's references; use method='eg'.")

@@ -108,9 +108,8 @@ class PriorSettings:
         registered label, ``setup_anndata(labels_key=...)``, e.g. the cell type; a cell
         alone in its label draws any other cell). With ``"label"`` the prior shapes what
         distinguishes a cell from others of its type and leaves the differences between
-        types to every gene: subclusters founded on the GT within cell types that keep
-        more of the types (docs/single_cell.md, "References within the cell type").
-        EG only.
+        types to every gene, where FSSF looks for subclusters founded on the GT
+        (measured in docs/single_cell.md, "References within the cell type"). EG only.
 
     Examples
     --------
