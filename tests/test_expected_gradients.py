@@ -121,11 +121,13 @@ def test_bad_references():
 
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("fast", [True, False])
-def test_k_draws_and_their_gradients_equal_a_per_draw_loop(k, fast):
+@pytest.mark.parametrize("groups", [None, [0, 1, 0, 2, 1, 0, 3]], ids=["batch", "groups"])
+def test_k_draws_and_their_gradients_equal_a_per_draw_loop(k, fast, groups):
     """Attributions, and the gradients of a loss on them with respect to the parameters
-    and the inputs, equal a plain loop over the draws (same references and alphas)."""
+    and the inputs, equal a plain loop over the draws (same references and alphas), with
+    references from the whole batch or within ``reference_groups``."""
     from attreg import LinearPrefix
-    from attreg.attr.expected_gradients import batch_reference_index
+    from attreg.attr.expected_gradients import batch_reference_index, group_reference_index
 
     torch.manual_seed(0)
     model = LinearPrefix(
@@ -133,6 +135,7 @@ def test_k_draws_and_their_gradients_equal_a_per_draw_loop(k, fast):
     ).double()
     x = torch.rand(7, 6, dtype=torch.float64, requires_grad=True)
     w = torch.rand(7, 6, dtype=torch.float64)
+    g_tensor = None if groups is None else torch.tensor(groups)
 
     def loss_and_grads(attr):
         loss = (w * attr.square()).sum()
@@ -140,9 +143,16 @@ def test_k_draws_and_their_gradients_equal_a_per_draw_loop(k, fast):
         return [attr.detach(), *grads]
 
     eg = ExpectedGradients(model, differentiable=True, use_linear_prefix=fast)
-    ours = loss_and_grads(eg.attribute(x, n_samples=k, generator=torch.Generator().manual_seed(1)))
+    ours = loss_and_grads(
+        eg.attribute(
+            x, n_samples=k, generator=torch.Generator().manual_seed(1), reference_groups=g_tensor
+        )
+    )
     g = torch.Generator().manual_seed(1)
-    index = batch_reference_index(7, k, g, x.device)
+    if g_tensor is None:
+        index = batch_reference_index(7, k, g, x.device)
+    else:
+        index = group_reference_index(g_tensor, k, g, x.device)
     alphas = torch.rand((k, 7), generator=g).double()  # drawn in float32, as attribute() does
     terms = []
     for s in range(k):

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import attreg
-from attreg.attr import ExpectedGradients, LinearPrefix
+from attreg.attr import ExpectedGradients
 from attreg.attr.expected_gradients import group_reference_index
 
 pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
@@ -52,40 +52,6 @@ def test_group_references_are_reproducible_and_one_sample_is_itself():
     assert torch.equal(a, b)
     one = group_reference_index(torch.tensor([3]), 2, None, torch.device("cpu"))
     assert one.tolist() == [[0], [0]]
-
-
-@pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("prefix", [True, False])
-def test_eg_within_groups_equals_a_loop_over_the_same_draws(k, prefix):
-    """Attributions and the gradients of a loss on them equal a loop over the draws of
-    ``group_reference_index`` (same generator), with the linear-prefix path and without."""
-    torch.manual_seed(0)
-    model = LinearPrefix(nn.Linear(6, 5), nn.Sequential(nn.Tanh(), nn.Linear(5, 2))).double()
-    x = torch.rand(9, 6, dtype=torch.float64, requires_grad=True)
-    groups = torch.tensor([0, 1, 0, 2, 1, 0, 2, 2, 3])
-    w = torch.rand(9, 6, dtype=torch.float64)
-
-    def loss_and_grads(attr):
-        loss = (w * attr.square()).sum()
-        grads = torch.autograd.grad(loss, [x, *model.parameters()], materialize_grads=True)
-        return [attr.detach(), *grads]
-
-    eg = ExpectedGradients(model, differentiable=True, use_linear_prefix=prefix)
-    attr = eg.attribute(x, n_samples=k, generator=torch.Generator().manual_seed(1),
-                        reference_groups=groups)
-    ours = loss_and_grads(attr)
-    gen = torch.Generator().manual_seed(1)
-    index = group_reference_index(groups, k, gen, x.device)
-    alphas = torch.rand((k, 9), generator=gen).double()
-    terms = []
-    for s in range(k):
-        r = x[index[s]]
-        p = r + alphas[s].unsqueeze(1) * (x - r)
-        (grad,) = torch.autograd.grad(model(p).sum(), p, create_graph=True)
-        terms.append((x - r) * grad)
-    loop = loss_and_grads(torch.stack(terms).mean(0))
-    for a, b in zip(ours, loop, strict=True):
-        assert torch.allclose(a, b, atol=1e-12)
 
 
 def test_completeness_within_the_group_on_a_linear_model():
