@@ -458,19 +458,40 @@ class AttributionPriorModelMixin:
 
     def _check_reference_labels(self) -> None:
         """``references="label"`` needs labels registered by ``setup_anndata``, and more
-        than one of them (with one label it is ``"batch"`` under another name)."""
+        than one of them besides an unlabelled category (with one label it is
+        ``"batch"`` under another name)."""
         from scvi import REGISTRY_KEYS
 
         fix = "register the cell types with SCARE.setup_anndata(adata, labels_key=...)"
         if REGISTRY_KEYS.LABELS_KEY not in self.adata_manager.data_registry:
             raise ValueError(f"references='label' draws EG references within labels: {fix}.")
         state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
-        n_labels = len(state.categorical_mapping)
+        n_labels = len(state.categorical_mapping) - (self._unlabeled_code() is not None)
         if state.original_key == "_scvi_labels" or n_labels < 2:
             raise ValueError(
                 f"references='label' draws EG references within labels, but the AnnData "
-                f"has {n_labels} registered label(s) (no labels_key): {fix}."
+                f"has {n_labels} registered label(s) besides an unlabelled category: {fix}."
             )
+
+    def _unlabeled_code(self) -> int | None:
+        """The code of the registered unlabelled category (scvi-tools'
+        ``unlabeled_category``, as SCANVI registers it), or ``None``."""
+        from scvi import REGISTRY_KEYS
+
+        if REGISTRY_KEYS.LABELS_KEY not in self.adata_manager.data_registry:
+            return None
+        state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+        category = dict(state).get("unlabeled_category")
+        mapping = [str(c) for c in state.categorical_mapping]
+        return mapping.index(str(category)) if category is not None and str(category) in mapping \
+            else None
+
+    def _reference_groups(self, codes: torch.Tensor) -> torch.Tensor:
+        """EG's reference groups for ``references="label"``: the label codes, with the
+        unlabelled category's cells in no group (-1: they draw among all cells)."""
+        codes = codes.long().view(-1)
+        unlabeled = self._unlabeled_code()
+        return codes if unlabeled is None else codes.masked_fill(codes == unlabeled, -1)
 
     def diagnose_ground_truths(self, ground_truths: Mapping[str, Any]):
         """Per GT: genes in the data, expressed and variable, and a verdict; a set too
@@ -579,6 +600,8 @@ class AttributionPriorModelMixin:
             splitter = dict(call.get("datasplitter_kwargs") or {})
             splitter.setdefault("generator", torch.Generator().manual_seed(0))
             call["datasplitter_kwargs"] = splitter
+        if cfg is not None and cfg.settings.references == "label":
+            cfg = dataclasses.replace(cfg, unlabeled_code=self._unlabeled_code())
         plan_kwargs = dict(call.get("plan_kwargs") or {})
         plan_kwargs.setdefault("prior", cfg)
         call["plan_kwargs"] = plan_kwargs
@@ -943,7 +966,9 @@ class AttributionPriorModelMixin:
             )
             kwargs["internal_batch_size"] = internal_batch_size
             if references == "label":
-                kwargs["reference_groups"] = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
+                kwargs["reference_groups"] = self._reference_groups(
+                    tensors[REGISTRY_KEYS.LABELS_KEY]
+                )
             attr = explain.attribute(x, additional_forward_args=tuple(rest), **kwargs)
             out.append(attr.detach().cpu().numpy())
         attributions = np.concatenate(out)

@@ -106,7 +106,8 @@ class PriorSettings:
         Where EG draws each cell's references: ``"batch"`` (default: any other cell of
         the minibatch) or ``"label"`` (another cell of the minibatch with the same
         registered label, ``setup_anndata(labels_key=...)``, e.g. the cell type; a cell
-        alone in its label draws any other cell). With ``"label"`` the prior shapes what
+        alone in its label, or of SCANVI's unlabelled category, draws any other cell).
+        With ``"label"`` the prior shapes what
         distinguishes a cell from others of its type and leaves the differences between
         types to every gene, where FSSF looks for subclusters founded on the GT
         (measured in docs/single_cell.md, "References within the cell type"). EG only.

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
 
 
 @given(
-    st.lists(st.integers(0, 4), min_size=2, max_size=40),
+    st.lists(st.integers(-2, 4), min_size=2, max_size=40),
     st.integers(1, 6),
     st.integers(0, 2**16),
 )
@@ -27,18 +27,20 @@ def test_group_references_stay_in_the_group_and_never_are_the_sample(groups, k, 
     assert idx.shape == (k, n) and idx.dtype == torch.long
     assert int(idx.min()) >= 0 and int(idx.max()) < n
     assert bool((idx != torch.arange(n)).all())  # n >= 2: never the sample itself
-    counts = torch.bincount(g)
-    shared = counts[g] >= 2
-    # a sample with a partner draws within its group; a lone one draws any other sample
+    labelled = g >= 0
+    counts = torch.bincount(g[labelled], minlength=5)
+    shared = labelled & (counts[g.clamp(min=0)] >= 2)
+    # a sample with a partner draws within its group; a lone one, or one of no group
+    # (a negative label), draws any other sample
     assert bool((g[idx][:, shared] == g[shared]).all())
 
 
 def test_group_references_are_uniform_over_the_other_members():
-    g = torch.tensor([2, 0, 2, 2, 1, 2, 0, 9])
+    g = torch.tensor([2, 0, 2, -1, 2, 1, 2, 0, 9, -1, -3])
     idx = group_reference_index(g, 40_000, torch.Generator().manual_seed(0), g.device)
     for i, label in enumerate(g.tolist()):
         members = (g == label).nonzero().view(-1).tolist()
-        others = [j for j in members if j != i] if len(members) > 1 else \
+        others = [j for j in members if j != i] if len(members) > 1 and label >= 0 else \
             [j for j in range(len(g)) if j != i]
         freq = torch.bincount(idx[:, i], minlength=len(g))[others].double() / idx.shape[0]
         assert set(idx[:, i].unique().tolist()) == set(others)

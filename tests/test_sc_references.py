@@ -125,3 +125,44 @@ def test_post_hoc_attributions_within_labels(adata, monkeypatch):
         model.get_attributions(method="ig", references="label")
     with pytest.raises(ValueError, match="unknown references"):
         model.get_attributions(references="cell")
+
+
+def test_scanvi_unlabelled_cells_belong_to_no_group(monkeypatch):
+    """``with_prior(SCANVI)``: the unlabelled category is not a cell type. Its cells draw
+    their references among all the minibatch's cells (group -1), and the labelled cells
+    never draw an unlabelled one; post hoc too. With one labelled category left, refused."""
+    from attreg_sc.mixin import with_prior
+
+    a = asc.datasets.synthetic(n_cells=300, n_genes=60, n_gt_genes=10, seed=1)
+    labels = a.obs["cell_type"].astype(str).to_numpy().copy()
+    labels[::3] = "unknown"
+    a.obs["label"] = labels
+    model_cls = with_prior(scvi.model.SCANVI)
+    model_cls.setup_anndata(a, batch_key="batch", labels_key="label",
+                            unlabeled_category="unknown")
+    calls = _spy(monkeypatch)
+    scvi.settings.seed = 0
+    model = model_cls(a, n_latent=4)
+    model.set_prior(a.var["is_gt"].to_numpy(), references="label")
+    unknown = model._unlabeled_code()
+    assert unknown is not None
+    model.train(max_epochs=1, batch_size=64, **QUIET)
+    assert calls, "the prior never drew references within labels"
+    for groups, idx in calls:
+        assert unknown not in groups.tolist() and bool((groups == -1).any())
+        labelled = groups >= 0
+        shared = labelled & (torch.bincount(groups.clamp(min=0))[groups.clamp(min=0)] >= 2)
+        assert bool((groups[idx][:, shared] == groups[shared]).all())
+        assert bool((groups[idx][:, shared] >= 0).all())
+    calls.clear()
+    model.get_attributions(indices=np.arange(64), references="label", batch_size=64)
+    (groups, _), = calls
+    codes = model.adata_manager.get_from_registry(scvi.REGISTRY_KEYS.LABELS_KEY)[:64].ravel()
+    assert groups.tolist() == np.where(codes == unknown, -1, codes).tolist()
+
+    one = a[a.obs["label"].isin(["unknown", labels[1]])].copy()
+    model_cls.setup_anndata(one, batch_key="batch", labels_key="label",
+                            unlabeled_category="unknown")
+    lone = model_cls(one, n_latent=4)
+    with pytest.raises(ValueError, match="1 registered label.*besides an unlabelled"):
+        lone.set_prior(one.var["is_gt"].to_numpy(), references="label")

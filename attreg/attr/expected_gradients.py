@@ -55,8 +55,10 @@ def group_reference_index(
     ``groups`` holds one integer label per sample, shape ``(n,)``. Each draw is uniform
     among the other members of the sample's group; a sample alone in its group draws
     uniformly among all other samples (as :func:`batch_reference_index`), so that its
-    attributions are not identically zero. One ``torch.rand`` draw per (draw, sample)
-    from ``generator``: reproducible from its seed.
+    attributions are not identically zero. A negative label means "no group" (an
+    unlabelled sample): such a sample draws among all other samples too, and is never
+    drawn for a sample of a group. One ``torch.rand`` draw per (draw, sample) from
+    ``generator``: reproducible from its seed.
 
     Examples
     --------
@@ -73,7 +75,8 @@ def group_reference_index(
     order = torch.argsort(g, stable=True)  # members of a group are consecutive here
     _, inverse, counts = torch.unique_consecutive(g[order], return_inverse=True, return_counts=True)
     size, start = counts[inverse], (torch.cumsum(counts, 0) - counts)[inverse]
-    alone = size == 1  # their "group" is the whole batch, in sorted order
+    # alone in their group, or in none (a negative label): their "group" is the whole batch
+    alone = (size == 1) | (g[order] < 0)
     size = torch.where(alone, n, size)
     start = torch.where(alone, 0, start)
     pos = torch.arange(n, device=dev) - start  # position within the group
@@ -277,7 +280,8 @@ class ExpectedGradients(LinearPrefixPathAttribution):
     With ``"batch"``, ``reference_groups=`` (one integer label per sample) draws each
     sample's references among the other samples of its group
     (:func:`group_reference_index`): the attributions then explain what distinguishes a
-    sample within its group (e.g. within its cell type), not between groups.
+    sample within its group (e.g. within its cell type), not between groups. A negative
+    label marks a sample of no group (unlabelled): it draws among all other samples.
 
     Draws come from ``generator`` (a ``torch.Generator``), so results are reproducible.
 
@@ -333,7 +337,7 @@ class ExpectedGradients(LinearPrefixPathAttribution):
         sample (shape ``(n,)``); each sample's references are then drawn among the other
         samples of its group (:func:`group_reference_index`), so the attributions explain
         ``F(x) - F(x')`` for ``x'`` of the same group: what distinguishes a sample within
-        its group, not between groups.
+        its group, not between groups. A negative label: no group (any other sample).
 
         With a :class:`~attreg.reducers.DirectionReducer` of ``m > 1`` directions the
         result is ``(m, *inputs.shape)``: one map per direction, all from the same draws.

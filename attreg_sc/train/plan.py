@@ -58,6 +58,10 @@ class PriorConfig:
         ``label_has_gt`` are left out of this prior (unlabelled cells, say).
     label_has_gt
         ``(n_label_codes,)`` bool.
+    unlabeled_code
+        The code of the registered unlabelled category (SCANVI's), or ``None``; with
+        ``settings.references == "label"`` its cells belong to no reference group (they
+        draw EG references among all the minibatch's cells). Set by ``train``.
     """
 
     ground_truths: dict = field(default_factory=dict)
@@ -65,6 +69,7 @@ class PriorConfig:
     blocks: dict = field(default_factory=dict)
     label_table: np.ndarray | None = None
     label_has_gt: np.ndarray | None = None
+    unlabeled_code: int | None = None
 
     @property
     def w_attr(self) -> float:
@@ -444,11 +449,11 @@ class AttributionPriorPlanMixin:
             # the prefix's activations from the model's own first product: W_x x + b
             acts = self._first_out - covariate_part(self._encoder, x.shape[-1], *rest)
         # references="label": EG draws each cell's references among its label's cells
-        groups = (
-            tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
-            if self.prior_config.settings.references == "label"
-            else None
-        )
+        groups = None
+        if self.prior_config.settings.references == "label":
+            groups = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
+            if self.prior_config.unlabeled_code is not None:  # unlabelled: no group
+                groups = groups.masked_fill(groups == self.prior_config.unlabeled_code, -1)
         total = x.new_zeros(())
         if self._vector_priors is not None:
             total = total + self._vector_priors(
