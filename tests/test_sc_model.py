@@ -570,3 +570,51 @@ def test_history_is_scvi_tools_history_with_the_prior(trained):
     h = trained[100.0].history
     assert isinstance(h["attribution_loss_train"], pd.DataFrame)
     assert {"elbo_train", "elbo_validation", "validation_loss", "kl_weight"} <= set(h)
+
+
+@pytest.mark.parametrize("how", ["first", "again", "loaded", "query", "zoo"])
+def test_every_fit_trains_with_dropout_on(tmp_path, how):
+    """scvi-tools leaves the module in evaluation mode after ``train()``, ``load`` and
+    ``load_query_data``, and Lightning (>= 2.2) keeps the mode a fit finds: without the
+    plan's ``on_fit_start`` a second fit trained with dropout off. Every training step of
+    every fit runs the dropout layers in training mode, with no eval-mode warning."""
+    import warnings
+
+    a = set_up(asc.datasets.synthetic(n_cells=200, n_genes=40, n_gt_genes=8, seed=3),
+               batch_key="batch")
+    fit = {"max_epochs": 1, "batch_size": 64, "train_size": 1.0, **QUIET}
+    scvi.settings.seed = 0
+    if how == "zoo":  # a scvi-tools model with the prior: the same plan mixin
+        a = a.copy()
+        zoo = asc.with_prior(scvi.model.SCVI)
+        zoo.setup_anndata(a, batch_key="batch")
+        model = zoo(a, n_latent=3)
+        model.set_prior(a.var["is_gt"].to_numpy())
+    else:
+        model = asc.SCARE(a, gt="is_gt", n_latent=3)
+    if how != "first":
+        model.train(**fit)
+        assert not model.module.training  # as scvi-tools leaves it
+    if how == "loaded":
+        model.save(tmp_path / "m")
+        model = asc.SCARE.load(tmp_path / "m", adata=a)
+    elif how == "query":
+        query = a[:80].copy()
+        query.obs["batch"] = pd.Categorical(["new_run"] * 80)
+        asc.SCARE.prepare_query_anndata(query, model)
+        model = asc.SCARE.load_query_data(query, model)
+    modes = []
+    dropouts = [m for m in model.module.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p > 0 for m in dropouts)
+    # the module's forward runs once per training step (no validation set here)
+    hook = model.module.register_forward_pre_hook(
+        lambda *_: modes.append(all(m.training for m in dropouts))
+    )
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model.train(**fit)
+    hook.remove()
+    assert len(modes) == -(-model.adata.n_obs // 64)  # one forward per minibatch
+    assert all(modes), f"{modes.count(False)} of {len(modes)} steps with dropout in eval mode"
+    assert not [w for w in seen if "eval mode" in str(w.message)]
+    assert not model.module.training  # evaluation mode afterwards, as scvi-tools sets it

@@ -302,6 +302,20 @@ class AttributionPriorPlanMixin:
         }
         self.log_dict(values, on_step=False, on_epoch=True)
 
+    def on_fit_start(self) -> None:
+        """Put the module in training mode when it comes in evaluation mode.
+
+        scvi-tools leaves the module in evaluation mode after every ``train()`` and on
+        ``load`` / ``load_query_data``, and Lightning (since 2.2) no longer calls
+        ``train()`` when a fit starts, so a second ``train()``, a loaded model or a query
+        model would otherwise train with dropout off (and Lightning would warn about
+        modules in eval mode). A module whose top level is in training mode is left as
+        it is, with any submodule its user froze in evaluation mode.
+        """
+        super().on_fit_start()
+        if not self.module.training:
+            self.module.train()
+
     def on_train_epoch_end(self):
         self.log_epoch_metrics("train")
         return super().on_train_epoch_end()
