@@ -473,6 +473,37 @@ class AttributionPriorModelMixin:
                 f"has {n_labels} registered label(s) besides an unlabelled category: {fix}."
             )
 
+    def _warn_lone_labels(self, batch_size: int, unlabeled: int | None) -> None:
+        """``references="label"``: warn, before training, about labels whose cells are
+        alone in their label in most minibatches of ``batch_size`` random cells (they
+        then draw references among all cells, as ``references="batch"`` does)."""
+        from scvi import REGISTRY_KEYS
+
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY))
+        mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+        names = [str(c) for c in mapping.categorical_mapping]
+        counts = np.bincount(codes.astype(np.int64).ravel(), minlength=len(names)).astype(float)
+        if unlabeled is not None:
+            counts[unlabeled] = 0.0
+        total = counts.sum()
+        if total < 2:
+            return
+        # chance that none of the minibatch's other cells shares a cell's label
+        alone = (1.0 - np.clip(counts - 1.0, 0.0, None) / (total - 1.0)) ** (batch_size - 1)
+        lone = [c for c in np.argsort(counts) if counts[c] > 0 and alone[c] > 0.5]
+        if not lone:
+            return
+        listed = ", ".join(f"{names[c]} ({int(counts[c])} cells)" for c in lone[:8])
+        more = f" and {len(lone) - 8} more" if len(lone) > 8 else ""
+        logger.warning(
+            "references='label': with minibatches of %d cells, the cells of %d label(s) "
+            "(%s%s; %.1f%% of the labelled cells) are alone in their label in most "
+            "minibatches, and then draw EG references among all cells, as "
+            "references='batch' does. Raise batch_size or merge rare labels where the prior "
+            "should act within them.",
+            batch_size, len(lone), listed, more, 100.0 * counts[lone].sum() / total,
+        )
+
     def _unlabeled_code(self) -> int | None:
         """The code of the registered unlabelled category (scvi-tools'
         ``unlabeled_category``, as SCANVI registers it), or ``None``."""
@@ -602,6 +633,10 @@ class AttributionPriorModelMixin:
             call["datasplitter_kwargs"] = splitter
         if cfg is not None and cfg.settings.references == "label":
             cfg = dataclasses.replace(cfg, unlabeled_code=self._unlabeled_code())
+            size = signature.parameters.get("batch_size")
+            default = size.default if size is not None and size.default is not size.empty \
+                else 128
+            self._warn_lone_labels(int(call.get("batch_size", default)), cfg.unlabeled_code)
         plan_kwargs = dict(call.get("plan_kwargs") or {})
         plan_kwargs.setdefault("prior", cfg)
         call["plan_kwargs"] = plan_kwargs

@@ -166,3 +166,25 @@ def test_scanvi_unlabelled_cells_belong_to_no_group(monkeypatch):
     lone = model_cls(one, n_latent=4)
     with pytest.raises(ValueError, match="1 registered label.*besides an unlabelled"):
         lone.set_prior(one.var["is_gt"].to_numpy(), references="label")
+
+
+def test_labels_alone_in_most_minibatches_are_named_before_training(caplog):
+    """A label with too few cells for a partner in most minibatches is named, with its
+    count, before training; common labels, or a batch large enough, are not."""
+    a = asc.datasets.synthetic(n_cells=300, n_genes=60, n_gt_genes=10, seed=1)
+    labels = a.obs["cell_type"].astype(str).to_numpy().copy()
+    labels[:2] = "rare"
+    a.obs["label"] = labels
+    asc.SCARE.setup_anndata(a, batch_key="batch", labels_key="label")
+    model = asc.SCARE(a, gt="is_gt", n_latent=4, references="label")
+    with caplog.at_level(logging.WARNING, logger="attreg_sc"):
+        model.train(max_epochs=1, batch_size=32, **QUIET)
+    lone = [r.getMessage() for r in caplog.records if "alone in their label" in r.getMessage()]
+    assert len(lone) == 1 and "rare (2 cells)" in lone[0] and "32 cells" in lone[0]
+    assert "0.7% of the labelled cells" in lone[0]  # 2 of 300
+    for common in sorted(set(labels) - {"rare"}):
+        assert f"{common} (" not in lone[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="attreg_sc"):
+        model.train(max_epochs=1, batch_size=300, train_size=1.0, **QUIET)  # one minibatch
+    assert not [r for r in caplog.records if "alone in their label" in r.getMessage()]
