@@ -106,3 +106,29 @@ def test_bad_groups_are_refused_with_the_fix():
     ig_prior = attreg.AttributionPrior(model, torch.tensor([1.0, 0, 0, 0]), method="ig")
     with pytest.raises(ValueError, match="method='eg'"):
         ig_prior(x, reference_groups=torch.zeros(5, dtype=torch.long))
+
+
+@given(
+    st.lists(st.integers(-1, 5), min_size=2, max_size=40),
+    st.integers(1, 4),
+    st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_group_draw_equals_the_draw_from_the_groups_unique_counts(groups, k, seed):
+    """The draw finds each group's extent with fixed-size scans (no data-dependent shape);
+    it equals the same draw with the extents from ``torch.unique_consecutive``."""
+    g = torch.tensor(groups)
+    n = len(groups)
+    order = torch.argsort(g, stable=True)
+    _, inverse, counts = torch.unique_consecutive(g[order], return_inverse=True,
+                                                  return_counts=True)
+    size, start = counts[inverse], (torch.cumsum(counts, 0) - counts)[inverse]
+    alone = (size == 1) | (g[order] < 0)
+    size, start = torch.where(alone, n, size), torch.where(alone, 0, start)
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand((k, n), generator=gen)
+    offset = (u * (size - 1)).long().clamp_(max=size - 2) + 1
+    want = torch.empty((k, n), dtype=torch.long)
+    want[:, order] = order[start + (torch.arange(n) - start + offset) % size]
+    got = group_reference_index(g, k, torch.Generator().manual_seed(seed), g.device)
+    assert torch.equal(got, want)

@@ -73,13 +73,21 @@ def group_reference_index(
     dev = generator.device if generator is not None else device
     g = to_device(groups.reshape(-1), dev)
     order = torch.argsort(g, stable=True)  # members of a group are consecutive here
-    _, inverse, counts = torch.unique_consecutive(g[order], return_inverse=True, return_counts=True)
-    size, start = counts[inverse], (torch.cumsum(counts, 0) - counts)[inverse]
+    g_sorted = g[order]
+    # each sorted position's group [start, end): fixed-size scans, no data-dependent
+    # shapes, so no host synchronisation on an accelerator
+    pos_all = torch.arange(n, device=dev)
+    change = g_sorted[1:] != g_sorted[:-1]
+    first = torch.cat([change.new_ones(1), change])
+    last = torch.cat([change, change.new_ones(1)])
+    start = torch.cummax(torch.where(first, pos_all, 0), 0).values
+    end = torch.cummin(torch.where(last, pos_all + 1, n).flip(0), 0).values.flip(0)
+    size = end - start
     # alone in their group, or in none (a negative label): their "group" is the whole batch
-    alone = (size == 1) | (g[order] < 0)
+    alone = (size == 1) | (g_sorted < 0)
     size = torch.where(alone, n, size)
     start = torch.where(alone, 0, start)
-    pos = torch.arange(n, device=dev) - start  # position within the group
+    pos = pos_all - start  # position within the group
     u = torch.rand((n_samples, n), generator=generator, device=dev)
     offset = (u * (size - 1)).long().clamp_(max=size - 2) + 1  # uniform in 1..size-1
     drawn = order[start + (pos + offset) % size]  # sorted position -> sample index
