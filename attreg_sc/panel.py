@@ -97,6 +97,13 @@ class PanelSettings:
         log-normalized expression (after the other groups, in order of variance), each
         choosing the gene with the largest squared loading: the axes on which a kNN graph
         of the full expression is built (0: none).
+    within_turns
+        Also give every cell type a second turn (after the others, largest type first)
+        whose importance comes from attributions with EG's references drawn within the
+        cell type (``get_attributions(references="label")``): the genes that distinguish
+        the cells of a type from each other, on which the neighbourhoods inside the large
+        types are built, where the first turns choose the genes that set the types apart.
+        Needs ``cell_type_key``; doubles the attribution passes.
     seed
         Seed of training, the explained cells and EG's draws.
     threads
@@ -116,6 +123,7 @@ class PanelSettings:
     turn_exponent: float = 0.0
     latent_turns: bool = False
     pca_turns: int = 0
+    within_turns: bool = False
     seed: int = 0
     threads: int | str = 1
 
@@ -128,8 +136,9 @@ class PanelSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
-        if not isinstance(self.latent_turns, (bool, np.bool_)):
-            raise ValueError(f"latent_turns must be True or False, got {self.latent_turns!r}.")
+        for name in ("latent_turns", "within_turns"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         n = self.n_explained
         if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2):
             raise ValueError(f"n_explained must be an integer >= 2 or None, got {n!r}.")
@@ -382,6 +391,38 @@ def _explained_cells(groups: np.ndarray, n: int | None, rng: np.random.Generator
     return np.sort(np.concatenate(picked))
 
 
+#: obs column of the panel's own copy that registers the cell types (within_turns)
+_TYPE_COLUMN = "_panel_cell_type"
+#: cells per chunk of the within-type attributions (one chunk for the default n_explained)
+_WITHIN_CHUNK = 2048
+
+
+def _shares(attributions: np.ndarray) -> np.ndarray:
+    """Each cell's share of its absolute attribution per gene (rows sum to 1, or 0)."""
+    attr = np.abs(attributions)
+    total = attr.sum(1, keepdims=True)
+    return np.divide(attr, total, out=np.zeros_like(attr), where=total > 0)
+
+
+def _check_model_labels(model, groups: np.ndarray, cell_type_key: str) -> None:
+    """within_turns with a given model: its registered labels must be the cell types."""
+    from scvi import REGISTRY_KEYS
+
+    registry = model.adata_manager.data_registry
+    fix = (f"set the model up with labels_key={cell_type_key!r} "
+           "(SCARE.setup_anndata), or leave model=None.")
+    state = (model.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+             if REGISTRY_KEYS.LABELS_KEY in registry else None)
+    if state is None or state.original_key == "_scvi_labels":  # scvi-tools' stand-in
+        raise ValueError(f"within_turns=True draws EG references within the cell types, "
+                         f"but the model has no labels: {fix}")
+    codes = np.asarray(model.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
+    labels = np.asarray(state.categorical_mapping).astype(str)[codes.astype(int)]
+    if not np.array_equal(labels, np.asarray(groups).astype(str)):
+        raise ValueError(f"within_turns=True: the model's labels "
+                         f"({state.original_key!r}) are not obs[{cell_type_key!r}]: {fix}")
+
+
 def _log_normalized(counts) -> np.ndarray:
     x = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
     x = x.astype(np.float64)
@@ -476,6 +517,9 @@ def select_panel(
         if cell_type_key is None
         else adata.obs[cell_type_key].astype(str).to_numpy()
     )
+    if settings.within_turns and cell_type_key is None:
+        raise ValueError("within_turns=True gives each cell type a turn for the genes that "
+                         "vary within it: pass cell_type_key.")
     if cell_type_key is not None and pd.isna(adata.obs[cell_type_key]).any():
         raise ValueError(f"obs[{cell_type_key!r}] has missing values; label every cell or "
                          "drop the unlabelled cells.")
@@ -486,7 +530,10 @@ def select_panel(
             torch.set_num_threads(int(settings.threads))
         if model is None:
             data = adata.copy()
-            SCARE.setup_anndata(data, layer=layer, batch_key=batch_key)
+            if settings.within_turns:  # the labels only group the EG references
+                data.obs[_TYPE_COLUMN] = pd.Categorical(groups)
+            SCARE.setup_anndata(data, layer=layer, batch_key=batch_key,
+                                labels_key=_TYPE_COLUMN if settings.within_turns else None)
             model = SCARE(data, n_latent=settings.n_latent, n_hidden=settings.n_hidden,
                           w_sparsity=settings.w_sparsity, seed=settings.seed)
             # scvi-tools splits by its global seed (None: a new split every run); this
@@ -505,6 +552,8 @@ def select_panel(
         ) != list(adata.obs_names):
             raise ValueError("model was trained on other genes or cells than adata's; "
                              "train it on the reference itself, or leave model=None.")
+        elif settings.within_turns:
+            _check_model_labels(model, groups, cell_type_key)
         cells = _explained_cells(groups, settings.n_explained, rng)
         latent = model.get_latent_representation(indices=cells)
         variance = latent.var(0)
@@ -512,15 +561,20 @@ def select_panel(
                    else np.full(len(variance), 1.0 / len(variance)))
         per_cell = np.zeros((len(cells), adata.n_vars))  # sum_d w_d s_dcg, one pass per d
         per_dim = np.zeros((adata.n_vars, len(weights)))  # mean_c s_dcg
+        within = np.zeros_like(per_cell) if settings.within_turns else None
         for d in range(len(weights)):
-            attr = np.abs(model.get_attributions(
+            share = _shares(model.get_attributions(
                 indices=cells, reducer=d, n_samples=settings.n_samples,
                 seed=settings.seed + d, progress_bar=progress_bar,
             ))
-            total = attr.sum(1, keepdims=True)
-            share = np.divide(attr, total, out=np.zeros_like(attr), where=total > 0)
             per_cell += weights[d] * share
             per_dim[:, d] = share.mean(0)
+            if within is not None:  # one chunk where it fits: partners for the rare types
+                within += weights[d] * _shares(model.get_attributions(
+                    indices=cells, reducer=d, n_samples=settings.n_samples,
+                    seed=settings.seed + d, progress_bar=progress_bar, references="label",
+                    batch_size=min(len(cells), _WITHIN_CHUNK),
+                ))
     importance, names = group_importance(per_cell, groups[cells])
     counts = adata.layers[layer] if layer is not None else adata.X
     expression = _log_normalized(counts[cells]) if settings.redundancy > 0 else None
@@ -547,6 +601,12 @@ def select_panel(
         n_pc = min(settings.pca_turns, *centred.shape)
         loadings = np.linalg.svd(centred, full_matrices=False)[2][:n_pc].T  # genes x PCs
         add_turns([f"PC {j + 1}" for j in range(n_pc)], loadings**2)
+    if within is not None:  # the cell types again, largest first, for their inner genes
+        within_importance, within_names = group_importance(within, groups[cells])
+        by_size = sorted(range(len(within_names)),
+                         key=lambda k: (-sizes_of[within_names[k]], within_names[k]))
+        add_turns([f"within {within_names[k]}" for k in by_size],
+                  within_importance[:, by_size])
     order = order + list(range(len(names), len(turn_names)))
     turn_weights = np.concatenate([turn_weights, extra])
     chosen, served = greedy_panel(np.hstack(columns), order, n_max, expression=expression,

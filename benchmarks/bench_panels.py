@@ -58,6 +58,7 @@ VARIANTS = {  # attreg_sc's panel settings per method name (attreg_sc: the defau
     "attreg_sc_latent": {"latent_turns": True},  # the latent dimensions take turns too
     "attreg_sc_pca5": {"pca_turns": 5},  # the first principal components take turns too
     "attreg_sc_pca10": {"pca_turns": 10},
+    "attreg_sc_within": {"within_turns": True},  # each type again, for its inner genes
 }
 
 

@@ -265,6 +265,61 @@ def test_principal_components_take_turns_with_their_largest_loading(data, panel)
         PanelSettings(pca_turns=-1)
 
 
+def test_cell_types_take_a_second_turn_for_the_genes_within_them(data, panel, monkeypatch):
+    """``within_turns``: after the cell types' turns, each type takes a second turn
+    (largest first) for the gene with the largest share of attributions whose EG
+    references were drawn within the type; a model without the types as labels, or no
+    cell types, is refused."""
+    import attreg.attr.expected_gradients as eg_module
+    from attreg_sc.panel import _shares
+
+    draws = []
+    real = eg_module.group_reference_index
+
+    def spy(groups, n_samples, generator, device):
+        draws.append(groups.clone())
+        return real(groups, n_samples, generator, device)
+
+    monkeypatch.setattr(eg_module, "group_reference_index", spy)
+    chosen = select_panel(data, [6, 12], cell_type_key="cell_type", within_turns=True,
+                          redundancy=0.0, seed=0, **FAST)
+    table = chosen.table
+    rotation = ["rare", "middle", "common", "within common", "within middle", "within rare"]
+    assert list(table["selected_for"]) == rotation * 2
+    assert chosen.genes[:6] == chosen.genes_at(6)
+    # every within-type draw grouped the explained cells (all of them, one chunk) by type
+    types = np.asarray(data.obs["cell_type"].astype(str))
+    assert len(draws) == FAST["n_latent"]
+    for groups in draws:
+        codes = groups.numpy()
+        assert len(codes) == data.n_obs
+        for t in SIZES:  # one code per type, and the code's cells are the type's
+            assert len(set(codes[types == t])) == 1
+        assert len(set(codes)) == len(SIZES)
+    # the first second turn is the largest type's best gene by those attributions
+    model = chosen.model
+    variance = model.get_latent_representation().var(0)
+    weights = variance / variance.sum()
+    within = sum(
+        weights[d] * _shares(model.get_attributions(
+            reducer=d, n_samples=FAST["n_samples"], seed=d, references="label",
+            batch_size=data.n_obs))
+        for d in range(FAST["n_latent"])
+    )
+    importance, names = group_importance(within, types)
+    names_ = np.asarray(data.var_names)
+    score = np.where(np.isin(names_, table["gene"][:3]), -np.inf,
+                     importance[:, list(names).index("common")])
+    assert table["gene"][3] == names_[int(np.argmax(score))]
+    with pytest.raises(ValueError, match="within_turns=True.*pass cell_type_key"):
+        select_panel(data, 5, within_turns=True, **FAST)
+    with pytest.raises(ValueError, match="the model has no labels.*labels_key='cell_type'"):
+        select_panel(data, 5, cell_type_key="cell_type", model=panel.model,
+                     within_turns=True, **FAST)
+    with pytest.raises(ValueError, match="within_turns must be True or False"):
+        PanelSettings(within_turns=1)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
