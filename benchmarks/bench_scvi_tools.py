@@ -13,6 +13,13 @@ direction, share loss, w_attr = 30), batch 128, CPU, the thread count fixed.
 * **epoch**: ``train(max_epochs=n)`` end to end without validation for n = 1 and
   ``--epochs`` (default 6); per epoch = (t_n - t1) / (n - 1) (set-up cancels out).
 
+With ``--loop``, instead: where the one model's epoch goes outside its steps. A callback
+times every training batch (6 epochs per variant, plain and EG alternating twice; the
+median epoch after the first): the time inside the batches, between them (the data
+loader and Lightning's per-batch bookkeeping) and per gap; then scvi-tools'
+``AnnDataLoader`` alone (whole epochs) and three gathers of a minibatch's rows of the CSR
+counts, densified: scipy's (what ``AnnTorchDataset`` does), numpy's and torch's.
+
 With ``--baseline-tree PATH`` (a checkout of attreg 0.1, commit fe6f216:
 ``git worktree add PATH fe6f216``) the hand-written SCARE of that tree is measured too,
 in a child process per round (the two packages share a name), the rounds alternating
@@ -21,6 +28,7 @@ between this process and the child so that machine noise hits both alike.
 Run::
 
     python benchmarks/bench_scvi_tools.py [--baseline-tree /tmp/oldtree] [--json out.json]
+    python benchmarks/bench_scvi_tools.py --loop [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +198,154 @@ def _old_round(tree: str, steps: int, warmup: int, threads: int, n_epochs: int) 
     return json.loads(line[len("RESULT "):])
 
 
+# -- --loop: the epoch outside the steps -------------------------------------------------
+def _epoch_parts(adata, gt, w: float, epochs: int = 6) -> dict[str, float]:
+    """Median per-epoch ms (after the first): the epoch, inside its batches, between."""
+    from lightning.pytorch.callbacks import Callback
+
+    import attreg_sc as asc
+
+    class Clock(Callback):
+        def __init__(self) -> None:
+            self.events: list[tuple[str, float]] = []
+
+        def on_train_epoch_start(self, *_):
+            self.events.append(("epoch", time.perf_counter()))
+
+        def on_train_batch_start(self, *_):
+            self.events.append(("start", time.perf_counter()))
+
+        def on_train_batch_end(self, *_):
+            self.events.append(("end", time.perf_counter()))
+
+        def on_train_epoch_end(self, *_):
+            self.events.append(("done", time.perf_counter()))
+
+    clock = Clock()
+    model = asc.SCARE(adata, gt=gt, w_attr=w, **ARCH)
+    model.train(max_epochs=epochs, batch_size=BATCH, train_size=1.0, early_stopping=False,
+                enable_progress_bar=False, threads=None, accelerator="cpu", callbacks=[clock])
+    per_epoch, current = [], None
+    for kind, t in clock.events:
+        if kind == "epoch":
+            current = {"t0": t, "starts": [], "ends": []}
+        elif kind == "start":
+            current["starts"].append(t)
+        elif kind == "end":
+            current["ends"].append(t)
+        else:
+            s, e = current["starts"], current["ends"]
+            per_epoch.append((t - current["t0"], sum(b - a for a, b in zip(s, e, strict=True)),
+                              sum(s[i + 1] - e[i] for i in range(len(s) - 1)), len(s) - 1))
+    later = per_epoch[1:]
+    return {
+        "epoch": 1000 * statistics.median(p[0] for p in later),
+        "inside": 1000 * statistics.median(p[1] for p in later),
+        "between": 1000 * statistics.median(p[2] for p in later),
+        "per_gap": 1000 * statistics.median(p[2] / p[3] for p in later),
+    }
+
+
+def _gathers(adata) -> dict[str, Callable]:
+    """A minibatch's rows of the CSR counts, densified to float32, three ways."""
+    import scipy.sparse as sp
+
+    x = sp.csr_matrix(adata.X, dtype=np.float32)
+    indptr, indices, data = x.indptr.astype(np.int64), x.indices.astype(np.int64), x.data
+    t_ptr, t_ind, t_data = (torch.from_numpy(a) for a in (indptr, indices, data))
+    width = x.shape[1]
+
+    def scipy_rows(idx):
+        return x[idx].astype(np.float32, copy=False).toarray()
+
+    def numpy_rows(idx):
+        start = indptr[idx]
+        length = indptr[idx + 1] - start
+        at = np.repeat(start - np.cumsum(length) + length, length) + np.arange(length.sum())
+        out = np.zeros((len(idx), width), np.float32)
+        out[np.repeat(np.arange(len(idx)), length), indices[at]] = data[at]
+        return out
+
+    def torch_rows(idx):
+        idx = torch.from_numpy(idx)
+        start = t_ptr[idx]
+        length = t_ptr[idx + 1] - start
+        total = int(length.sum())
+        at = torch.repeat_interleave(start - torch.cumsum(length, 0) + length, length,
+                                     output_size=total) + torch.arange(total)
+        out = torch.zeros((len(idx), width))
+        flat = torch.repeat_interleave(torch.arange(len(idx)) * width, length,
+                                       output_size=total) + t_ind[at]
+        out.view(-1)[flat] = t_data[at]
+        return out
+
+    return {"scipy (AnnTorchDataset's)": scipy_rows, "numpy": numpy_rows,
+            "torch": torch_rows}
+
+
+def loop_parts(threads: int) -> list[dict]:
+    """The ``--loop`` table's rows."""
+    from scvi.dataloaders import AnnDataLoader
+
+    import attreg_sc as asc
+
+    adata, gt = _data()
+    a = adata.copy()
+    asc.SCARE.setup_anndata(a)
+    load = os.getloadavg()[0]
+    parts: dict[str, list[dict]] = {"plain": [], "EG": []}
+    for _ in range(2):
+        for name, w in (("plain", 0.0), ("EG", 30.0)):
+            parts[name].append(_epoch_parts(a, gt, w))
+    rows = []
+    for name, runs in parts.items():
+        mid = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        rows.append(record("scvi_tools_loop", f"SCARE {name} epoch", batch_size=BATCH,
+                           median_ms=mid["epoch"], inside_ms=mid["inside"],
+                           between_ms=mid["between"], per_gap_ms=mid["per_gap"],
+                           threads=threads, load_average=load))
+    manager = asc.SCARE(a, **ARCH).adata_manager
+    loader = AnnDataLoader(manager, indices=np.arange(a.n_obs), shuffle=True, batch_size=BATCH)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        n = sum(1 for _ in loader)
+        times.append((time.perf_counter() - t0) / n)
+    rows.append(record("scvi_tools_loop", "AnnDataLoader alone, per batch", batch_size=BATCH,
+                       median_ms=1000 * statistics.median(times[1:]), threads=threads,
+                       load_average=load))
+    gathers = _gathers(a)
+    batches = _minibatches(a.n_obs, 200)
+    first = batches[0]
+    reference = gathers["scipy (AnnTorchDataset's)"](first)
+    for fn in gathers.values():  # the same rows, whichever way
+        assert np.array_equal(np.asarray(fn(first)), reference)
+    runs: dict[str, list[float]] = {k: [] for k in gathers}
+    for _ in range(3):
+        for name, fn in gathers.items():
+            t0 = time.perf_counter()
+            for idx in batches:
+                fn(idx)
+            runs[name].append((time.perf_counter() - t0) / len(batches))
+    for name, ts in runs.items():
+        rows.append(record("scvi_tools_loop", f"row gather: {name}", batch_size=BATCH,
+                            median_ms=1000 * statistics.median(ts), threads=threads,
+                            load_average=load))
+    print_table(
+        f"The one model's epoch outside its steps, PBMC 3k 2700 x 2265, batch {BATCH}, "
+        f"threads={threads}, load average at start {load:.2f}, torch {torch.__version__}",
+        rows,
+        [
+            ("variant", "variant", "<33"),
+            ("median_ms", "ms", ">8.2f"),
+            ("inside_ms", "in batches", ">10.1f"),
+            ("between_ms", "between", ">8.1f"),
+            ("per_gap_ms", "per gap", ">8.2f"),
+        ],
+    )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40)
@@ -198,11 +355,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--epochs", type=int, default=6, help="epochs of the long run (>= 2)")
     p.add_argument("--baseline-tree", default=None, help="a checkout of attreg 0.1 (fe6f216)")
     p.add_argument("--json", default=None)
+    p.add_argument("--loop", action="store_true",
+                   help="time the epoch outside its steps instead (loader, Lightning)")
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (the per-epoch time is (t_n - t1) / (n - 1)).")
     _quiet()
     torch.set_num_threads(args.threads)
+    if args.loop:
+        rows = loop_parts(args.threads)
+        write_json(rows, args.json)
+        return rows
     load = os.getloadavg()[0]
     rounds = []
     for _ in range(args.rounds):

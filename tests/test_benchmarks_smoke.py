@@ -131,3 +131,24 @@ def test_bench_panels_data_and_report(tmp_path):
     assert "| wu2020 | 50 | 0.675 | 0.775 | -0.100 | 10 | 100 |" in text
     assert "| spapros | 0.775 | 0.750 | 0.800 | 100 |" in text  # overall, then each metric
     assert text.index("| spapros |") < text.index("| attreg_sc | 0.675")  # best first
+
+
+def test_bench_scvi_tools_loop_parts():
+    """``bench_scvi_tools.py --loop``: the epoch split into its batches and the gaps
+    between them, the loader alone and the three row gathers (which agree)."""
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_scvi_tools",
+                                                  BENCH / "bench_scvi_tools.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = {r["variant"]: r for r in mod.main(["--loop", "--threads", "1"])}
+    assert set(rows) == {
+        "SCARE plain epoch", "SCARE EG epoch", "AnnDataLoader alone, per batch",
+        "row gather: scipy (AnnTorchDataset's)", "row gather: numpy", "row gather: torch",
+    }
+    for name in ("SCARE plain epoch", "SCARE EG epoch"):
+        r = rows[name]
+        assert 0 < r["between_ms"] < r["inside_ms"] < r["median_ms"]
+        assert r["per_gap_ms"] == pytest.approx(r["between_ms"] / 21, rel=0.5)
