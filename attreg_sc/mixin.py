@@ -42,7 +42,13 @@ from attreg_sc.files import (
 from attreg_sc.gt import CellGroundTruth, GroupedGroundTruth, as_ground_truths, from_genes
 from attreg_sc.priors import build_prior_set
 from attreg_sc.settings import DIRECTION_REDUCERS, REFERENCES, PriorSettings
-from attreg_sc.train.plan import PriorConfig, attribution_prior_plan, latent_encoder, latent_mean
+from attreg_sc.train.plan import (
+    PriorConfig,
+    attribution_prior_plan,
+    label_reference_groups,
+    latent_encoder,
+    latent_mean,
+)
 from attreg_sc.validation import check_anndata
 
 logger = logging.getLogger(__name__)
@@ -517,13 +523,6 @@ class AttributionPriorModelMixin:
         return mapping.index(str(category)) if category is not None and str(category) in mapping \
             else None
 
-    def _reference_groups(self, codes: torch.Tensor) -> torch.Tensor:
-        """EG's reference groups for ``references="label"``: the label codes, with the
-        unlabelled category's cells in no group (-1: they draw among all cells)."""
-        codes = codes.long().view(-1)
-        unlabeled = self._unlabeled_code()
-        return codes if unlabeled is None else codes.masked_fill(codes == unlabeled, -1)
-
     def diagnose_ground_truths(self, ground_truths: Mapping[str, Any]):
         """Per GT: genes in the data, expressed and variable, and a verdict; a set too
         small or too flat to steer anything gets a warning with its numbers
@@ -971,10 +970,12 @@ class AttributionPriorModelMixin:
             raise ValueError(f"unknown method {method!r}; use 'eg' or 'ig'.")
         if references not in REFERENCES:
             raise ValueError(f"unknown references {references!r}; use one of {list(REFERENCES)}.")
+        unlabeled = None
         if references == "label":
             if method != "eg":
                 raise ValueError("references='label' chooses EG's references; use method='eg'.")
             self._check_reference_labels()
+            unlabeled = self._unlabeled_code()
         if target == "model":
             explained = self.module.attribution_target("model")
         elif target == "encoder":
@@ -1001,8 +1002,8 @@ class AttributionPriorModelMixin:
             )
             kwargs["internal_batch_size"] = internal_batch_size
             if references == "label":
-                kwargs["reference_groups"] = self._reference_groups(
-                    tensors[REGISTRY_KEYS.LABELS_KEY]
+                kwargs["reference_groups"] = label_reference_groups(
+                    tensors[REGISTRY_KEYS.LABELS_KEY], unlabeled
                 )
             attr = explain.attribute(x, additional_forward_args=tuple(rest), **kwargs)
             out.append(attr.detach().cpu().numpy())

@@ -37,6 +37,20 @@ __all__ = [
 VALIDATION_SEED_OFFSET = 1_000_003
 
 
+def label_reference_groups(codes: torch.Tensor, unlabeled_code: int | None) -> torch.Tensor:
+    """EG's reference groups for ``references="label"``: the cells' label codes, with the
+    unlabelled category's cells (``unlabeled_code``, SCANVI's) in no group (-1: they draw
+    their references among all cells; :func:`attreg.attr.expected_gradients.group_reference_index`).
+
+    Examples
+    --------
+    >>> label_reference_groups(torch.tensor([[0], [2], [1], [2]]), 2).tolist()
+    [0, -1, 1, -1]
+    """
+    codes = codes.long().view(-1)
+    return codes if unlabeled_code is None else codes.masked_fill(codes == unlabeled_code, -1)
+
+
 @dataclass
 class PriorConfig:
     """What the plan needs to build the prior; made by the model (see
@@ -463,11 +477,12 @@ class AttributionPriorPlanMixin:
             # the prefix's activations from the model's own first product: W_x x + b
             acts = self._first_out - covariate_part(self._encoder, x.shape[-1], *rest)
         # references="label": EG draws each cell's references among its label's cells
-        groups = None
-        if self.prior_config.settings.references == "label":
-            groups = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
-            if self.prior_config.unlabeled_code is not None:  # unlabelled: no group
-                groups = groups.masked_fill(groups == self.prior_config.unlabeled_code, -1)
+        groups = (
+            label_reference_groups(tensors[REGISTRY_KEYS.LABELS_KEY],
+                                   self.prior_config.unlabeled_code)
+            if self.prior_config.settings.references == "label"
+            else None
+        )
         total = x.new_zeros(())
         if self._vector_priors is not None:
             total = total + self._vector_priors(
