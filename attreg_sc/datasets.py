@@ -21,6 +21,7 @@ __all__ = [
     "pbmc68k",
     "pbmc_two_runs",
     "wu2020_tcells",
+    "mouse_symbols",
     "PBMC_MARKERS",
 ]
 
@@ -180,6 +181,20 @@ def go_gene_sets() -> dict[str, list[str]]:
     from attreg_sc.gt import read_gmt
 
     return read_gmt(go_gene_sets_path())
+
+
+def mouse_symbols(genes) -> list[str]:
+    """Human gene symbols written as mouse symbols (``MAPK1`` -> ``Mapk1``), sorted and
+    without duplicates: the shipped GO sets (human) on mouse data. Most one-to-one
+    orthologs share the symbol up to case; genes without such a namesake (``HLA-A``,
+    the human-only families) find no mouse gene and drop out when matched.
+
+    Examples
+    --------
+    >>> mouse_symbols(["MAPK1", "CD74", "H2AZ1", "MAPK1"])
+    ['Cd74', 'H2az1', 'Mapk1']
+    """
+    return sorted({g[:1].upper() + g[1:].lower() for g in map(str, genes)})
 
 
 def go_panel_path() -> Path:

@@ -3,6 +3,10 @@
 import importlib.util
 import pathlib
 
+import pytest
+
+import attreg_sc as asc
+
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -176,3 +180,31 @@ def test_target_share_panel_goal_needs_every_criterion():
     assert table["goal_but_step"].to_dict() == dict(table["goal"].to_dict(), slow=True)
     assert abs(table.loc["ok", "recon"] - 0.02) < 1e-12
     assert abs(table.loc["ok", "subclusters"] - 1.4) < 1e-12
+
+
+def test_target_share_panel_pancreas_maps_the_sets_to_mouse(tmp_path):
+    """``--data pancreas`` reads the file ``scripts/make_pancreas.py`` writes (not
+    shipped) and gives the panel's sets as mouse symbols; without the file it says how
+    to make it."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    mod = load("target_share_panel")
+    with pytest.raises(ValueError, match="--pancreas PATH.*scripts/make_pancreas.py"):
+        mod.load("pancreas", "development")
+    genes = ["Cd74", "Mapk1", "Rps6", "Actb"]
+    fake = ad.AnnData(sp.csr_matrix(np.ones((4, 4), np.float64)),
+                      obs=pd.DataFrame({"cell_type": pd.Categorical(list("aabb"))},
+                                       index=[f"c{i}" for i in range(4)]),
+                      var=pd.DataFrame(index=genes))
+    path = tmp_path / "pancreas.h5ad"
+    fake.write_h5ad(path)
+    adata, batch_key, label_key, sets = mod.load("pancreas", "development", path)
+    assert adata.X.dtype == np.float32 and batch_key is None and label_key == "cell_type"
+    human = asc.datasets.go_panel("development")
+    assert set(sets) == set(human)
+    for term, mouse in sets.items():
+        assert mouse == asc.datasets.mouse_symbols(human[term])
+        assert all(g[0].isupper() and g[1:] == g[1:].lower() for g in mouse)
