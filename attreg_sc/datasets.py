@@ -5,6 +5,7 @@ Everything here is generated; call it *synthetic* wherever it is reported.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -183,11 +184,16 @@ def go_gene_sets() -> dict[str, list[str]]:
     return read_gmt(go_gene_sets_path())
 
 
-def mouse_symbols(genes) -> list[str]:
+def mouse_symbols(genes: Iterable[str]) -> list[str]:
     """Human gene symbols written as mouse symbols (``MAPK1`` -> ``Mapk1``), sorted and
     without duplicates: the shipped GO sets (human) on mouse data. Most one-to-one
     orthologs share the symbol up to case; genes without such a namesake (``HLA-A``,
     the human-only families) find no mouse gene and drop out when matched.
+
+    Parameters
+    ----------
+    genes
+        Human gene symbols (e.g. a set of :func:`go_panel`).
 
     Examples
     --------

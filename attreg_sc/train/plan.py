@@ -42,6 +42,13 @@ def label_reference_groups(codes: torch.Tensor, unlabeled_code: int | None) -> t
     unlabelled category's cells (``unlabeled_code``, SCANVI's) in no group (-1: they draw
     their references among all cells; :func:`attreg.attr.expected_gradients.group_reference_index`).
 
+    Parameters
+    ----------
+    codes
+        The cells' registered label codes (any shape with one value per cell).
+    unlabeled_code
+        The unlabelled category's code, or ``None``.
+
     Examples
     --------
     >>> label_reference_groups(torch.tensor([[0], [2], [1], [2]]), 2).tolist()
