@@ -5,6 +5,7 @@ Everything here is generated; call it *synthetic* wherever it is reported.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ __all__ = [
     "pbmc_two_runs",
     "wu2020_tcells",
     "mouse_symbols",
+    "pancreas",
     "PBMC_MARKERS",
 ]
 
@@ -201,6 +203,41 @@ def mouse_symbols(genes: Iterable[str]) -> list[str]:
     ['Cd74', 'H2az1', 'Mapk1']
     """
     return sorted({g[:1].upper() + g[1:].lower() for g in map(str, genes)})
+
+
+def pancreas(path: str | os.PathLike):
+    """Mouse pancreatic endocrinogenesis (Bastidas-Ponce et al. 2019), a tissue not of
+    blood: 739 cells, 8 cell types (``obs['cell_type']``), spliced UMI counts, one sample.
+
+    Not shipped (its source, the Bioconductor package VeloViz, is GPL-3): read from the
+    file ``scripts/make_pancreas.py`` makes from VeloViz's ``data/pancreas.rda``. Its genes
+    are mouse symbols; :func:`mouse_symbols` maps the shipped GO sets to them.
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` file ``scripts/make_pancreas.py`` wrote.
+
+    Examples
+    --------
+    >>> try:
+    ...     pancreas("no/such/file.h5ad")
+    ... except FileNotFoundError as err:
+    ...     "scripts/make_pancreas.py" in str(err)
+    True
+    """
+    import anndata as ad
+
+    where = Path(path)
+    if not where.is_file():
+        raise FileNotFoundError(f"{path}: no such file; make it with scripts/make_pancreas.py "
+                                "from VeloViz's data/pancreas.rda.")
+    adata = ad.read_h5ad(where)
+    if "cell_type" not in adata.obs:
+        raise ValueError(f"{path}: no obs['cell_type']; this is not the file "
+                         "scripts/make_pancreas.py writes.")
+    adata.X = adata.X.astype(np.float32)
+    return adata
 
 
 def go_panel_path() -> Path:

@@ -67,7 +67,6 @@ VARIANTS = {  # attreg_sc's panel settings per method name (attreg_sc: the defau
 
 def load(name: str, pancreas: str | None = None):
     """``(counts AnnData, log-normalized AnnData)`` of the 1,000-gene pool."""
-    import anndata as ad
     import scanpy as sc
 
     import attreg_sc as asc
@@ -75,8 +74,7 @@ def load(name: str, pancreas: str | None = None):
     if name == "pancreas":  # not shipped: scripts/make_pancreas.py makes the file
         if pancreas is None:
             raise SystemExit("--data pancreas needs --pancreas PATH (scripts/make_pancreas.py)")
-        adata = ad.read_h5ad(pancreas)
-        adata.X = adata.X.astype(np.float32)
+        adata = asc.datasets.pancreas(pancreas)
     else:
         adata = {"pbmc68k": asc.datasets.pbmc68k, "pbmc3k": asc.datasets.pbmc3k,
                  "wu2020": asc.datasets.wu2020_tcells}[name]()

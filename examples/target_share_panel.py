@@ -91,13 +91,10 @@ def load(name: str, half: str, pancreas: Path | None = None):
     """The dataset, its batch key (or None) and its label key."""
     sets = asc.datasets.go_panel(half)
     if name == "pancreas":
-        import anndata as ad
-
         if pancreas is None:
             raise ValueError("--data pancreas needs --pancreas PATH, the file "
                              "scripts/make_pancreas.py makes.")
-        adata = ad.read_h5ad(pancreas)
-        adata.X = adata.X.astype(np.float32)
+        adata = asc.datasets.pancreas(pancreas)
         mouse = {t: asc.datasets.mouse_symbols(genes) for t, genes in sets.items()}
         return adata, None, "cell_type", mouse
     if name == "pbmc3k":

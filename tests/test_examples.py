@@ -208,3 +208,7 @@ def test_target_share_panel_pancreas_maps_the_sets_to_mouse(tmp_path):
     for term, mouse in sets.items():
         assert mouse == asc.datasets.mouse_symbols(human[term])
         assert all(g[0].isupper() and g[1:] == g[1:].lower() for g in mouse)
+    unlabelled = tmp_path / "other.h5ad"
+    ad.AnnData(fake.X).write_h5ad(unlabelled)
+    with pytest.raises(ValueError, match="no obs\\['cell_type'\\]"):
+        asc.datasets.pancreas(unlabelled)
