@@ -486,8 +486,8 @@ class AttributionPriorModelMixin:
         from scvi import REGISTRY_KEYS
 
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY))
-        mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
-        names = [str(c) for c in mapping.categorical_mapping]
+        state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+        names = [str(c) for c in state.categorical_mapping]
         counts = np.bincount(codes.astype(np.int64).ravel(), minlength=len(names)).astype(float)
         if unlabeled is not None:
             counts[unlabeled] = 0.0
@@ -520,8 +520,9 @@ class AttributionPriorModelMixin:
         state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
         category = dict(state).get("unlabeled_category")
         mapping = [str(c) for c in state.categorical_mapping]
-        return mapping.index(str(category)) if category is not None and str(category) in mapping \
-            else None
+        if category is None or str(category) not in mapping:
+            return None
+        return mapping.index(str(category))
 
     def diagnose_ground_truths(self, ground_truths: Mapping[str, Any]):
         """Per GT: genes in the data, expressed and variable, and a verdict; a set too
@@ -632,10 +633,10 @@ class AttributionPriorModelMixin:
             call["datasplitter_kwargs"] = splitter
         if cfg is not None and cfg.settings.references == "label":
             cfg = dataclasses.replace(cfg, unlabeled_code=self._unlabeled_code())
-            size = signature.parameters.get("batch_size")
-            default = size.default if size is not None and size.default is not size.empty \
-                else 128
-            self._warn_lone_labels(int(call.get("batch_size", default)), cfg.unlabeled_code)
+            size = signature.parameters.get("batch_size")  # 128: scvi-tools' usual default
+            default = 128 if size is None or size.default is size.empty else size.default
+            batch_size = call.get("batch_size", default)
+            self._warn_lone_labels(int(batch_size), cfg.unlabeled_code)
         plan_kwargs = dict(call.get("plan_kwargs") or {})
         plan_kwargs.setdefault("prior", cfg)
         call["plan_kwargs"] = plan_kwargs
