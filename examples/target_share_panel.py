@@ -434,6 +434,64 @@ def label_markdown(panel: Path, label: Path, half: str = "development") -> str:
     return "\n".join(lines)
 
 
+BLOCK_COLS = ("fssf_gt", "fssf_random", "share_per_dim", "subclusters")
+
+
+def block_markdown(path: Path) -> str:
+    """The ``--variants block`` rows, read twice: on the whole latent (the goal as the
+    panel states it) and on the block (FSSF, share per dimension and subclusters of
+    dimensions 0-4, the baseline's included; reconstruction and bio stay whole-latent).
+    Per pair: FSSF and share per dimension for baseline -> block w_attr 30 -> block
+    target 0.9 in each reading, the share off the block, the block's subclusters, the
+    reconstruction and bio change of each prior, the target's final multiplier, and the
+    goal (all criteria but the step) met by each prior in each reading; then the counts."""
+    rows = pd.DataFrame([json.loads(x) for x in path.read_text().splitlines()])
+    keys = ["data", "half", "set", "model"]
+    cols = ["expressed", "fssf_gt", "fssf_random", "share_per_dim", "reconstruction", "bio",
+            "subclusters", "seconds_per_epoch", "weight", "share_off_block",
+            *(f"{c}_block" for c in BLOCK_COLS)]
+    whole = rows.groupby(keys)[cols].mean()
+    block = whole.copy()
+    for c in BLOCK_COLS:
+        block[c] = whole[f"{c}_block"]
+    names = ("baseline", *(n for n, _ in BLOCK_VARIANTS))
+    goals = {(reading, name): goal_table(m, name).set_index(["data", "half", "set"])
+             for reading, m in (("whole", whole), ("block", block))
+             for name, _ in BLOCK_VARIANTS}
+    lines = ["| data | half | set | expressed | FSSF whole | FSSF block (random) | "
+             "share/dim whole | share/dim block | share off block | subclusters block | "
+             "reconstruction | bio | weight | goal whole | goal block |", "|" + "---|" * 15]
+
+    def verdict(g):
+        return "-" if g["expressed"] < 30 else "yes" if g["goal_but_step"] else "no"
+
+    def chain(m, col, fmt):
+        return " -> ".join(format(m.loc[n, col], fmt) for n in names)
+
+    w30, tgt = (n for n, _ in BLOCK_VARIANTS)
+    for key, g in goals[("whole", tgt)].iterrows():
+        m, b = whole.loc[key], block.loc[key]
+        gw, gb = goals[("whole", w30)].loc[key], goals[("block", w30)].loc[key]
+        tb = goals[("block", tgt)].loc[key]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {g['expressed']} | {chain(m, 'fssf_gt', '+.2f')}"
+            f" | {chain(b, 'fssf_gt', '+.2f')} ({b.loc[tgt, 'fssf_random']:+.2f}) | "
+            f"{chain(m, 'share_per_dim', '.2f')} | "
+            f"{chain(b, 'share_per_dim', '.2f')} | {chain(m, 'share_off_block', '.2f')} | "
+            f"{chain(b, 'subclusters', '.0f')} | {gw['recon']:+.1%} / {g['recon']:+.1%} | "
+            f"{gw['bio']:+.3f} / {g['bio']:+.3f} | {m.loc[tgt, 'weight']:.0f} | "
+            f"{verdict(gw)} / {verdict(g)} | {verdict(gb)} / {verdict(tb)} |")
+    lines.append("")
+    for (reading, name), g in goals.items():
+        g = g[g["expressed"] >= 30]
+        counts = ", ".join(f"{h} {int(x['goal_but_step'].sum())}/{len(x)}"
+                           for h, x in g.groupby(level="half"))
+        lines.append(f"* {name}, read on the {'whole latent' if reading == 'whole' else 'block'}"
+                     f": the goal but its step criterion on {counts} pairs with >= 30 "
+                     "expressed genes")
+    return "\n".join(lines)
+
+
 def plot_frontier(mean: pd.DataFrame, path: Path) -> None:
     """Strict FSSF against bio conservation for every model of each (data, set) with more
     than the three panel models: the fixed-weight and the target-share families as lines,
@@ -489,11 +547,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plot", type=Path, default=None,
                    help="with --report: draw FSSF against bio conservation per pair here")
     p.add_argument("--report", type=Path, default=None)
+    p.add_argument("--block-report", type=Path, default=None,
+                   help="the --variants block rows' table, on the whole latent and the block")
     p.add_argument("--label-report", type=Path, nargs=2, default=None,
                    metavar=("PANEL", "LABEL"),
                    help="the references-within-label table (of --half) from the panel's "
                         "rows and the --variants label / label30 rows")
     args = p.parse_args(argv)
+    if args.block_report is not None:
+        print(block_markdown(args.block_report))
+        return
     if args.label_report is not None:
         print(label_markdown(*args.label_report, half=args.half))
         return

@@ -154,6 +154,28 @@ def test_target_share_panel_runs_one_set_and_reports(tmp_path, capsys):
     assert "| wu2020 | GO:0006412 |" in table and "| 30 | 1 |" in table
 
 
+def test_target_share_panel_block_variants_score_the_block(tmp_path, capsys):
+    """``--variants block``: the set's prior on dimensions 0-4; every row, the baseline's
+    included, also scored on those dimensions; the report reads the goal both ways."""
+    import json
+
+    mod = load("target_share_panel")
+    out = tmp_path / "blocks.jsonl"
+    mod.main(["--data", "wu2020", "--sets", "GO:0006412", "--seeds", "0", "--epochs", "1",
+              "--n-random", "2", "--out", str(out), "--variants", "block"])
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["baseline", "block w_attr 30", "block target 0.9"]
+    for r in rows:
+        assert -1 <= r["fssf_gt_block"] <= 1 and 0 <= r["share_per_dim_block"] <= 1
+        # the whole latent's mean share is the mean of the block's and the rest's
+        assert abs(r["share_per_dim"] - (r["share_per_dim_block"] + r["share_off_block"]) / 2
+                   ) < 1e-9
+    mod.main(["--block-report", str(out)])
+    table = capsys.readouterr().out
+    assert "| wu2020 | development | GO:0006412 |" in table
+    assert "block target 0.9, read on the block" in table
+
+
 def test_target_share_panel_goal_needs_every_criterion():
     import pandas as pd
 
