@@ -453,7 +453,10 @@ def block_markdown(path: Path) -> str:
     Per pair: FSSF and share per dimension for baseline -> block w_attr 30 -> block
     target 0.9 in each reading, the share off the block, the block's subclusters, the
     reconstruction and bio change of each prior, the target's final multiplier, and the
-    goal (all criteria but the step) met by each prior in each reading; then the counts."""
+    goal (all criteria but the step) met by each prior in each reading; then, per prior
+    and dataset, pairs of >= 30 expressed genes read on the block (goal met; FSSF median
+    and range; share median; bio change range; subclusters and seconds per epoch over the
+    baseline's, medians); then the counts and the criteria missed."""
     rows = pd.DataFrame([json.loads(x) for x in path.read_text().splitlines()])
     keys = ["data", "half", "set", "model"]
     cols = ["expressed", "fssf_gt", "fssf_random", "share_per_dim", "reconstruction", "bio",
@@ -490,6 +493,18 @@ def block_markdown(path: Path) -> str:
             f"{chain(b, 'subclusters', '.0f')} | {gw['recon']:+.1%} / {g['recon']:+.1%} | "
             f"{gw['bio']:+.3f} / {g['bio']:+.3f} | {m.loc[tgt, 'weight']:.0f} | "
             f"{verdict(gw)} / {verdict(g)} | {verdict(gb)} / {verdict(tb)} |")
+    lines += ["", "| prior | data | pairs | goal on the block | FSSF block | share/dim block | "
+              "bio | subclusters block | step |", "|" + "---|" * 9]
+    for (reading, name), g in goals.items():  # per dataset, pairs of >= 30 expressed genes
+        if reading != "block":
+            continue
+        for data, x in g[g["expressed"] >= 30].groupby(level="data"):
+            lines.append(
+                f"| {name} | {data} | {len(x)} | {int(x['goal_but_step'].sum())} | "
+                f"{x['fssf_new'].median():+.2f} ({x['fssf_new'].min():+.2f} to "
+                f"{x['fssf_new'].max():+.2f}) | {x['share_new'].median():.2f} | "
+                f"{x['bio'].min():+.3f} to {x['bio'].max():+.3f} | "
+                f"{x['subclusters'].median():.2f}x | {x['step'].median():.2f}x |")
     lines.append("")
     for (reading, name), g in goals.items():
         g = g[g["expressed"] >= 30]
