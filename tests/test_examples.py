@@ -200,6 +200,8 @@ def test_target_share_panel_goal_needs_every_criterion():
     assert table["goal"].to_dict() == {"ok": True, "bio": False, "recon": False,
                                        "split": False, "fssf": False, "slow": False}
     assert table["goal_but_step"].to_dict() == dict(table["goal"].to_dict(), slow=True)
+    assert table["missed"].to_dict() == {"ok": "", "bio": "bio", "recon": "reconstruction",
+                                         "split": "subclusters", "fssf": "fssf", "slow": ""}
     assert abs(table.loc["ok", "recon"] - 0.02) < 1e-12
     assert abs(table.loc["ok", "subclusters"] - 1.4) < 1e-12
 
