@@ -78,6 +78,8 @@ latent a user integrates on). Both readings are reported::
     for h in development held-out; do
         for d in pbmc68k pbmc_two_runs wu2020 pbmc3k; do $B --data $d --half $h; done
         $B --data pancreas --pancreas pancreas.h5ad --half $h; done
+    # then, as the panel did, two more seeds on the development half of the small datasets
+    for d in pbmc68k pbmc_two_runs wu2020; do $B --data $d --seeds 1 2; done
     python examples/target_share_panel.py --block-report blocks.jsonl
 """
 
