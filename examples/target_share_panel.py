@@ -151,10 +151,11 @@ def evaluate(model, adata, gt, batch_key, label_key, n_random: int, seed: int,
     extra = {}
     if block is not None:  # the same scores read on the latent block (dimensions given)
         on_block = fssf(model, gt, label_key, n_random=n_random, seed=seed, latent_dims=block)
+        dims = [str(d) for d in block]  # dimension_shares' index
         extra.update(
             fssf_gt_block=on_block.score(), fssf_random_block=on_block.random_score(),
-            share_per_dim_block=float(per_dim.loc[[str(d) for d in block]].mean()),
-            share_off_block=float(per_dim.drop(index=[str(d) for d in block]).mean()),
+            share_per_dim_block=float(per_dim.loc[dims].mean()),
+            share_off_block=float(per_dim.drop(index=dims).mean()),
             subclusters_block=int(on_block.summary()["n_subclusters"].sum())
             if len(on_block.table) else 0)
     if within:  # the share of what distinguishes a cell within its label
@@ -197,6 +198,8 @@ BLOCK = [0, 1, 2, 3, 4]
 BLOCK_VARIANTS = (("block w_attr 30", dict(w_attr=30.0, latent_blocks={"gt": BLOCK})),
                   ("block target 0.9", dict(w_attr=30.0, target_share=TARGET,
                                             latent_blocks={"gt": BLOCK})))
+#: the scores each row also has on the block (``<name>_block``)
+BLOCK_COLS = ("fssf_gt", "fssf_random", "share_per_dim", "subclusters")
 FRONTIER = tuple((f"w_attr {w:g}", dict(w_attr=float(w))) for w in (3, 10, 30, 100, 300)) + \
     tuple((f"target {t:g}", dict(w_attr=30.0, target_share=t)) for t in (0.5, 0.7, 0.8, 0.95))
 
@@ -253,13 +256,15 @@ def run(data: str, half: str, seeds, out: Path, epochs: int, n_random: int,
 
 
 def report(path: Path, seeds=None) -> pd.DataFrame:
-    """Per (data, half, set, model): means over seeds (all, or those given)."""
+    """Per (data, half, set, model): means over seeds (all, or those given); the block
+    scores too where the rows have them (``--variants block``)."""
     rows = pd.DataFrame([json.loads(x) for x in path.read_text().splitlines()])
     if seeds is not None:
         rows = rows[rows["seed"].isin(seeds)]
     keys = ["data", "half", "set", "model"]
     cols = ["expressed", "fssf_gt", "fssf_random", "share_per_dim", "reconstruction", "bio",
             "subclusters", "seconds_per_epoch", "weight"]
+    cols += [c for c in ("share_off_block", *(f"{c}_block" for c in BLOCK_COLS)) if c in rows]
     mean = rows.groupby(keys)[cols].mean()
     mean["seeds"] = rows.groupby(keys).size()
     return mean
@@ -279,6 +284,12 @@ def _missed(r: pd.Series, b: pd.Series) -> list[str]:
 def _meets_goal(r: pd.Series, b: pd.Series) -> bool:
     """The goal but its step criterion, for model row ``r`` against baseline row ``b``."""
     return not _missed(r, b)
+
+
+def _verdict(g: pd.Series) -> str:
+    """A goal-table row's verdict without the step criterion (timed apart): "-" for a set
+    under 30 expressed genes (outside the goal), else "yes" / "no"."""
+    return "-" if g["expressed"] < 30 else "yes" if g["goal_but_step"] else "no"
 
 
 def goal_table(mean: pd.DataFrame, new: str = "target 0.9") -> pd.DataFrame:
@@ -320,9 +331,6 @@ def markdown(mean: pd.DataFrame) -> str:
     lines = ["| data | half | set | expressed | share/dim | FSSF (random) | subclusters | "
              "reconstruction | bio | weight | goal |", "|" + "---|" * 11]
 
-    def verdict(g):  # the goal without its step criterion (timed apart, below)
-        return "-" if g["expressed"] < 30 else "yes" if g["goal_but_step"] else "no"
-
     for key, g in new.iterrows():
         m, o = mean.loc[key], old.loc[key]
         share = " -> ".join(f"{m.loc[v, 'share_per_dim']:.2f}" for v in names)
@@ -332,7 +340,7 @@ def markdown(mean: pd.DataFrame) -> str:
             f"| {key[0]} | {key[1]} | {key[2]} | {g['expressed']} | {share} | {fssf_} "
             f"({g['fssf_random']:+.2f}) | {subs} | {o['recon']:+.1%} / {g['recon']:+.1%} | "
             f"{o['bio']:+.3f} / {g['bio']:+.3f} | {m.loc['target 0.9', 'weight']:.0f} | "
-            f"{verdict(o)} / {verdict(g)} |")
+            f"{_verdict(o)} / {_verdict(g)} |")
     return "\n".join(lines)
 
 
@@ -445,9 +453,6 @@ def label_markdown(panel: Path, label: Path, half: str = "development") -> str:
     return "\n".join(lines)
 
 
-BLOCK_COLS = ("fssf_gt", "fssf_random", "share_per_dim", "subclusters")
-
-
 def block_markdown(path: Path) -> str:
     """The ``--variants block`` rows, read twice: on the whole latent (the goal as the
     panel states it) and on the block (FSSF, share per dimension and subclusters of
@@ -459,12 +464,7 @@ def block_markdown(path: Path) -> str:
     and dataset, pairs of >= 30 expressed genes read on the block (goal met; FSSF median
     and range; share median; bio change range; subclusters and seconds per epoch over the
     baseline's, medians); then the counts and the criteria missed."""
-    rows = pd.DataFrame([json.loads(x) for x in path.read_text().splitlines()])
-    keys = ["data", "half", "set", "model"]
-    cols = ["expressed", "fssf_gt", "fssf_random", "share_per_dim", "reconstruction", "bio",
-            "subclusters", "seconds_per_epoch", "weight", "share_off_block",
-            *(f"{c}_block" for c in BLOCK_COLS)]
-    whole = rows.groupby(keys)[cols].mean()
+    whole = report(path)
     block = whole.copy()
     for c in BLOCK_COLS:
         block[c] = whole[f"{c}_block"]
@@ -475,9 +475,6 @@ def block_markdown(path: Path) -> str:
     lines = ["| data | half | set | expressed | FSSF whole | FSSF block (random) | "
              "share/dim whole | share/dim block | share off block | subclusters block | "
              "reconstruction | bio | weight | goal whole | goal block |", "|" + "---|" * 15]
-
-    def verdict(g):
-        return "-" if g["expressed"] < 30 else "yes" if g["goal_but_step"] else "no"
 
     def chain(m, col, fmt):
         return " -> ".join(format(m.loc[n, col], fmt) for n in names)
@@ -494,12 +491,11 @@ def block_markdown(path: Path) -> str:
             f"{chain(b, 'share_per_dim', '.2f')} | {chain(m, 'share_off_block', '.2f')} | "
             f"{chain(b, 'subclusters', '.0f')} | {gw['recon']:+.1%} / {g['recon']:+.1%} | "
             f"{gw['bio']:+.3f} / {g['bio']:+.3f} | {m.loc[tgt, 'weight']:.0f} | "
-            f"{verdict(gw)} / {verdict(g)} | {verdict(gb)} / {verdict(tb)} |")
+            f"{_verdict(gw)} / {_verdict(g)} | {_verdict(gb)} / {_verdict(tb)} |")
     lines += ["", "| prior | data | pairs | goal on the block | FSSF block | share/dim block | "
               "bio | subclusters block | step |", "|" + "---|" * 9]
-    for (reading, name), g in goals.items():  # per dataset, pairs of >= 30 expressed genes
-        if reading != "block":
-            continue
+    for name, _ in BLOCK_VARIANTS:  # per dataset, pairs of >= 30 expressed genes
+        g = goals[("block", name)]
         for data, x in g[g["expressed"] >= 30].groupby(level="data"):
             lines.append(
                 f"| {name} | {data} | {len(x)} | {int(x['goal_but_step'].sum())} | "
