@@ -32,6 +32,9 @@ def test_run_all_quick(tmp_path):
     # the theta gradient of log_gamma_ratio is at least as accurate as torch's composition
     errors = {r["variant"]: r["theta_grad_rel_err"] for r in res["special"]}
     assert errors["log_gamma_ratio + grad"] <= max(errors["lgamma ratio + grad, torch"], 1e-6)
+    # the NB likelihood's theta gradient: every form within float32 rounding of float64
+    nb = {v: e for v, e in errors.items() if v.startswith("NB + grads")}
+    assert len(nb) == 6 and max(nb.values()) < 1e-4, nb
     assert out.exists()
     # every record of every benchmark has the common layout (benchmarks/_common.py)
     from _common import COMMON_KEYS
@@ -152,3 +155,23 @@ def test_bench_scvi_tools_loop_parts():
         r = rows[name]
         assert 0 < r["between_ms"] < r["inside_ms"] < r["median_ms"]
         assert r["per_gap_ms"] == pytest.approx(r["between_ms"] / 21, rel=0.5)
+
+
+def test_bench_special_step_times_both_forms():
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_special", BENCH / "bench_special.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from attreg_sc import distributions
+
+    closed = distributions._negative_binomial_log_prob_sparse
+    rows = mod.main(["--step", "--repeats", "1", "--rounds", "1"])
+    assert distributions._negative_binomial_log_prob_sparse is closed  # restored
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {
+        f"{k}, {f}" for k in ("plain", "prior") for f in ("zero-aware autograd", "closed form")
+    }
+    assert by["plain, closed form"]["ratio_to_plain"] == pytest.approx(1.0)
+    assert by["prior, zero-aware autograd"]["x_previous_form"] == pytest.approx(1.0)

@@ -68,3 +68,87 @@ def test_nb_is_finite_at_extreme_dispersion(theta):
     x = torch.tensor([0.0, 3.0, 1000.0])
     lp = negative_binomial_log_prob(x, torch.tensor([1.0, 3.0, 900.0]), torch.full((3,), theta))
     assert torch.isfinite(lp).all()
+
+
+def _sparse_counts(shape, seed=0):
+    """Counts with about 90% zeros, as single-cell minibatches have."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(shape, generator=g) < 0.1
+    return torch.poisson(torch.rand(shape, generator=g) * 20, generator=g).mul_(keep)
+
+
+def _reference_nb(x, mu, theta, eps=1e-8):
+    """The composition autograd derives (float64)."""
+    log_theta_mu = torch.log(theta + mu + eps)
+    return (
+        theta * (torch.log(theta + eps) - log_theta_mu)
+        + x * (torch.log(mu + eps) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1)
+    )
+
+
+@pytest.mark.parametrize("theta_shape", [(50,), (1, 50), (16, 50)])
+def test_nb_of_sparse_counts_value_and_gradients_match_the_composition(theta_shape):
+    x = _sparse_counts((16, 50))
+    g = torch.Generator().manual_seed(1)
+    mu = (torch.rand(16, 50, generator=g) * 30 + 0.01).requires_grad_()
+    theta = (torch.rand(theta_shape, generator=g) * 10 + 0.05).requires_grad_()
+    weight = torch.rand(16, 50, generator=g)  # a non-uniform upstream gradient
+    out = negative_binomial_log_prob(x, mu, theta)
+    import attreg
+
+    if attreg.fast_paths_enabled():  # the closed-form Function runs on these counts
+        assert type(out.grad_fn).__name__ == "_NegativeBinomialLogProbBackward"
+    g_mu, g_theta = torch.autograd.grad((out * weight).sum(), (mu, theta))
+    m64, t64 = mu.detach().double().requires_grad_(), theta.detach().double().requires_grad_()
+    ref = _reference_nb(x.double(), m64, t64)
+    r_mu, r_theta = torch.autograd.grad((ref * weight.double()).sum(), (m64, t64))
+    torch.testing.assert_close(out.detach().double(), ref.detach(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(g_mu.double(), r_mu, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g_theta.double(), r_theta, rtol=1e-4, atol=1e-4)
+
+
+def test_nb_of_sparse_counts_second_derivatives_are_exact():
+    x = _sparse_counts((8, 30), seed=2)
+    g = torch.Generator().manual_seed(3)
+    mu = (torch.rand(8, 30, generator=g) * 10 + 0.1).requires_grad_()
+    theta = (torch.rand(1, 30, generator=g) * 5 + 0.1).requires_grad_()
+
+    def second(fn, m, t):
+        (gm,) = torch.autograd.grad(fn(x.to(m.dtype), m, t).sum(), (m,), create_graph=True)
+        return torch.autograd.grad((gm**2).sum(), (m, t))
+
+    ours = second(negative_binomial_log_prob, mu, theta)
+    ref = second(
+        _reference_nb, mu.detach().double().requires_grad_(),
+        theta.detach().double().requires_grad_(),
+    )  # fmt: skip
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
+def test_nb_of_sparse_counts_under_forward_mode_and_torch_func():
+    import torch.autograd.forward_ad as fwAD
+
+    x = _sparse_counts((6, 40), seed=4)
+    mu = torch.rand(6, 40) * 5 + 0.1
+    theta = torch.rand(40) * 3 + 0.2
+    tangent = torch.randn(6, 40)
+    ref = torch.func.jvp(lambda m: _reference_nb(x, m, theta), (mu,), (tangent,))[1]
+    with fwAD.dual_level():
+        out = negative_binomial_log_prob(x, fwAD.make_dual(mu, tangent), theta)
+        torch.testing.assert_close(fwAD.unpack_dual(out).tangent, ref, rtol=1e-4, atol=1e-4)
+    ours = torch.func.grad(lambda m: negative_binomial_log_prob(x, m, theta).sum())(mu)
+    exact = torch.func.grad(lambda m: _reference_nb(x, m, theta).sum())(mu)
+    torch.testing.assert_close(ours, exact, rtol=1e-5, atol=1e-5)
+
+
+def test_nb_of_non_contiguous_counts_equals_contiguous():
+    x = _sparse_counts((30, 12), seed=5).T  # a transposed view
+    mu, theta = torch.rand(12, 30) * 4 + 0.1, torch.rand(30) + 0.5
+    torch.testing.assert_close(
+        negative_binomial_log_prob(x, mu, theta),
+        negative_binomial_log_prob(x.contiguous(), mu, theta),
+    )
