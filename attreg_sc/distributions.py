@@ -62,8 +62,10 @@ def _sparse_path(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> bool
         fast_paths_enabled()
         and x.device.type == "cpu"
         and x.dim() == 2
-        and x.dtype == mu.dtype == torch.float32
+        and x.dtype == mu.dtype == theta.dtype == torch.float32
         and mu.shape == x.shape
+        and theta.dim() <= 2
+        and torch.broadcast_shapes(theta.shape, mu.shape) == mu.shape
         and not x.requires_grad
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)
         and not torch._C._functorch.is_functorch_wrapped_tensor(mu)
@@ -123,7 +125,7 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
         out = torch.sub(log_theta, log_s).mul_(theta)
         xv = x.view(-1).index_select(0, nonzero)
         mu_v = mu.reshape(-1).index_select(0, nonzero)
-        if theta.numel() == out.shape[-1]:  # one theta per gene
+        if theta.numel() == theta.shape[-1] == out.shape[-1]:  # one theta per gene
             theta_v = theta.reshape(-1).index_select(0, nonzero % out.shape[-1])
         else:
             theta_v = theta.expand_as(out).reshape(-1).index_select(0, nonzero)

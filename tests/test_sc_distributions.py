@@ -89,13 +89,15 @@ def _reference_nb(x, mu, theta, eps=1e-8):
     )
 
 
-@pytest.mark.parametrize("theta_shape", [(50,), (1, 50), (16, 50)])
+# per gene, per gene with a cell axis, per cell and gene, per cell (as many cells as genes,
+# so that a per-cell theta has as many entries as a per-gene one)
+@pytest.mark.parametrize("theta_shape", [(50,), (1, 50), (50, 50), (50, 1)])
 def test_nb_of_sparse_counts_value_and_gradients_match_the_composition(theta_shape):
-    x = _sparse_counts((16, 50))
+    x = _sparse_counts((50, 50))
     g = torch.Generator().manual_seed(1)
-    mu = (torch.rand(16, 50, generator=g) * 30 + 0.01).requires_grad_()
+    mu = (torch.rand(50, 50, generator=g) * 30 + 0.01).requires_grad_()
     theta = (torch.rand(theta_shape, generator=g) * 10 + 0.05).requires_grad_()
-    weight = torch.rand(16, 50, generator=g)  # a non-uniform upstream gradient
+    weight = torch.rand(50, 50, generator=g)  # a non-uniform upstream gradient
     out = negative_binomial_log_prob(x, mu, theta)
     import attreg
 
