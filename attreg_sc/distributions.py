@@ -112,9 +112,9 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
     the ``nonzero`` entries (flat indices). Backward, with ``c = (theta + x) / (theta + mu
     + eps)``: ``d/dmu = x / (mu + eps) - c`` and ``d/dtheta = log(theta + eps) + theta /
     (theta + eps) - L - c + psi(x + theta) - psi(theta)``, each computed in a few passes
-    over the minibatch (autograd's derivative of the composition takes about three times
-    as many). A backward with ``create_graph=True`` differentiates the reference
-    composition instead, so higher derivatives stay exact.
+    over the minibatch instead of autograd's derivative of every operation of the
+    composition (``benchmarks/bench_special.py``). A backward with ``create_graph=True``
+    differentiates the reference composition instead, so higher derivatives stay exact.
     """
 
     @staticmethod

@@ -66,7 +66,9 @@ NB_VARIANTS = {
 NB_BASELINE = "NB + grads, zero-aware autograd"
 
 
-def nb_rows(n: int, genes: int, density: float, repeats: int, g: torch.Generator) -> list:
+def nb_rows(
+    n: int, genes: int, density: float, repeats: int, g: torch.Generator
+) -> list[dict]:
     """The NB log-likelihood and its gradients to ``mu`` and ``theta`` (1 x genes)."""
     counts = torch.poisson(torch.rand(n, genes, generator=g) * 8, generator=g)
     counts *= torch.rand(n, genes, generator=g) < density
