@@ -28,11 +28,17 @@ Run::
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import statistics
+import time
 
+import numpy as np
 import torch
 from _common import interleaved_median_ms, median_ms, print_table, record, write_json
 
 import attreg
+import attreg_sc as asc
 from attreg_sc import distributions, special
 
 
@@ -105,15 +111,7 @@ def nb_rows(
 
 def step_rows(repeats: int, rounds: int) -> list[dict]:
     """The demo model's plain and prior steps with each zero-aware form, taking turns."""
-    import logging
-    import os
-    import statistics
-    import time
-
-    import numpy as np
-    from _scare import scare_step
-
-    import attreg_sc as asc
+    from _scare import scare_step  # builds the one model (scvi-tools)
 
     adata = asc.datasets.pbmc3k(genes="selected")
     log = logging.getLogger("attreg_sc.gt")

@@ -158,16 +158,15 @@ def test_bench_scvi_tools_loop_parts():
 
 
 def test_bench_special_step_times_both_forms():
+    import logging
     import sys
+
+    from attreg_sc import distributions
 
     sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location("bench_special", BENCH / "bench_special.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    import logging
-
-    from attreg_sc import distributions
-
     closed = distributions._negative_binomial_log_prob_sparse
     levels = {n: logging.getLogger(n).level for n in ("attreg_sc", "attreg_sc.gt")}
     rows = mod.main(["--step", "--repeats", "1", "--rounds", "1"])

@@ -6,6 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import attreg
 from attreg_sc.distributions import (
     kl_normal,
     negative_binomial_log_prob,
@@ -99,8 +100,6 @@ def test_nb_of_sparse_counts_value_and_gradients_match_the_composition(theta_sha
     theta = (torch.rand(theta_shape, generator=g) * 10 + 0.05).requires_grad_()
     weight = torch.rand(50, 50, generator=g)  # a non-uniform upstream gradient
     out = negative_binomial_log_prob(x, mu, theta)
-    import attreg
-
     if attreg.fast_paths_enabled():  # the closed-form Function runs on these counts
         assert type(out.grad_fn).__name__ == "_NegativeBinomialLogProbBackward"
     g_mu, g_theta = torch.autograd.grad((out * weight).sum(), (mu, theta))
