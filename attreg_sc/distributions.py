@@ -85,9 +85,10 @@ def _negative_binomial_log_prob_sparse(x, mu, theta, eps):
     lgammas and their derivatives. The non-zero terms are added in place of the zeros, and
     the derivatives are written out (:class:`_NegativeBinomialLogProb`).
     """
+    x = x.contiguous()  # flat indices (a minibatch's counts already are)
     with torch.no_grad():
-        nonzero = (x != 0).view(-1).nonzero().squeeze(1) if x.is_contiguous() else None
-    if nonzero is None or nonzero.numel() > _SPARSE_BELOW * x.numel():
+        nonzero = (x != 0).view(-1).nonzero().squeeze(1)
+    if nonzero.numel() > _SPARSE_BELOW * x.numel():
         return _negative_binomial_log_prob_dense(x, mu, theta, eps)  # dense data
     return _NegativeBinomialLogProb.apply(x, mu, theta, eps, nonzero)
 

@@ -22,6 +22,19 @@ def make_mlp(n_in: int, n_hidden: int = 8, n_out: int = 1, seed: int = 0, act=to
     return model
 
 
+def nb_log_prob_reference(x, mu, theta, eps=1e-8):
+    """``log NB(x; mu, theta)`` as the plain composition with ``torch.lgamma`` (the
+    oracle of attreg_sc's fast forms; autograd derives it)."""
+    log_theta_mu = torch.log(theta + mu + eps)
+    return (
+        theta * (torch.log(theta + eps) - log_theta_mu)
+        + x * (torch.log(mu + eps) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1)
+    )
+
+
 @pytest.fixture
 def mlp():
     return make_mlp(5, 8, 2)

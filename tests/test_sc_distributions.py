@@ -12,6 +12,7 @@ from attreg_sc.distributions import (
     negative_binomial_log_prob,
     zero_inflated_negative_binomial_log_prob,
 )
+from tests.conftest import nb_log_prob_reference
 
 # every test here runs with the fast paths on and off (conftest.fast_paths_both_ways)
 pytestmark = pytest.mark.usefixtures("fast_paths_both_ways")
@@ -78,18 +79,6 @@ def _sparse_counts(shape, seed=0):
     return torch.poisson(torch.rand(shape, generator=g) * 20, generator=g).mul_(keep)
 
 
-def _reference_nb(x, mu, theta, eps=1e-8):
-    """The composition autograd derives (float64)."""
-    log_theta_mu = torch.log(theta + mu + eps)
-    return (
-        theta * (torch.log(theta + eps) - log_theta_mu)
-        + x * (torch.log(mu + eps) - log_theta_mu)
-        + torch.lgamma(x + theta)
-        - torch.lgamma(theta)
-        - torch.lgamma(x + 1)
-    )
-
-
 # per gene, per gene with a cell axis, per cell and gene, per cell (as many cells as genes,
 # so that a per-cell theta has as many entries as a per-gene one)
 @pytest.mark.parametrize("theta_shape", [(50,), (1, 50), (50, 50), (50, 1)])
@@ -104,7 +93,7 @@ def test_nb_of_sparse_counts_value_and_gradients_match_the_composition(theta_sha
         assert type(out.grad_fn).__name__ == "_NegativeBinomialLogProbBackward"
     g_mu, g_theta = torch.autograd.grad((out * weight).sum(), (mu, theta))
     m64, t64 = mu.detach().double().requires_grad_(), theta.detach().double().requires_grad_()
-    ref = _reference_nb(x.double(), m64, t64)
+    ref = nb_log_prob_reference(x.double(), m64, t64)
     r_mu, r_theta = torch.autograd.grad((ref * weight.double()).sum(), (m64, t64))
     torch.testing.assert_close(out.detach().double(), ref.detach(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(g_mu.double(), r_mu, rtol=1e-4, atol=1e-5)
@@ -123,7 +112,7 @@ def test_nb_of_sparse_counts_second_derivatives_are_exact():
 
     ours = second(negative_binomial_log_prob, mu, theta)
     ref = second(
-        _reference_nb, mu.detach().double().requires_grad_(),
+        nb_log_prob_reference, mu.detach().double().requires_grad_(),
         theta.detach().double().requires_grad_(),
     )  # fmt: skip
     for a, b in zip(ours, ref, strict=True):
@@ -137,12 +126,12 @@ def test_nb_of_sparse_counts_under_forward_mode_and_torch_func():
     mu = torch.rand(6, 40) * 5 + 0.1
     theta = torch.rand(40) * 3 + 0.2
     tangent = torch.randn(6, 40)
-    ref = torch.func.jvp(lambda m: _reference_nb(x, m, theta), (mu,), (tangent,))[1]
+    ref = torch.func.jvp(lambda m: nb_log_prob_reference(x, m, theta), (mu,), (tangent,))[1]
     with fwAD.dual_level():
         out = negative_binomial_log_prob(x, fwAD.make_dual(mu, tangent), theta)
         torch.testing.assert_close(fwAD.unpack_dual(out).tangent, ref, rtol=1e-4, atol=1e-4)
     ours = torch.func.grad(lambda m: negative_binomial_log_prob(x, m, theta).sum())(mu)
-    exact = torch.func.grad(lambda m: _reference_nb(x, m, theta).sum())(mu)
+    exact = torch.func.grad(lambda m: nb_log_prob_reference(x, m, theta).sum())(mu)
     torch.testing.assert_close(ours, exact, rtol=1e-5, atol=1e-5)
 
 
