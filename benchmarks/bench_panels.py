@@ -17,6 +17,13 @@ stop, fixed before it ran: seed 1 on the pancreas, where attreg_sc led by +0.003
     python benchmarks/bench_panels.py --data pancreas --pancreas pancreas.h5ad \
         --methods spapros --spapros-seeds 1 --out docs/bench_panels.jsonl
 
+It chose the same genes as at seed 0 there. A later stop, fixed before it ran: seed 1 on
+PBMC 3k, where attreg_sc loses (-0.010 / -0.048 / -0.038), to see whether that loss
+depends on spapros' seed; run once, its rows appended whatever they show::
+
+    python benchmarks/bench_panels.py --data pbmc3k --methods spapros --spapros-seeds 1 \
+        --out docs/bench_panels.jsonl
+
 Data (fixed before any panel was scored): each dataset's cells of cell types with at least
 10 cells, ``normalize_total(1e4)`` + ``log1p`` for spapros, raw counts for SCARE, and the
 candidate pool of the 1,000 most variable genes (scanpy's ``seurat`` flavour), the pool
