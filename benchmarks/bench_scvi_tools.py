@@ -20,7 +20,10 @@ loader and Lightning's per-batch bookkeeping) and per gap; meanwhile every call 
 ``AnnTorchDataset.__getitem__`` (the minibatch's row gather) is timed where it runs,
 between the steps, and the same calls are then replayed back to back on the same data
 (median per call each: the gather's cost in training against its cost with the counts in
-cache). Then scvi-tools' ``AnnDataLoader`` alone (whole epochs) and three gathers of a
+cache); and the same minibatches, in the same order, as bare steps of a fresh model
+(``benchmarks/_scare.py``, no Lightning; median epoch of 5), so that the epoch minus its
+steps alone is the loop's cost measured in one process. Then scvi-tools'
+``AnnDataLoader`` alone (whole epochs) and three gathers of a
 minibatch's rows of the CSR counts, densified: scipy's (what ``AnnTorchDataset`` does),
 numpy's and torch's.
 
@@ -239,6 +242,25 @@ def _replayed_gathers(manager, calls: list[tuple[np.ndarray, float]]) -> list[fl
     return times
 
 
+def _steps_alone(adata, gt, w: float, batches: list[np.ndarray], epochs: int = 5) -> float:
+    """Median ms of ``epochs`` epochs of bare steps (``benchmarks/_scare.py``: the row
+    gather, ``training_step``, backward, Adam; no Lightning) of a fresh model on
+    ``batches``, the minibatches a training run drew, in their order."""
+    from _scare import scare_step
+
+    step = scare_step(adata, gt=gt, w_attr=w, **ARCH)
+    per_epoch = len(batches) // epochs
+    for idx in batches[:5]:  # warm-up
+        step(idx)
+    times = []
+    for e in range(epochs):
+        t0 = time.perf_counter()
+        for idx in batches[e * per_epoch:(e + 1) * per_epoch]:
+            step(idx)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
 def _epoch_parts(adata, gt, w: float, epochs: int = 6, gathers: list | None = None
                  ) -> dict[str, float]:
     """Median per-epoch ms (after the first): the epoch, inside its batches, between.
@@ -345,13 +367,18 @@ def loop_parts(threads: int) -> list[dict]:
     calls: list[tuple[np.ndarray, float]] = []
     for _ in range(2):
         for name, w in (("plain", 0.0), ("EG", 30.0)):
-            parts[name].append(_epoch_parts(a, gt, w, gathers=calls))
+            run_calls: list[tuple[np.ndarray, float]] = []
+            epoch = _epoch_parts(a, gt, w, gathers=run_calls)
+            epoch["steps_alone"] = _steps_alone(a, gt, w, [i for i, _ in run_calls])
+            parts[name].append(epoch)
+            calls.extend(run_calls)
     rows = []
     for name, runs in parts.items():
         mid = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         rows.append(record("scvi_tools_loop", f"SCARE {name} epoch", batch_size=BATCH,
                            median_ms=mid["epoch"], inside_ms=mid["inside"],
                            between_ms=mid["between"], per_gap_ms=mid["per_gap"],
+                           steps_alone_ms=mid["steps_alone"],
                            threads=threads, load_average=load))
     manager = asc.SCARE(a, **ARCH).adata_manager
     replayed = _replayed_gathers(manager, calls)
@@ -396,6 +423,7 @@ def loop_parts(threads: int) -> list[dict]:
             ("inside_ms", "in batches", ">10.1f"),
             ("between_ms", "between", ">8.1f"),
             ("per_gap_ms", "per gap", ">8.2f"),
+            ("steps_alone_ms", "steps alone", ">11.1f"),
         ],
     )
     return rows

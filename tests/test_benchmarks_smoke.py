@@ -162,6 +162,7 @@ def test_bench_scvi_tools_loop_parts():
     for name in ("SCARE plain epoch", "SCARE EG epoch"):
         r = rows[name]
         assert 0 < r["between_ms"] < r["inside_ms"] < r["median_ms"]
+        assert r["steps_alone_ms"] > 0  # the same minibatches as bare steps
         assert r["per_gap_ms"] == pytest.approx(r["between_ms"] / 21, rel=0.5)
 
 
