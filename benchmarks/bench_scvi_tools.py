@@ -211,7 +211,7 @@ def _old_round(tree: str, steps: int, warmup: int, threads: int, n_epochs: int) 
 def _timed_gathers():
     """Inside the block, every ``AnnTorchDataset.__getitem__`` call appends ``(indices,
     seconds)`` to the yielded list; the class is restored on leaving."""
-    from scvi.data._anntorchdataset import AnnTorchDataset
+    from scvi.data import AnnTorchDataset
 
     calls: list[tuple[np.ndarray, float]] = []
     original = AnnTorchDataset.__getitem__

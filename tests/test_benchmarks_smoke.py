@@ -146,7 +146,7 @@ def test_bench_scvi_tools_loop_parts():
                                                   BENCH / "bench_scvi_tools.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    from scvi.data._anntorchdataset import AnnTorchDataset
+    from scvi.data import AnnTorchDataset
 
     getitem = AnnTorchDataset.__getitem__
     rows = {r["variant"]: r for r in mod.main(["--loop", "--threads", "1"])}
