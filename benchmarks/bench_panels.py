@@ -24,6 +24,14 @@ depends on spapros' seed; run once, its rows appended whatever they show::
     python benchmarks/bench_panels.py --data pbmc3k --methods spapros --spapros-seeds 1 \
         --out docs/bench_panels.jsonl
 
+It chose the same genes as at seed 0 there too. The same stop, fixed before it ran: seed 1
+on Wu 2020, where attreg_sc is level with spapros (-0.004 / +0.001 / -0.001), so that a
+seed-dependent panel there could move the verdict; run once, rows appended whatever they
+show::
+
+    python benchmarks/bench_panels.py --data wu2020 --methods spapros --spapros-seeds 1 \
+        --out docs/bench_panels.jsonl
+
 Data (fixed before any panel was scored): each dataset's cells of cell types with at least
 10 cells, ``normalize_total(1e4)`` + ``log1p`` for spapros, raw counts for SCARE, and the
 candidate pool of the 1,000 most variable genes (scanpy's ``seurat`` flavour), the pool
