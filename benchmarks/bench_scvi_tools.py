@@ -59,6 +59,7 @@ from _common import print_table, record, write_json
 
 ARCH = dict(n_hidden=128, n_latent=10, n_layers=1)
 BATCH = 128
+LOOP_EPOCHS = 6  # --loop: epochs per training run (the first one is not counted)
 
 
 def _quiet() -> None:
@@ -242,7 +243,8 @@ def _replayed_gathers(manager, calls: list[tuple[np.ndarray, float]]) -> list[fl
     return times
 
 
-def _steps_alone(adata, gt, w: float, batches: list[np.ndarray], epochs: int = 5) -> float:
+def _steps_alone(adata, gt, w: float, batches: list[np.ndarray],
+                 epochs: int = LOOP_EPOCHS - 1) -> float:
     """Median ms of ``epochs`` epochs of bare steps (``benchmarks/_scare.py``: the row
     gather, ``training_step``, backward, Adam; no Lightning) of a fresh model on
     ``batches``, the minibatches a training run drew, in their order."""
@@ -261,7 +263,7 @@ def _steps_alone(adata, gt, w: float, batches: list[np.ndarray], epochs: int = 5
     return 1000 * statistics.median(times)
 
 
-def _epoch_parts(adata, gt, w: float, epochs: int = 6, gathers: list | None = None
+def _epoch_parts(adata, gt, w: float, epochs: int = LOOP_EPOCHS, gathers: list | None = None
                  ) -> dict[str, float]:
     """Median per-epoch ms (after the first): the epoch, inside its batches, between.
     With ``gathers`` (a list), the timed row gathers of the epochs after the first are
