@@ -188,3 +188,35 @@ def test_bench_special_step_times_both_forms():
     }
     assert by["plain, closed form"]["ratio_to_plain"] == pytest.approx(1.0)
     assert by["prior, zero-aware autograd"]["x_previous_form"] == pytest.approx(1.0)
+
+
+def test_panel_gates_prototype(monkeypatch):
+    """``benchmarks/_panel_gates.py``: the budget closes gates as it steps down, and the
+    ranking is nested (the smallest panel is the genes most open at its budget)."""
+    import sys
+
+    import numpy as np
+    import torch
+
+    import attreg_sc as asc
+    from attreg_sc._threads import torch_threads_unchanged
+
+    sys.path.insert(0, str(BENCH))
+    import _panel_gates as gates
+
+    monkeypatch.setattr(gates, "STEPS", 800)
+    adata = asc.datasets.synthetic(n_cells=200, n_genes=40, n_gt_genes=5, seed=0)
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    with torch_threads_unchanged():  # as gate_panel runs it: the same floats
+        torch.set_num_threads(1)
+        open_at = gates.gate_openness(adata.X, labels, [10, 5], seed=0)
+    assert sorted(open_at) == [5, 10]
+    assert all(((p >= 0) & (p <= 1)).all() for p in open_at.values())
+    assert open_at[5].sum() < open_at[10].sum() < 0.9 * 40  # the budget shuts gates
+    ranked = gates.gate_panel(adata.X, labels, [5, 10], seed=0)
+    assert len(ranked) == len(set(ranked)) == 10
+    assert set(ranked[:5]) == set(np.argsort(-open_at[5], kind="stable")[:5].tolist())
+    discounted = gates.gate_panel(adata.X, labels, [5, 10], seed=0, redundancy=1.0)
+    assert len(set(discounted)) == 10
+    with pytest.raises(ValueError, match="reconstruction must be"):
+        gates.gate_openness(adata.X, labels, [5], reconstruction="mse")
