@@ -84,6 +84,23 @@ latent a user integrates on). Both readings are reported::
     # (seed 0 met the goal on the block there for 5 of 13 pairs at w_attr 30), run once
     $B --data pbmc3k --seeds 1 2
     python examples/target_share_panel.py --block-report blocks.jsonl
+
+The block with the goal's own share as its target (``--variants block08``: ``target 0.8``
+on dimensions 0-4, a later stop). Fixed before its first run: read on the block,
+``block target 0.9`` missed the goal mostly through bio conservation (21 pairs) and
+subclusters (11), while its shares reached 0.9; 0.8 is the least the goal asks for, so it
+asks the least of the cell types. Not tuned: the value is the goal's threshold, chosen
+without a run. Into the block study's file, so that its baselines are reused; seed 0;
+the development half of all five datasets first. The held-out half runs once, and only
+if, on the development half at seed 0, ``block target 0.8`` meets the goal read on the
+block on more pairs (with >= 30 expressed genes) than ``block target 0.9`` (8 of 21 at
+seed 0: ``--block-report blocks.jsonl --report-seeds 0``); whatever it shows, its rows
+stay::
+
+    B="python examples/target_share_panel.py --out blocks.jsonl --variants block08 --seeds 0"
+    for d in pbmc68k pbmc_two_runs wu2020 pbmc3k; do $B --data $d; done
+    $B --data pancreas --pancreas pancreas.h5ad
+    python examples/target_share_panel.py --block-report blocks.jsonl
 """
 
 from __future__ import annotations
@@ -201,6 +218,9 @@ BLOCK = [0, 1, 2, 3, 4]
 BLOCK_VARIANTS = (("block w_attr 30", dict(w_attr=30.0, latent_blocks={"gt": BLOCK})),
                   ("block target 0.9", dict(w_attr=30.0, target_share=TARGET,
                                             latent_blocks={"gt": BLOCK})))
+#: the goal's own share as the block's target (``--variants block08``; a later stop)
+BLOCK_TARGET_08 = (("block target 0.8", dict(w_attr=30.0, target_share=0.8,
+                                             latent_blocks={"gt": BLOCK})),)
 #: the scores each row also has on the block (``<name>_block``)
 BLOCK_COLS = ("fssf_gt", "fssf_random", "share_per_dim", "subclusters")
 FRONTIER = tuple((f"w_attr {w:g}", dict(w_attr=float(w))) for w in (3, 10, 30, 100, 300)) + \
@@ -456,10 +476,12 @@ def label_markdown(panel: Path, label: Path, half: str = "development") -> str:
     return "\n".join(lines)
 
 
-def block_markdown(path: Path) -> str:
+def block_markdown(path: Path, seeds=None) -> str:
     """The ``--variants block`` rows, read twice: on the whole latent (the goal as the
     panel states it) and on the block (FSSF, share per dimension and subclusters of
-    dimensions 0-4, the baseline's included; reconstruction and bio stay whole-latent).
+    dimensions 0-4, the baseline's included; reconstruction and bio stay whole-latent);
+    means over ``seeds`` (all: ``None``); ``block target 0.8`` (``--variants block08``)
+    joins the summaries where its rows are there.
     Per pair: FSSF and share per dimension for baseline -> block w_attr 30 -> block
     target 0.9 in each reading, the share off the block, the block's subclusters, the
     reconstruction and bio change of each prior, the target's final multiplier, and the
@@ -467,14 +489,16 @@ def block_markdown(path: Path) -> str:
     and dataset, pairs of >= 30 expressed genes read on the block (goal met; FSSF median
     and range; share median; bio change range; subclusters and seconds per epoch over the
     baseline's, medians); then the counts and the criteria missed."""
-    whole = report(path)
+    whole = report(path, seeds=seeds)
     block = whole.copy()
     for c in BLOCK_COLS:
         block[c] = whole[f"{c}_block"]
     names = ("baseline", *(n for n, _ in BLOCK_VARIANTS))
+    models = set(whole.index.get_level_values("model"))
+    summarised = [n for n, _ in (*BLOCK_VARIANTS, *BLOCK_TARGET_08) if n in models]
     goals = {(reading, name): goal_table(m, name).set_index(["data", "half", "set"])
              for reading, m in (("whole", whole), ("block", block))
-             for name, _ in BLOCK_VARIANTS}
+             for name in summarised}
     lines = ["| data | half | set | expressed | FSSF whole | FSSF block (random) | "
              "share/dim whole | share/dim block | share off block | subclusters block | "
              "reconstruction | bio | weight | goal whole | goal block |", "|" + "---|" * 15]
@@ -497,7 +521,7 @@ def block_markdown(path: Path) -> str:
             f"{_verdict(gw)} / {_verdict(g)} | {_verdict(gb)} / {_verdict(tb)} |")
     lines += ["", "| prior | data | pairs | goal on the block | FSSF block | share/dim block | "
               "bio | subclusters block | step |", "|" + "---|" * 9]
-    for name, _ in BLOCK_VARIANTS:  # per dataset, pairs of >= 30 expressed genes
+    for name in summarised:  # per dataset, pairs of >= 30 expressed genes
         g = goals[("block", name)]
         for data, x in g[g["expressed"] >= 30].groupby(level="data"):
             lines.append(
@@ -563,17 +587,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frontier", action="store_true",
                    help="the FSSF / bio-conservation frontier a pair allows: fixed weights "
                         "3-300 and targets 0.5-0.95 instead of the two defaults")
-    p.add_argument("--variants", choices=("defaults", "label", "label30", "mechanism", "block"),
+    p.add_argument("--variants", choices=("defaults", "label", "label30", "mechanism", "block",
+                                          "block08"),
                    default="defaults",
                    help="defaults: w_attr 30 and target 0.9; label: EG references within "
                         "the cell type at w_attr 30 and 100, and w_attr 100; label30: "
                         "references within the cell type at w_attr 30 only; mechanism: "
-                        "w_attr 30 with both references, and the share within the label")
+                        "w_attr 30 with both references, and the share within the label; "
+                        "block: w_attr 30 and target 0.9 on dimensions 0-4; block08: "
+                        "target 0.8 on dimensions 0-4")
     p.add_argument("--pancreas", type=Path, default=None,
                    help="with --data pancreas: the file scripts/make_pancreas.py made")
     p.add_argument("--plot", type=Path, default=None,
                    help="with --report: draw FSSF against bio conservation per pair here")
     p.add_argument("--report", type=Path, default=None)
+    p.add_argument("--report-seeds", type=int, nargs="+", default=None,
+                   help="with --block-report: means over these seeds only (default: all)")
     p.add_argument("--block-report", type=Path, default=None,
                    help="the --variants block rows' table, on the whole latent and the block")
     p.add_argument("--label-report", type=Path, nargs=2, default=None,
@@ -582,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
                         "rows and the --variants label / label30 rows")
     args = p.parse_args(argv)
     if args.block_report is not None:
-        print(block_markdown(args.block_report))
+        print(block_markdown(args.block_report, seeds=args.report_seeds))
         return
     if args.label_report is not None:
         print(label_markdown(*args.label_report, half=args.half))
@@ -612,9 +641,9 @@ def main(argv: list[str] | None = None) -> None:
         FRONTIER if args.frontier else {
             "defaults": VARIANTS, "label": LABEL_VARIANTS, "label30": LABEL_VARIANTS[:1],
             "mechanism": (VARIANTS[0], LABEL_VARIANTS[0]),
-            "block": BLOCK_VARIANTS}[args.variants],
+            "block": BLOCK_VARIANTS, "block08": BLOCK_TARGET_08}[args.variants],
         within=args.variants == "mechanism", pancreas=args.pancreas,
-        block=BLOCK if args.variants == "block" else None)
+        block=BLOCK if args.variants in ("block", "block08") else None)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,18 @@ def test_target_share_panel_block_variants_score_the_block(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| wu2020 | development | GO:0006412 |" in table
     assert "block target 0.9, read on the block" in table
+    assert "block target 0.8" not in table  # not run yet: not summarised
+    # --variants block08 into the same file: the baseline is reused, the new prior joins
+    mod.main(["--data", "wu2020", "--sets", "GO:0006412", "--seeds", "0", "--epochs", "1",
+              "--n-random", "2", "--out", str(out), "--variants", "block08"])
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["model"] for r in rows][3:] == ["block target 0.8"]
+    assert "share_per_dim_block" in rows[3]
+    capsys.readouterr()
+    mod.main(["--block-report", str(out), "--report-seeds", "0"])
+    table = capsys.readouterr().out
+    assert "block target 0.8, read on the block" in table
+    assert "| block target 0.8 | wu2020 |" in table
 
 
 def test_target_share_panel_goal_needs_every_criterion():
