@@ -18,8 +18,9 @@ LayerNorm, 10 latent dimensions, batch 128, Adam (lr 1e-3 for the model, 1e-2 fo
 gate logits, which start at 3, i.e. open), temperature 0.5, classification loss weight
 100, ``log lambda`` from -4 in steps of 0.01, 1,500 steps per panel size.
 ``reconstruction``: ``"nb"`` (negative binomial of the counts, library size observed,
-a VAE) or ``"log"`` (squared error of the log-normalized expression, the space spapros'
-kNN graph is built in; a plain autoencoder). ``redundancy``: 0 (rank by openness) or 1
+a VAE) or ``"log"`` (half the squared error of the log-normalized expression, divided by
+a tenth of the genes' mean variance; the space spapros' kNN graph is built in; a plain
+autoencoder). ``redundancy``: 0 (rank by openness) or 1
 (:func:`attreg_sc.panel.greedy_panel` over the summed openness of all budgets with the
 correlation discount, as attreg_sc's default ranking uses it).
 """
