@@ -186,6 +186,23 @@ def test_target_share_panel_block_variants_score_the_block(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "block target 0.8, read on the block" in table
     assert "| block target 0.8 | wu2020 |" in table
+    # another block size: its own file and baseline, scored on dimensions 0-2
+    three = tmp_path / "blocks3.jsonl"
+    mod.main(["--data", "wu2020", "--sets", "GO:0006412", "--seeds", "0", "--epochs", "1",
+              "--n-random", "2", "--out", str(three), "--variants", "block08",
+              "--block-dims", "3"])
+    rows = [json.loads(x) for x in three.read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["baseline", "block3 target 0.8"]
+    for r in rows:  # the whole latent's mean share: 3 block dimensions, 7 others
+        assert abs(r["share_per_dim"] - (3 * r["share_per_dim_block"]
+                                         + 7 * r["share_off_block"]) / 10) < 1e-9
+    capsys.readouterr()
+    mod.main(["--block-report", str(three)])
+    table = capsys.readouterr().out
+    assert "block3 target 0.8, read on the block" in table
+    assert "| data | half | set |" not in table  # the per-pair table is the 5-dim study's
+    with pytest.raises(SystemExit):
+        mod.main(["--data", "wu2020", "--variants", "block08", "--block-dims", "10"])
 
 
 def test_target_share_panel_goal_needs_every_criterion():
