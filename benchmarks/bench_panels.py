@@ -45,6 +45,9 @@ every size; otherwise its rows stay as the record::
     python benchmarks/bench_panels.py --data pbmc68k --methods gates_nb gates_log \
         gates_nb_redundancy gates_log_redundancy --out docs/bench_panels.jsonl
 
+No variant reached the default at every size (the closest -0.001 / -0.012 / -0.016;
+docs/panels.md), so none was built in and the evaluation sets were not run.
+
 Data (fixed before any panel was scored): each dataset's cells of cell types with at least
 10 cells, ``normalize_total(1e4)`` + ``log1p`` for spapros, raw counts for SCARE, and the
 candidate pool of the 1,000 most variable genes (scanpy's ``seurat`` flavour), the pool
