@@ -521,7 +521,8 @@ def label_markdown(panel: Path, label: Path, half: str = "development") -> str:
 def block_markdown(path: Path, seeds=None) -> str:
     """The ``--variants block`` rows, read twice: on the whole latent (the goal as the
     panel states it) and on the block (FSSF, share per dimension and subclusters of
-    dimensions 0-4, the baseline's included; reconstruction and bio stay whole-latent);
+    dimensions 0-4, or of the file's block size, the baseline's included; reconstruction
+    and bio stay whole-latent);
     means over ``seeds`` (all: ``None``); ``block target 0.8`` (``--variants block08``)
     joins the summaries where its rows are there.
     Per pair: FSSF and share per dimension for baseline -> block w_attr 30 -> block
@@ -691,13 +692,14 @@ def main(argv: list[str] | None = None) -> None:
         "mechanism": (VARIANTS[0], LABEL_VARIANTS[0]),
         "block": BLOCK_VARIANTS, "block08": BLOCK_TARGET_08}[args.variants]
     block = None
-    if args.variants in ("block", "block08"):
+    blocked = args.variants in ("block", "block08")
+    if args.block_dims != len(BLOCK) and (args.frontier or not blocked):
+        p.error("--block-dims goes with --variants block or block08, without --frontier")
+    if blocked:
         if not 1 <= args.block_dims < 10:  # the study's latent has 10 dimensions
             p.error(f"--block-dims must be 1-9 (of the 10 latent dimensions), got "
                     f"{args.block_dims}")
         block, variants = block_variants(variants, args.block_dims)
-    elif args.block_dims != len(BLOCK):
-        p.error("--block-dims goes with --variants block or block08")
     run(args.data, args.half, args.seeds, args.out, args.epochs, args.n_random, args.sets,
         variants, within=args.variants == "mechanism", pancreas=args.pancreas, block=block)
 

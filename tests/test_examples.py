@@ -201,8 +201,11 @@ def test_target_share_panel_block_variants_score_the_block(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "block3 target 0.8, read on the block" in table
     assert "| data | half | set |" not in table  # the per-pair table is the 5-dim study's
-    with pytest.raises(SystemExit):
-        mod.main(["--data", "wu2020", "--variants", "block08", "--block-dims", "10"])
+    for bad in (["--variants", "block08", "--block-dims", "10"],  # the latent has 10
+                ["--block-dims", "3"],  # not a block study
+                ["--variants", "block", "--block-dims", "3", "--frontier"]):
+        with pytest.raises(SystemExit):
+            mod.main(["--data", "wu2020", *bad])
 
 
 def test_target_share_panel_goal_needs_every_criterion():
