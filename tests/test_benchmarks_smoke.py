@@ -193,15 +193,13 @@ def test_bench_special_step_times_both_forms():
 def test_panel_gates_prototype(monkeypatch):
     """``benchmarks/_panel_gates.py``: the budget closes gates as it steps down, and the
     ranking is nested (the smallest panel is the genes most open at its budget)."""
-    import sys
-
     import numpy as np
     import torch
 
     import attreg_sc as asc
     from attreg_sc._threads import torch_threads_unchanged
 
-    sys.path.insert(0, str(BENCH))
+    monkeypatch.syspath_prepend(str(BENCH))
     import _panel_gates as gates
 
     monkeypatch.setattr(gates, "STEPS", 800)

@@ -204,8 +204,10 @@ def test_target_share_panel_block_variants_score_the_block(tmp_path, capsys):
     for bad in (["--variants", "block08", "--block-dims", "10"],  # the latent has 10
                 ["--block-dims", "3"],  # not a block study
                 ["--variants", "block", "--block-dims", "3", "--frontier"]):
+        capsys.readouterr()
         with pytest.raises(SystemExit):
             mod.main(["--data", "wu2020", *bad])
+        assert "--block-dims" in capsys.readouterr().err  # refused before any training
 
 
 def test_target_share_panel_goal_needs_every_criterion():
