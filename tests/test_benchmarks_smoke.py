@@ -218,3 +218,22 @@ def test_panel_gates_prototype(monkeypatch):
     assert len(set(discounted)) == 10
     with pytest.raises(ValueError, match="reconstruction must be"):
         gates.gate_openness(adata.X, labels, [5], reconstruction="mse")
+
+
+def test_panel_refit_prototype(monkeypatch):
+    """``benchmarks/_panel_refit.py``: the candidates are the one-stage panel of twice the
+    largest size, and the refit ranks only them; the panel is nested and reproducible."""
+    import attreg_sc as asc
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import _panel_refit as refit
+
+    adata = asc.datasets.synthetic(n_cells=200, n_genes=40, n_gt_genes=5, seed=0)
+    before = adata.copy()
+    ranked, candidates = refit.refit_panel(adata, [6, 3], seed=0, max_epochs=3, n_latent=3)
+    one_stage = asc.panel.select_panel(adata, 12, cell_type_key="cell_type", seed=0,
+                                       max_epochs=3, n_latent=3)
+    assert candidates == list(one_stage.genes)
+    assert len(ranked) == len(set(ranked)) == 6 and set(ranked) <= set(candidates)
+    assert refit.refit_panel(adata, [6], seed=0, max_epochs=3, n_latent=3)[0] == ranked
+    assert (adata.X != before.X).nnz == 0 and list(adata.var_names) == list(before.var_names)
