@@ -23,6 +23,11 @@ a tenth of the genes' mean variance; the space spapros' kNN graph is built in; a
 autoencoder). ``redundancy``: 0 (rank by openness) or 1
 (:func:`attreg_sc.panel.greedy_panel` over the summed openness of all budgets with the
 correlation discount, as attreg_sc's default ranking uses it).
+
+The committed ``gates_*`` rows were run with a local copy of the negative-binomial
+log-likelihood (the same formula, ``eps`` 1e-8), since replaced by attreg_sc's
+:func:`attreg_sc.distributions.negative_binomial_log_prob`; the two agree within 1e-6 on
+counts of this size, so a rerun reproduces the rows up to float rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -35,14 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attreg_sc.distributions import negative_binomial_log_prob
+
 HIDDEN, LATENT, BATCH, STEPS, TAU, W_CLASS = 128, 10, 128, 1500, 0.5, 100.0
-
-
-def _nb_log_likelihood(x, mu, theta):
-    eps = 1e-8
-    log_sum = torch.log(theta + mu + eps)
-    return (theta * (torch.log(theta + eps) - log_sum) + x * (torch.log(mu + eps) - log_sum)
-            + torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1))
 
 
 def gate_openness(counts, labels: np.ndarray, sizes: Sequence[int], seed: int = 0,
@@ -97,7 +97,7 @@ def gate_openness(counts, labels: np.ndarray, sizes: Sequence[int], seed: int = 
                 z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var)
                 kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(-1).mean()
                 mu = lib[idx] * torch.softmax(dec(z), -1)
-                rec = -_nb_log_likelihood(x[idx], mu, log_theta.exp()).sum(-1).mean() + kl
+                rec = -negative_binomial_log_prob(x[idx], mu, log_theta.exp()).sum(-1).mean() + kl
             else:
                 rec = 0.5 * ((dec(mean) - x_log[idx]) ** 2).sum(-1).mean() / scale
             n_open = p.sum()
