@@ -72,7 +72,8 @@ def refit_panel(counts, sizes: Sequence[int], cell_type_key: str = "cell_type",
     split = [np.sort(order[n_val:]), np.sort(order[:n_val]), np.array([], dtype=int)]
     with torch.random.fork_rng(), torch_threads_unchanged():
         torch.manual_seed(seed)
-        torch.set_num_threads(int(settings.threads))
+        if settings.threads != "auto":  # as select_panel: train() picks them for "auto"
+            torch.set_num_threads(int(settings.threads))
         asc.SCARE.setup_anndata(data)
         model = asc.SCARE(data, gt=candidates, target_share=TARGET,
                           n_latent=settings.n_latent, n_hidden=settings.n_hidden, seed=seed)
