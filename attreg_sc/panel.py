@@ -50,6 +50,7 @@ __all__ = [
     "PanelSettings",
     "Panel",
     "select_panel",
+    "train_panel_model",
     "evaluate_panel",
     "evaluate_panels",
     "reference_panels",
@@ -430,6 +431,52 @@ def _log_normalized(counts) -> np.ndarray:
     return np.log1p(x / np.maximum(total, 1.0) * 1e4)
 
 
+def train_panel_model(data, settings: PanelSettings, rng: np.random.Generator,
+                      progress_bar: bool = False, **prior: Any):
+    """Train the :class:`attreg_sc.SCARE` that :func:`select_panel` ranks with.
+
+    Parameters
+    ----------
+    data
+        AnnData already set up with :meth:`attreg_sc.SCARE.setup_anndata`.
+    settings
+        The panel's settings (sizes, epochs, sparsity prior, seed, threads).
+    rng
+        The panel's generator: it draws the train/validation split (scvi-tools splits by
+        its global seed, a new split every run without one; this split comes from the
+        panel's seed, so the panel does too).
+    progress_bar
+        Show training's progress bar.
+    **prior
+        Further SCARE prior options (e.g. ``gt=``, ``target_share=``).
+
+    Returns
+    -------
+    The trained model. Call it inside the seeded, thread-restoring context
+    :func:`select_panel` sets up.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import attreg_sc as asc
+    >>> adata = asc.datasets.synthetic(n_cells=100, n_genes=20, n_gt_genes=4, seed=0)
+    >>> asc.SCARE.setup_anndata(adata)
+    >>> settings = asc.panel.PanelSettings(max_epochs=1, n_latent=2)
+    >>> model = asc.panel.train_panel_model(adata, settings, np.random.default_rng(0))
+    """
+    from attreg_sc.model import SCARE
+
+    model = SCARE(data, n_latent=settings.n_latent, n_hidden=settings.n_hidden,
+                  w_sparsity=settings.w_sparsity, seed=settings.seed, **prior)
+    order = rng.permutation(data.n_obs)
+    n_val = max(1, round(0.1 * data.n_obs))
+    split = [np.sort(order[n_val:]), np.sort(order[:n_val]), np.array([], dtype=int)]
+    model.train(max_epochs=settings.max_epochs, early_stopping=True,
+                threads=settings.threads, enable_progress_bar=progress_bar,
+                datasplitter_kwargs={"external_indexing": split})
+    return model
+
+
 def select_panel(
     adata,
     n: int | Sequence[int],
@@ -534,16 +581,7 @@ def select_panel(
                 data.obs[_TYPE_COLUMN] = pd.Categorical(groups)
             SCARE.setup_anndata(data, layer=layer, batch_key=batch_key,
                                 labels_key=_TYPE_COLUMN if settings.within_turns else None)
-            model = SCARE(data, n_latent=settings.n_latent, n_hidden=settings.n_hidden,
-                          w_sparsity=settings.w_sparsity, seed=settings.seed)
-            # scvi-tools splits by its global seed (None: a new split every run); this
-            # split comes from the panel's seed, so the panel does too
-            order = rng.permutation(adata.n_obs)
-            n_val = max(1, round(0.1 * adata.n_obs))
-            split = [np.sort(order[n_val:]), np.sort(order[:n_val]), np.array([], dtype=int)]
-            model.train(max_epochs=settings.max_epochs, early_stopping=True,
-                        threads=settings.threads, enable_progress_bar=progress_bar,
-                        datasplitter_kwargs={"external_indexing": split})
+            model = train_panel_model(data, settings, rng, progress_bar=progress_bar)
         elif getattr(model, "adata", None) is None:
             raise ValueError("model has no AnnData; load it with its reference "
                              "(SCARE.load(path, adata)), or leave model=None.")

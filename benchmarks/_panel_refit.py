@@ -66,20 +66,13 @@ def refit_panel(counts, sizes: Sequence[int], cell_type_key: str = "cell_type",
                                    cell_type_key=cell_type_key, settings=settings)
     candidates = list(first.genes)
     data = counts.copy()
-    rng = np.random.default_rng(seed)  # the split as select_panel draws it
-    order = rng.permutation(data.n_obs)
-    n_val = max(1, round(0.1 * data.n_obs))
-    split = [np.sort(order[n_val:]), np.sort(order[:n_val]), np.array([], dtype=int)]
-    with torch.random.fork_rng(), torch_threads_unchanged():
+    with torch.random.fork_rng(), torch_threads_unchanged():  # as select_panel trains
         torch.manual_seed(seed)
-        if settings.threads != "auto":  # as select_panel: train() picks them for "auto"
+        if settings.threads != "auto":  # train() picks them for "auto"
             torch.set_num_threads(int(settings.threads))
         asc.SCARE.setup_anndata(data)
-        model = asc.SCARE(data, gt=candidates, target_share=TARGET,
-                          n_latent=settings.n_latent, n_hidden=settings.n_hidden, seed=seed)
-        model.train(max_epochs=settings.max_epochs, early_stopping=True,
-                    threads=settings.threads, enable_progress_bar=False,
-                    datasplitter_kwargs={"external_indexing": split})
+        model = asc.panel.train_panel_model(data, settings, np.random.default_rng(seed),
+                                            gt=candidates, target_share=TARGET)
     keep = set(candidates)
     outside = [g for g in data.var_names.astype(str) if g not in keep]
     panel = asc.panel.select_panel(data, sorted(set(sizes)), cell_type_key=cell_type_key,
