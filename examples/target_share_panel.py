@@ -552,7 +552,8 @@ def block_markdown(path: Path, seeds=None) -> str:
     goal (all criteria but the step) met by each prior in each reading; then, per prior
     and dataset, pairs of >= 30 expressed genes read on the block (goal met; FSSF median
     and range; share median; bio change range; subclusters and seconds per epoch over the
-    baseline's, medians); then the counts and the criteria missed."""
+    baseline's, medians); then the counts (per half, and per half and dataset) and the
+    criteria missed."""
     whole = report(path, seeds=seeds)
     block = whole.copy()
     for c in BLOCK_COLS:
@@ -605,9 +606,11 @@ def block_markdown(path: Path, seeds=None) -> str:
                            for h, x in g.groupby(level="half"))
         missed = pd.Series([c for m in g["missed"] for c in m.split(", ") if c])
         why = ", ".join(f"{c} {n}" for c, n in missed.value_counts().items()) or "none"
+        per_data = "; ".join(f"{h} {d} {int(x['goal_but_step'].sum())}/{len(x)}"
+                             for (h, d), x in g.groupby(level=["half", "data"]))
         lines.append(f"* {name}, read on the {'whole latent' if reading == 'whole' else 'block'}"
                      f": the goal but its step criterion on {counts} pairs with >= 30 "
-                     f"expressed genes; criteria missed (pairs): {why}")
+                     f"expressed genes ({per_data}); criteria missed (pairs): {why}")
     return "\n".join(lines)
 
 
