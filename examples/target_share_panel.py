@@ -446,10 +446,13 @@ def markdown(mean: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def step_table(path: Path) -> str:
+def step_table(path: Path, seeds=None) -> str:
     """Per dataset: the median over (set, seed) of each prior's seconds per epoch over its
-    seed's baseline, and of the target's over the fixed weight's (same set and seed)."""
+    seed's baseline, and of the target's over the fixed weight's (same set and seed); over
+    ``seeds`` only where given."""
     rows = pd.DataFrame([json.loads(x) for x in path.read_text().splitlines()])
+    if seeds is not None:
+        rows = rows[rows["seed"].isin(seeds)]
     base = rows[rows["model"] == "baseline"].groupby(["data", "half", "seed"])[
         "seconds_per_epoch"].first()
     lines = ["| data | w_attr 30 / baseline | target 0.9 / baseline | target 0.9 / w_attr 30 |",
@@ -692,7 +695,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --variants block / block08: the block is latent dimensions "
                         "0 .. N-1 (default 5); other sizes name their priors blockN")
     p.add_argument("--report-seeds", type=int, nargs="+", default=None,
-                   help="with --block-report: means over these seeds only (default: all)")
+                   help="with --report / --block-report: means over these seeds only "
+                        "(default: all)")
     p.add_argument("--block-report", type=Path, default=None,
                    help="the --variants block rows' table, on the whole latent and the block")
     p.add_argument("--label-report", type=Path, nargs=2, default=None,
@@ -707,7 +711,7 @@ def main(argv: list[str] | None = None) -> None:
         print(label_markdown(*args.label_report, half=args.half))
         return
     if args.report is not None:
-        mean = report(args.report)
+        mean = report(args.report, seeds=args.report_seeds)
         print(markdown(mean))
         for name in ("w_attr 30", "target 0.9", *(n for n, _ in LABEL_VARIANTS)):
             if name not in mean.index.get_level_values("model"):
@@ -721,7 +725,7 @@ def main(argv: list[str] | None = None) -> None:
         print()
         print(size_table(mean))
         print()
-        print(step_table(args.report))
+        print(step_table(args.report, seeds=args.report_seeds))
         if args.plot is not None:
             plot_frontier(report(args.report, seeds=[0]), args.plot)  # the frontier's seed
         return
