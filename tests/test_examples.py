@@ -154,6 +154,36 @@ def test_target_share_panel_runs_one_set_and_reports(tmp_path, capsys):
     assert "| wu2020 | GO:0006412 |" in table and "| 30 | 1 |" in table
 
 
+def test_target_share_panel_report_seeds_restrict_the_means(tmp_path, capsys):
+    """``--report --report-seeds S``: the means, the goal and the step over seed S only."""
+    import json
+
+    mod = load("target_share_panel")
+    path = tmp_path / "panel.jsonl"
+    rows = []
+    for seed, fssf_, secs in ((0, 0.7, 1.0), (1, 0.1, 3.0)):
+        for model, f, share, bio, s in (("baseline", -0.9, 0.05, 0.7, 1.0),
+                                        ("w_attr 30", fssf_, 0.85, 0.69, secs),
+                                        ("target 0.9", fssf_, 0.9, 0.69, secs)):
+            rows.append(dict(data="wu2020", half="development", set="GO:1", model=model,
+                             seed=seed, genes=40, expressed=40, variable=20, epochs=10,
+                             seconds_per_epoch=s, fssf_gt=f, fssf_random=-0.9,
+                             share_per_dim=share, reconstruction=100.0, bio=bio,
+                             subclusters=4, weight=None if model != "target 0.9" else 50.0))
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    both = mod.report(path)
+    assert both.loc[("wu2020", "development", "GO:1", "w_attr 30"), "fssf_gt"] == (
+        pytest.approx(0.4))
+    one = mod.report(path, seeds=[0])
+    assert one.loc[("wu2020", "development", "GO:1", "w_attr 30"), "seeds"] == 1
+    mod.main(["--report", str(path), "--report-seeds", "0"])
+    text = capsys.readouterr().out
+    assert "w_attr 30 meets the goal on: development 1/1" in text and "| 1.00x |" in text
+    mod.main(["--report", str(path), "--report-seeds", "1"])
+    text = capsys.readouterr().out
+    assert "w_attr 30 meets the goal on: development 0/1" in text and "| 3.00x |" in text
+
+
 def test_target_share_panel_block_variants_score_the_block(tmp_path, capsys):
     """``--variants block``: the set's prior on dimensions 0-4; every row, the baseline's
     included, also scored on those dimensions; the report reads the goal both ways."""
