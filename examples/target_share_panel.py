@@ -161,6 +161,14 @@ them. PBMC 3k's seeds 1 and 2 (about three hours of one core) stay unrun::
     for h in development held-out; do                                    # the other process
         python examples/target_share_panel.py --seeds 1 2 --half $h --data pancreas \
             --pancreas pancreas.h5ad --out pancreas.jsonl; done
+
+Added minutes after those started, before any prior's row was read (one pancreas
+baseline row had shown in a log): PBMC 3k's
+development half at seeds 1 and 2 as well (a third process, the same rules: run once, the
+rows stay, nothing depends on them), so that every development pair has three seeds;
+PBMC 3k's held-out half stays at seed 0::
+
+    python examples/target_share_panel.py --seeds 1 2 --data pbmc3k --out panel.jsonl
 """
 
 from __future__ import annotations
