@@ -730,6 +730,12 @@ def main(argv: list[str] | None = None) -> None:
                                f"({int(x['goal_but_step'].sum())} without the step criterion)"
                                for h, x in g.groupby("half"))
             print(f"\n{name} meets the goal on: {counts} pairs with >= 30 expressed genes")
+            per_data = "; ".join(f"{h} {d} {int(x['goal_but_step'].sum())}/{len(x)}"
+                                 for (h, d), x in g.groupby(["half", "data"]))
+            missed = pd.Series([c for m in g["missed"] for c in m.split(", ") if c])
+            why = ", ".join(f"{c} {n}" for c, n in missed.value_counts().items()) or "none"
+            print(f"  without the step criterion, per half and dataset: {per_data}; "
+                  f"criteria missed (pairs): {why}")
         print()
         print(size_table(mean))
         print()

@@ -182,6 +182,7 @@ def test_target_share_panel_report_seeds_restrict_the_means(tmp_path, capsys):
     mod.main(["--report", str(path), "--report-seeds", "1"])
     text = capsys.readouterr().out
     assert "w_attr 30 meets the goal on: development 0/1" in text and "| 3.00x |" in text
+    assert "per half and dataset: development wu2020 0/1; criteria missed (pairs): fssf 1" in text
 
 
 def test_target_share_panel_block_variants_score_the_block(tmp_path, capsys):
