@@ -151,7 +151,9 @@ before they ran). The panel asks for three seeds per pair; seed 0 alone had run 
 held-out pair, on both halves of the pancreas and on PBMC 3k. Seeds 1 and 2 of the
 defaults (baseline, ``w_attr 30``, ``target 0.9``; not the ``label`` variants) on the
 held-out half of PBMC 68k-reduced, the two runs and Wu 2020 (into the panel's file) and on
-both halves of the pancreas (into its file), each seed with its own baseline, run once;
+both halves of the pancreas (into its file; both kept in files of their own,
+``..._seeds12.jsonl``, so that the first run's tables still come from theirs: ``--report
+FILE FILE_seeds12``), each seed with its own baseline, run once;
 whatever they show, the rows stay. Reported: the goal per seed and on the means over the
 seeds, per half (``--report FILE --report-seeds S``). No setting or default depends on
 them. PBMC 3k's seeds 1 and 2 (about three hours of one core) stay unrun::
@@ -365,10 +367,17 @@ def run(data: str, half: str, seeds, out: Path, epochs: int, n_random: int,
                                    within, block)))
 
 
-def report(path: Path, seeds=None) -> pd.DataFrame:
-    """Per (data, half, set, model): means over seeds (all, or those given); the block
-    scores too where the rows have them (``--variants block``)."""
-    rows = pd.DataFrame([json.loads(x) for x in path.read_text().splitlines()])
+def _rows(paths: Path | list[Path]) -> pd.DataFrame:
+    """The JSON lines of one file or of several (a study's later seeds kept apart)."""
+    paths = [paths] if isinstance(paths, Path) else list(paths)
+    return pd.DataFrame([json.loads(x) for p in paths for x in p.read_text().splitlines()])
+
+
+def report(path: Path | list[Path], seeds=None) -> pd.DataFrame:
+    """Per (data, half, set, model): means over seeds (all, or those given) of the rows of
+    ``path`` (one file or several); the block scores too where the rows have them
+    (``--variants block``)."""
+    rows = _rows(path)
     if seeds is not None:
         rows = rows[rows["seed"].isin(seeds)]
     keys = ["data", "half", "set", "model"]
@@ -454,11 +463,11 @@ def markdown(mean: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def step_table(path: Path, seeds=None) -> str:
+def step_table(path: Path | list[Path], seeds=None) -> str:
     """Per dataset: the median over (set, seed) of each prior's seconds per epoch over its
     seed's baseline, and of the target's over the fixed weight's (same set and seed); over
     ``seeds`` only where given."""
-    rows = pd.DataFrame([json.loads(x) for x in path.read_text().splitlines()])
+    rows = _rows(path)
     if seeds is not None:
         rows = rows[rows["seed"].isin(seeds)]
     base = rows[rows["model"] == "baseline"].groupby(["data", "half", "seed"])[
@@ -698,7 +707,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --data pancreas: the file scripts/make_pancreas.py made")
     p.add_argument("--plot", type=Path, default=None,
                    help="with --report: draw FSSF against bio conservation per pair here")
-    p.add_argument("--report", type=Path, default=None)
+    p.add_argument("--report", type=Path, nargs="+", default=None,
+                   help="the panel's tables from these rows (one file or several)")
     p.add_argument("--block-dims", type=int, default=len(BLOCK),
                    help="with --variants block / block08: the block is latent dimensions "
                         "0 .. N-1 (default 5); other sizes name their priors blockN")

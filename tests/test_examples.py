@@ -155,8 +155,11 @@ def test_target_share_panel_runs_one_set_and_reports(tmp_path, capsys):
 
 
 def test_target_share_panel_report_seeds_restrict_the_means(tmp_path, capsys):
-    """``--report --report-seeds S``: the means, the goal and the step over seed S only."""
+    """``--report --report-seeds S``: the means, the goal and the step over seed S only;
+    ``--report`` of several files reads them as one."""
     import json
+
+    import pandas as pd
 
     mod = load("target_share_panel")
     path = tmp_path / "panel.jsonl"
@@ -174,12 +177,16 @@ def test_target_share_panel_report_seeds_restrict_the_means(tmp_path, capsys):
     both = mod.report(path)
     assert both.loc[("wu2020", "development", "GO:1", "w_attr 30"), "fssf_gt"] == (
         pytest.approx(0.4))
+    first, later = tmp_path / "seed0.jsonl", tmp_path / "seed1.jsonl"  # seeds kept apart
+    first.write_text("\n".join(json.dumps(r) for r in rows[:3]))
+    later.write_text("\n".join(json.dumps(r) for r in rows[3:]))
+    pd.testing.assert_frame_equal(mod.report([first, later]), both)
     one = mod.report(path, seeds=[0])
     assert one.loc[("wu2020", "development", "GO:1", "w_attr 30"), "seeds"] == 1
     mod.main(["--report", str(path), "--report-seeds", "0"])
     text = capsys.readouterr().out
     assert "w_attr 30 meets the goal on: development 1/1" in text and "| 1.00x |" in text
-    mod.main(["--report", str(path), "--report-seeds", "1"])
+    mod.main(["--report", str(first), str(later), "--report-seeds", "1"])
     text = capsys.readouterr().out
     assert "w_attr 30 meets the goal on: development 0/1" in text and "| 3.00x |" in text
     assert "per half and dataset: development wu2020 0/1; criteria missed (pairs): fssf 1" in text
