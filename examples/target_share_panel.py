@@ -171,6 +171,15 @@ rows stay, nothing depends on them), so that every development pair has three se
 PBMC 3k's held-out half stays at seed 0::
 
     python examples/target_share_panel.py --seeds 1 2 --data pbmc3k --out panel.jsonl
+
+Then the last pairs with one seed, fixed before they ran and after the rows above were
+read (nothing in their reading depends on these: the same rules, run once, the rows
+stay): PBMC 3k's held-out half at seeds 1 and 2, one process per seed, into the same
+file::
+
+    for s in 1 2; do
+        python examples/target_share_panel.py --seeds $s --data pbmc3k --half held-out \
+            --out panel.jsonl & done
 """
 
 from __future__ import annotations
