@@ -150,13 +150,14 @@ Seeds 1 and 2 of the panel's held-out half and of the pancreas (a later stop; fi
 before they ran). The panel asks for three seeds per pair; seed 0 alone had run on every
 held-out pair, on both halves of the pancreas and on PBMC 3k. Seeds 1 and 2 of the
 defaults (baseline, ``w_attr 30``, ``target 0.9``; not the ``label`` variants) on the
-held-out half of PBMC 68k-reduced, the two runs and Wu 2020 (into the panel's file) and on
-both halves of the pancreas (into its file; both kept in files of their own,
-``..._seeds12.jsonl``, so that the first run's tables still come from theirs: ``--report
-FILE FILE_seeds12``), each seed with its own baseline, run once;
-whatever they show, the rows stay. Reported: the goal per seed and on the means over the
-seeds, per half (``--report FILE --report-seeds S``). No setting or default depends on
-them. PBMC 3k's seeds 1 and 2 (about three hours of one core) stay unrun::
+held-out half of PBMC 68k-reduced, the two runs and Wu 2020 and on both halves of the
+pancreas, each seed with its own baseline, run once; whatever they show, the rows stay.
+Reported: the goal per seed and on the means over the seeds, per half (``--report FILE
+--report-seeds S``). No setting or default depends on them. PBMC 3k's seeds 1 and 2
+(about three hours of one core) stay unrun (both halves were run later, below). The rows
+are kept in files of their own (``docs/studies/target_share_panel_seeds12.jsonl``,
+``..._pancreas_seeds12.jsonl``), so that the first run's tables still come from its
+files; ``--report FILE FILE_seeds12`` reads both::
 
     P="python examples/target_share_panel.py --seeds 1 2 --half held-out"
     for d in pbmc68k pbmc_two_runs wu2020; do $P --data $d --out panel.jsonl; done
