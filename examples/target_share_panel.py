@@ -538,8 +538,7 @@ def label_markdown(panel: Path, label: Path, half: str = "development") -> str:
     seed 0 of ``half``: per pair, FSSF, share per dimension, bio and subclusters (both
     over the baseline) for w_attr w -> label w_attr w (w: 30, and 100 where both ran),
     then the summary over the pairs."""
-    rows = pd.DataFrame([json.loads(x) for f in (panel, label)
-                         for x in f.read_text().splitlines()])
+    rows = _rows([panel, label])
     rows = rows[(rows["half"] == half) & (rows["seed"] == 0)]
     t = rows.drop_duplicates(["data", "set", "model"], keep="last").set_index(
         ["data", "set", "model"])
