@@ -62,6 +62,16 @@ record::
 It did not reach the default at 50 and 100 genes (mean ``overall`` -0.010, -0.002; level at
 150; docs/panels.md), so it was not built in and the evaluation sets were not run.
 
+A later stop, fixed before it ran: spapros' own selection on the development set (seed
+0; 50, 100 and 150 genes), which the first stop had stopped unfinished on a busy machine,
+so that the development set has the reference's row too and shows whether it ranks
+attreg_sc against spapros as the evaluation sets do. Nothing is chosen by it: attreg_sc's
+default stays, whatever it shows. Run once, with no other benchmark or test run on the
+machine, its rows appended whatever they show; a size still running after 45 minutes is
+stopped and reported as unfinished::
+
+    python benchmarks/bench_panels.py --data pbmc68k --methods spapros --out docs/bench_panels.jsonl
+
 Data (fixed before any panel was scored): each dataset's cells of cell types with at least
 10 cells, ``normalize_total(1e4)`` + ``log1p`` for spapros, raw counts for SCARE, and the
 candidate pool of the 1,000 most variable genes (scanpy's ``seurat`` flavour), the pool
