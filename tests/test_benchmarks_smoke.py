@@ -136,6 +136,60 @@ def test_bench_panels_data_and_report(tmp_path):
     assert text.index("| spapros |") < text.index("| attreg_sc | 0.675")  # best first
 
 
+def test_bench_panels_writes_each_size_as_it_is_scored(tmp_path, monkeypatch):
+    """A method selected size by size (spapros, the references) appends each size's row
+    before the next size is selected, so a stopped run keeps what finished; attreg_sc's
+    nested ranking is one selection for all sizes. spapros is replaced by a stand-in."""
+    import json
+    import sys
+    import types
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("bench_panels", BENCH / "bench_panels.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    class Evaluator:
+        def __init__(self, *args, **kwargs):
+            self.scores = {}
+
+        def evaluate_probeset(self, genes, set_id):
+            self.scores[set_id] = len(genes) / 1000
+
+        def summary_statistics(self, set_ids):
+            self.summary_results = pd.DataFrame(
+                {"knn": self.scores, "forest": dict.fromkeys(self.scores, 0.5)})
+
+    fake = types.ModuleType("spapros")
+    fake.ev = types.SimpleNamespace(ProbesetEvaluator=Evaluator)
+    monkeypatch.setitem(sys.modules, "spapros", fake)
+    monkeypatch.setattr(mod, "load", lambda name, pancreas=None: (None, None))
+    out = tmp_path / "rows.jsonl"
+    calls = []
+
+    def select(method, counts, logged, sizes, seed):
+        written = [json.loads(x)["size"] for x in out.read_text().splitlines()] \
+            if out.exists() else []
+        calls.append((method, list(sizes), written))
+        return ({n: [f"g{i}" for i in range(n)] for n in sizes}, dict.fromkeys(sizes, 1.0))
+
+    monkeypatch.setattr(mod, "select", select)
+    args = mod.argparse.Namespace(data=["wu2020"], methods=["spapros", "attreg_sc"],
+                                  sizes=[50, 100], seeds=[0], spapros_seeds=[0],
+                                  out=str(out), pancreas=None)
+    mod.run(args)
+    assert calls == [("spapros", [50], []), ("spapros", [100], [50]),
+                     ("attreg_sc", [50, 100], [50, 100])]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["method"], r["size"]) for r in rows] == [
+        ("spapros", 50), ("spapros", 100), ("attreg_sc", 50), ("attreg_sc", 100)]
+    assert [r["overall"] for r in rows] == [0.275, 0.3, 0.275, 0.3]  # mean of knn, forest
+    calls.clear()
+    mod.run(args)  # a rerun skips the rows present
+    assert calls == []
+
+
 def test_bench_scvi_tools_loop_parts():
     """``bench_scvi_tools.py --loop``: the epoch split into its batches and the gaps
     between them, the loader alone and the three row gathers (which agree)."""
