@@ -73,12 +73,14 @@ stopped and reported as unfinished::
     python benchmarks/bench_panels.py --data pbmc68k --methods spapros --out docs/bench_panels.jsonl
 
 It did not finish: stopped after 22 minutes on the quiet machine (load average about 1.1),
-still in the 50-gene panel's third stage (``_forest_DE_baseline_selection``, which adds DE
-genes for the cell types its trees still confuse and retrains the forests, up to 12
-rounds). It was stopped before the protocol's 45 minutes because at that pace the three
-sizes could not finish within the session, and the script then wrote a method's rows only
-after all its sizes, so there are none; it now writes each size's rows as soon as they
-are scored. The development set keeps no spapros row (docs/panels.md).
+still in the 50-gene panel's second stage, after the PCA preselection
+(``_forest_DE_baseline_selection``: forests on DE genes, with DE genes added for the cell
+types its trees still confuse and the forests retrained, up to 3 rounds by
+``ProbesetSelector``'s defaults). It was stopped before the protocol's 45 minutes because
+at that pace the three sizes could not finish within the session, and the script then
+wrote a method's rows only after all its sizes, so there are none; it now writes each
+size's rows as soon as they are scored. The development set keeps no spapros row
+(docs/panels.md).
 
 Data (fixed before any panel was scored): each dataset's cells of cell types with at least
 10 cells, ``normalize_total(1e4)`` + ``log1p`` for spapros, raw counts for SCARE, and the
