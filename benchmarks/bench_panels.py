@@ -242,16 +242,15 @@ def run(args) -> None:
         evaluator = sp.ev.ProbesetEvaluator(logged, celltype_key="cell_type", scheme="quick",
                                             results_dir=None, verbosity=0, n_jobs=1)
         for method in args.methods:
+            nested = method in VARIANTS or method in GATES or method in REFIT  # one ranking
             if method == "spapros":
                 seeds = args.spapros_seeds
             else:
-                seeds = (args.seeds if method == "random" or method in VARIANTS
-                         or method in GATES or method in REFIT else [0])
+                seeds = args.seeds if method == "random" or nested else [0]
             for seed in seeds:
                 todo = [n for n in args.sizes if (name, method, n, seed) not in done]
                 if not todo:
                     continue
-                nested = method in VARIANTS or method in GATES or method in REFIT
                 for group in [todo] if nested else [[n] for n in todo]:  # rows as they come
                     write_rows(method, seed, group, *select(method, counts, logged, group, seed),
                                name=name, evaluator=evaluator, out=out)

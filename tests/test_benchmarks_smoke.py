@@ -106,14 +106,19 @@ def test_decoy_mnist_runs_with_a_replaced_weight():
     )
 
 
+def _load_bench_panels():
+    spec = importlib.util.spec_from_file_location("bench_panels", BENCH / "bench_panels.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_bench_panels_data_and_report(tmp_path):
     """spapros is a benchmark extra (not in CI): the data preparation and the report run
     here; the selection and evaluation need ``.[panels]``."""
     import json
 
-    spec = importlib.util.spec_from_file_location("bench_panels", BENCH / "bench_panels.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_bench_panels()
     counts, logged = mod.load("wu2020")
     assert counts.shape == logged.shape == (191, 1000)  # CD4 and CD8 T cells, 1,000 HVG
     assert counts.obs["cell_type"].value_counts().to_dict() == {"CD4 T": 100, "CD8 T": 91}
@@ -146,9 +151,7 @@ def test_bench_panels_writes_each_size_as_it_is_scored(tmp_path, monkeypatch):
 
     import pandas as pd
 
-    spec = importlib.util.spec_from_file_location("bench_panels", BENCH / "bench_panels.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_bench_panels()
 
     class Evaluator:
         def __init__(self, *args, **kwargs):
